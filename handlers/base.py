@@ -1,0 +1,258 @@
+"""``ToolkitHandler``: the base every toolkit handler subclasses.
+
+It keeps TorchServe's batch contract (one result or one error per request,
+always), decodes and validates each request on its own, loads weights with
+errors that name the file, warms up, counts, times and describes itself.
+
+A leaf handler only says what differs::
+
+    class IrisHandler(ToolkitHandler[list[float]]):
+        def load_model(self) -> torch.nn.Module: ...
+        def parse_request(self, payload: Payload) -> list[float]: ...
+        def preprocess(self, items: list[list[float]]) -> torch.Tensor: ...
+        def postprocess(self, outputs: torch.Tensor) -> list[dict]: ...
+        def warmup_items(self, n: int) -> list[list[float]]: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.decoding import DEFAULT_FIELDS, Payload, select_payload
+from handlers.errors import InternalError, ModelLoadError, RequestError
+from handlers.options import HandlerOptions
+from handlers.stats import WorkerStats
+
+logger = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+class ToolkitHandler(BaseHandler, Generic[ItemT]):  # type: ignore[misc]
+    """Base handler: subclass it and fill in the hooks below."""
+
+    options_class: ClassVar[type[HandlerOptions]] = HandlerOptions
+    input_fields: ClassVar[tuple[str, ...]] = DEFAULT_FIELDS
+    accepts_empty: ClassVar[bool] = False
+    input_schema: ClassVar[dict[str, Any]] = {}
+    output_schema: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.options: HandlerOptions = self.options_class()
+        self.stats = WorkerStats()
+        self.labels: list[str] | None = None
+        self.warmup_ms: float | None = None
+        self.model_dir = Path(".")
+        self.model_name = ""
+        self.model_version = ""
+        self.batch_size = 1
+        self.model_config: dict[str, Any] = {}
+
+    # ----- lifecycle ---------------------------------------------------------------------
+    def initialize(self, context: Any) -> None:
+        self._read_context(context)
+        self.options = self.options_class.from_section(self.model_config.get("handler"))
+        self.model = self.load_model()
+        self.labels = self.load_labels()
+        if self.options.warmup:
+            self.warmup_ms = self._warmup()
+        self.initialized = True
+        logger.info("%s ready (warmup %s ms)", self.model_name, self.warmup_ms)
+
+    def _read_context(self, context: Any) -> None:
+        props = context.system_properties
+        self.model_dir = Path(props["model_dir"])
+        self.batch_size = int(props.get("batch_size") or 1)
+        self.model_name = context.model_name
+        manifest = context.manifest or {}
+        self.model_version = str(manifest.get("model", {}).get("modelVersion", ""))
+        self.model_config = dict(context.model_yaml_config or {})
+
+    def _warmup(self) -> float:
+        started = time.perf_counter()
+        items = self.warmup_items(self.options.warmup_batch_size)
+        if items:
+            self._predict(items, None)
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    # ----- hooks for subclasses ------------------------------------------------------------
+    def load_model(self) -> Any:
+        """Build the model from files in ``self.model_dir``; ``None`` for model-less handlers."""
+        return None
+
+    def load_labels(self) -> list[str] | None:
+        """The class names, where the model has them."""
+        return None
+
+    def parse_request(self, payload: Payload) -> ItemT:
+        """Validate one request's input; raise ``RequestError`` to fail only that request."""
+        raise NotImplementedError
+
+    def preprocess(self, items: list[ItemT]) -> Any:
+        """Collate the valid inputs of a batch into the model's input."""
+        return items
+
+    def inference(self, batch: Any) -> Any:
+        """Run the model on a collated batch (under ``torch.inference_mode``)."""
+        return self.model(batch)
+
+    def postprocess(self, outputs: Any) -> list[Any]:
+        """One JSON-able result per input, in order."""
+        return list(outputs)
+
+    def warmup_items(self, n: int) -> list[ItemT]:
+        """``n`` valid inputs for the warmup batch; an empty list skips warmup."""
+        return []
+
+    # ----- helpers for subclasses ----------------------------------------------------------
+    def artifact(self, name: str) -> Path:
+        """Path of a file shipped in the archive; a clear error when it is missing."""
+        path = self.model_dir / name
+        if not path.is_file():
+            shipped = sorted(p.name for p in self.model_dir.iterdir()) if self.model_dir.is_dir() else []
+            raise ModelLoadError(
+                f"model '{self.model_name}': file '{name}' is missing from the archive "
+                f"(it holds: {', '.join(shipped) or 'nothing'}); add it to the model spec in config/"
+            )
+        return path
+
+    def load_state_dict(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
+        """Load weights ``name`` from the archive into ``module``, in eval mode."""
+        path = self.artifact(name)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        except Exception as err:  # torch raises many types for a broken file
+            raise ModelLoadError(
+                f"model '{self.model_name}': weights file '{name}' is broken or does not fit "
+                f"{type(module).__name__}: {err}"
+            ) from err
+        return module.eval()
+
+    # ----- the TorchServe entry point ------------------------------------------------------
+    def handle(self, data: list[Any], context: Any) -> list[Any]:
+        if context.get_request_header(0, "describe") == "True":
+            return [self.describe_handle()]
+        results: list[Any] = [None] * len(data)
+        good: list[int] = []
+        items: list[ItemT] = []
+        for idx, request in enumerate(data):
+            try:
+                items.append(self.parse_request(self._payload(request, context, idx)))
+                good.append(idx)
+            except Exception as err:
+                results[idx] = self._error(context, idx, err)
+        if items:
+            for idx, result in zip(good, self._predict_isolating(items), strict=True):
+                results[idx] = self._reply(context, idx, result)
+        errors = sum(1 for i in range(len(data)) if context.get_response_status(i)[0] >= 400)
+        self.stats.record_batch(len(data), errors)
+        self._emit_counters(context, len(data), errors)
+        return results
+
+    def _payload(self, request: Any, context: Any, idx: int) -> Payload:
+        payload = select_payload(request, self.input_fields, allow_empty=self.accepts_empty)
+        header = context.get_request_header(idx, payload.field)
+        content_type = header.get("content-type", "") if isinstance(header, dict) else ""
+        return Payload(payload.value, payload.field, content_type)
+
+    def _predict_isolating(self, items: list[ItemT]) -> list[Any]:
+        """Predict a batch; if it fails as a whole, retry one by one so only culprits fail."""
+        try:
+            return self._predict(items, self.stats)
+        except Exception as err:
+            if len(items) == 1:
+                return [err]
+            logger.warning("batch of %d failed (%r); retrying one by one", len(items), err)
+        outcomes: list[Any] = []
+        for item in items:
+            try:
+                outcomes.extend(self._predict([item], self.stats))
+            except Exception as err:
+                outcomes.append(err)
+        return outcomes
+
+    def _predict(self, items: list[ItemT], stats: WorkerStats | None) -> list[Any]:
+        with self._stage("preprocess", stats):
+            batch = self.preprocess(items)
+        with self._stage("inference", stats), torch.inference_mode():
+            outputs = self.inference(batch)
+        with self._stage("postprocess", stats):
+            results = self.postprocess(outputs)
+        if len(results) != len(items):
+            raise RuntimeError(
+                f"postprocess returned {len(results)} results for {len(items)} inputs"
+            )
+        return results
+
+    @contextmanager
+    def _stage(self, name: str, stats: WorkerStats | None) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        if stats is not None:
+            stats.add_stage(name, (time.perf_counter() - started) * 1000)
+
+    def _reply(self, context: Any, idx: int, result: Any) -> Any:
+        if isinstance(result, BaseException):
+            return self._error(context, idx, result)
+        context.set_response_content_type(idx, "application/json")
+        return result
+
+    def _error(self, context: Any, idx: int, err: BaseException) -> dict[str, Any]:
+        if not isinstance(err, RequestError):
+            logger.error("request %d of a batch failed", idx, exc_info=err)
+            err = InternalError()
+        status = HTTPStatus(err.status)
+        context.set_response_status(int(status), status.phrase, idx)
+        context.set_response_content_type(idx, "application/json")
+        return err.body()
+
+    def _emit_counters(self, context: Any, size: int, errors: int) -> None:
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+        dims = [Dimension("ModelName", self.model_name)]
+        metrics.add_counter("ToolkitRequests", size, None, list(dims))
+        metrics.add_counter("ToolkitRequestErrors", errors, None, list(dims))
+        for stage in STAGES:
+            metrics.add_time(f"Toolkit{stage.title()}Ms", self.stats.stage_ms.get(stage, 0.0),
+                             None, "ms", list(dims))
+
+    # ----- custom metadata -----------------------------------------------------------------
+    def describe_handle(self) -> dict[str, Any]:
+        """What ``GET /models/{name}?customized=true`` shows as ``customizedMetadata``."""
+        cls = type(self)
+        described: dict[str, Any] = {
+            "status": "ready" if self.initialized else "initializing",
+            "model": {"name": self.model_name, "version": self.model_version},
+            "handler": f"{cls.__module__}.{cls.__qualname__}",
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "batching": self.batch_settings(),
+            "warmup": {"enabled": self.options.warmup, "ran": self.warmup_ms is not None,
+                       "ms": self.warmup_ms},
+            "options": {"declared": self.options_class.declared(), "values": vars(self.options)},
+            "worker": self.stats.as_dict(),
+        }
+        if self.labels is not None:
+            described["labels"] = self.labels
+        return described
+
+    def batch_settings(self) -> dict[str, Any]:
+        """Batch settings in force: ``batchSize`` as the frontend sent it, the rest as archived."""
+        keys: Sequence[str] = ("maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout",
+                               "maxRetryTimeoutInSec", "jobQueueSize")
+        settings = {k: self.model_config[k] for k in keys if k in self.model_config}
+        return {"batchSize": self.batch_size, **settings}

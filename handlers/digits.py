@@ -1,0 +1,79 @@
+"""Handwritten digit from an image (PNG, JPEG, ...): bytes in, digit and top-k out."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from handlers.base import ToolkitHandler
+from handlers.decoding import Payload
+from handlers.digits_options import DigitsOptions
+from handlers.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet
+
+class DigitsHandler(ToolkitHandler[np.ndarray]):
+    """Greyscale-izes, resizes to 8x8 and classifies one image per request."""
+
+    options_class = DigitsOptions
+    options: DigitsOptions
+    input_schema = {
+        "content_type": "image/png, image/jpeg or any image PIL reads; raw, base64 or {\"b64\": ...}",
+        "image": "one digit, ideally square; light ink on dark or dark ink on light",
+    }
+    output_schema = {"digit": "int 0..9", "top_k": "list of {digit, probability}, best first"}
+
+    def load_model(self) -> torch.nn.Module:
+        return self.load_state_dict(DigitsNet(), "digits.pt")
+
+    def load_labels(self) -> list[str]:
+        return [str(d) for d in range(10)]
+
+    def parse_request(self, payload: Payload) -> np.ndarray:
+        data = payload.raw_bytes(self.options.max_image_bytes)
+        return _digit_pixels(data, self.options)
+
+    def preprocess(self, items: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(items) / DIGIT_MAX).float().unsqueeze(1)
+
+    def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        probabilities = torch.softmax(outputs, dim=1)
+        top = torch.topk(probabilities, self.options.top_k, dim=1)
+        return [
+            {"digit": int(idx[0]),
+             "top_k": [{"digit": int(d), "probability": round(float(p), 6)} for d, p in zip(idx, vals, strict=True)]}
+            for vals, idx in zip(top.values, top.indices, strict=True)
+        ]
+
+    def warmup_items(self, n: int) -> list[np.ndarray]:
+        return [np.zeros((DIGIT_SIDE, DIGIT_SIDE), dtype=np.float32)] * n
+
+
+def _digit_pixels(data: bytes, options: DigitsOptions) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > options.max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {image.width}x{image.height} pixels; the limit is {options.max_pixels}"
+                )
+            grey = image.convert("L")
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnsupportedMediaType("body is not an image PIL can read (PNG, JPEG, GIF, BMP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadRequest(f"image is truncated or corrupt: {err}") from None
+    small = grey.resize((DIGIT_SIDE, DIGIT_SIDE), Image.Resampling.BOX)
+    pixels = np.asarray(small, dtype=np.float32) / 255.0
+    if options.invert == "always" or (options.invert == "auto" and _light_background(pixels)):
+        pixels = 1.0 - pixels
+    return pixels * DIGIT_MAX
+
+
+def _light_background(pixels: np.ndarray) -> bool:
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return float(border.mean()) > 0.5

@@ -1,0 +1,55 @@
+"""Errors a handler raises for one request; each carries its HTTP status."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class RequestError(Exception):
+    """A request the handler cannot serve; answered with ``status`` and ``message``.
+
+    Raise it (or a subclass) from ``parse_request``: only that request fails,
+    the rest of its batch is still served.
+    """
+
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, message: str, *, status: HTTPStatus | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body, shaped like TorchServe's own error responses."""
+        return {"code": int(self.status), "type": type(self).__name__, "message": self.message}
+
+
+class BadRequest(RequestError):
+    """Malformed or invalid input: wrong JSON, wrong shape, wrong type."""
+
+
+class PayloadTooLarge(RequestError):
+    """An input bigger than the handler accepts."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(RequestError):
+    """Bytes the handler cannot decode, such as a non-image sent to an image model."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class InternalError(RequestError):
+    """An unexpected failure; the client only ever sees this generic message."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self) -> None:
+        super().__init__("Internal error while serving this request; see the server log.")
+
+
+class ModelLoadError(RuntimeError):
+    """The handler cannot initialize: a missing or broken file, or a bad option."""

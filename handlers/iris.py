@@ -1,0 +1,76 @@
+"""Iris species from four measurements (cm): JSON in, label and probabilities out."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+
+from handlers.base import ToolkitHandler
+from handlers.decoding import Payload
+from handlers.errors import BadRequest
+from handlers.nets import IRIS_FEATURES, IrisNet
+
+Features = list[float]
+
+
+class IrisHandler(ToolkitHandler[Features]):
+    """``{"features": [5.1, 3.5, 1.4, 0.2]}``, a bare list, or the four named measurements."""
+
+    input_schema = {
+        "content_type": "application/json",
+        "oneOf": [
+            {"features": f"list of {len(IRIS_FEATURES)} numbers >= 0 in cm, in order {list(IRIS_FEATURES)}"},
+            {name: "number >= 0 (cm)" for name in IRIS_FEATURES},
+        ],
+    }
+    output_schema = {"label": "species name", "probabilities": "species name -> probability"}
+
+    def load_model(self) -> torch.nn.Module:
+        return self.load_state_dict(IrisNet(), "iris.pt")
+
+    def load_labels(self) -> list[str]:
+        return list(json.loads(self.artifact("iris_labels.json").read_text()))
+
+    def parse_request(self, payload: Payload) -> Features:
+        return _features(payload.json())
+
+    def preprocess(self, items: list[Features]) -> torch.Tensor:
+        return torch.tensor(items, dtype=torch.float32)
+
+    def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        labels = self.labels or []
+        probabilities = torch.softmax(outputs, dim=1).tolist()
+        return [
+            {"label": labels[max(range(len(row)), key=row.__getitem__)],
+             "probabilities": {name: round(p, 6) for name, p in zip(labels, row, strict=True)}}
+            for row in probabilities
+        ]
+
+    def warmup_items(self, n: int) -> list[Features]:
+        return [[5.8, 3.0, 4.3, 1.3]] * n
+
+
+def _features(value: Any) -> Features:
+    if isinstance(value, dict):
+        if "features" in value:
+            value = value["features"]
+        elif set(IRIS_FEATURES) <= value.keys():
+            value = [value[name] for name in IRIS_FEATURES]
+        else:
+            raise BadRequest(
+                f"JSON object needs 'features' or all of {', '.join(IRIS_FEATURES)}; "
+                f"got keys: {', '.join(map(str, value)) or 'none'}"
+            )
+    if not isinstance(value, list) or len(value) != len(IRIS_FEATURES):
+        shape = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+        raise BadRequest(f"features must be a list of {len(IRIS_FEATURES)} numbers; got {shape}")
+    for position, x in enumerate(value):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+            raise BadRequest(
+                f"feature {position} ({IRIS_FEATURES[position]}) is {x!r}; "
+                "expected a finite number >= 0 (cm)"
+            )
+    return [float(x) for x in value]
