@@ -36,9 +36,9 @@ class Payload:
         """The input as a JSON value; bytes and text are parsed here."""
         if isinstance(self.value, (bytes, bytearray)):
             return _parse_json(self._utf8(self.value))
-        if isinstance(self.value, str):
+        if isinstance(self.value, str) and self.content_type != "application/json":
             return _parse_json(self.value)
-        return self.value
+        return self.value  # TorchServe already decoded application/json
 
     def raw_bytes(self, max_bytes: int | None = None) -> bytes:
         """The input as bytes: raw bodies as they are, base64 decoded wherever it is used."""

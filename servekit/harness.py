@@ -31,7 +31,13 @@ from typing import Any
 
 import yaml
 
+from servekit.errors import ToolkitError
+
 HANDLER_PACKAGE = "handlers"
+
+
+class ModelLoadFailed(ToolkitError):
+    """The handler's ``initialize`` (or its import) failed, as it would in a worker."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +108,8 @@ class LocalModel:
                 self.name, str(self.model_dir), model["handler"], None, self.batch_size,
                 None, True, metrics,
             )
+        except Exception as err:  # the worker would log it and report a failed load
+            raise ModelLoadFailed(f"{self.name}: {type(err).__name__}: {err}") from err
         finally:
             sys.path.remove(str(self.model_dir))
         self.service.set_cl_socket(None)
