@@ -39,7 +39,7 @@ ItemT = TypeVar("ItemT")
 STAGES = ("preprocess", "inference", "postprocess")
 
 
-class ToolkitHandler(BaseHandler, Generic[ItemT]):  # type: ignore[misc]
+class ToolkitHandler(BaseHandler, Generic[ItemT]):
     """Base handler: subclass it and fill in the hooks below."""
 
     options_class: ClassVar[type[HandlerOptions]] = HandlerOptions
@@ -121,10 +121,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):  # type: ignore[misc]
         """Path of a file shipped in the archive; a clear error when it is missing."""
         path = self.model_dir / name
         if not path.is_file():
-            shipped = sorted(p.name for p in self.model_dir.iterdir()) if self.model_dir.is_dir() else []
+            shipped = (
+                sorted(p.name for p in self.model_dir.iterdir()) if self.model_dir.is_dir() else []
+            )
             raise ModelLoadError(
                 f"model '{self.model_name}': file '{name}' is missing from the archive "
-                f"(it holds: {', '.join(shipped) or 'nothing'}); add it to the model spec in config/"
+                f"(it holds: {', '.join(shipped) or 'nothing'}); "
+                "add it to the model spec in config/"
             )
         return path
 
@@ -227,8 +230,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):  # type: ignore[misc]
         metrics.add_counter("ToolkitRequests", size, None, list(dims))
         metrics.add_counter("ToolkitRequestErrors", errors, None, list(dims))
         for stage in STAGES:
-            metrics.add_time(f"Toolkit{stage.title()}Ms", self.stats.stage_ms.get(stage, 0.0),
-                             None, "ms", list(dims))
+            metrics.add_time(
+                f"Toolkit{stage.title()}Ms",
+                self.stats.stage_ms.get(stage, 0.0),
+                None,
+                "ms",
+                list(dims),
+            )
 
     # ----- custom metadata -----------------------------------------------------------------
     def describe_handle(self) -> dict[str, Any]:
@@ -241,8 +249,11 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):  # type: ignore[misc]
             "input_schema": self.input_schema,
             "output_schema": self.output_schema,
             "batching": self.batch_settings(),
-            "warmup": {"enabled": self.options.warmup, "ran": self.warmup_ms is not None,
-                       "ms": self.warmup_ms},
+            "warmup": {
+                "enabled": self.options.warmup,
+                "ran": self.warmup_ms is not None,
+                "ms": self.warmup_ms,
+            },
             "options": {"declared": self.options_class.declared(), "values": vars(self.options)},
             "worker": self.stats.as_dict(),
         }
@@ -252,7 +263,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):  # type: ignore[misc]
 
     def batch_settings(self) -> dict[str, Any]:
         """Batch settings in force: ``batchSize`` as the frontend sent it, the rest as archived."""
-        keys: Sequence[str] = ("maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout",
-                               "maxRetryTimeoutInSec", "jobQueueSize")
+        keys: Sequence[str] = (
+            "maxBatchDelay",
+            "minWorkers",
+            "maxWorkers",
+            "responseTimeout",
+            "maxRetryTimeoutInSec",
+            "jobQueueSize",
+        )
         settings = {k: self.model_config[k] for k in keys if k in self.model_config}
         return {"batchSize": self.batch_size, **settings}

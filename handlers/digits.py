@@ -16,13 +16,14 @@ from handlers.digits_options import DigitsOptions
 from handlers.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet
 
+
 class DigitsHandler(ToolkitHandler[np.ndarray]):
     """Greyscale-izes, resizes to 8x8 and classifies one image per request."""
 
     options_class = DigitsOptions
     options: DigitsOptions
     input_schema = {
-        "content_type": "image/png, image/jpeg or any image PIL reads; raw, base64 or {\"b64\": ...}",
+        "content_type": 'image/png, image/jpeg or any image PIL reads; raw, base64 or {"b64": ...}',
         "image": "one digit, ideally square; light ink on dark or dark ink on light",
     }
     output_schema = {"digit": "int 0..9", "top_k": "list of {digit, probability}, best first"}
@@ -44,8 +45,13 @@ class DigitsHandler(ToolkitHandler[np.ndarray]):
         probabilities = torch.softmax(outputs, dim=1)
         top = torch.topk(probabilities, self.options.top_k, dim=1)
         return [
-            {"digit": int(idx[0]),
-             "top_k": [{"digit": int(d), "probability": round(float(p), 6)} for d, p in zip(idx, vals, strict=True)]}
+            {
+                "digit": int(idx[0]),
+                "top_k": [
+                    {"digit": int(d), "probability": round(float(p), 6)}
+                    for d, p in zip(idx, vals, strict=True)
+                ],
+            }
             for vals, idx in zip(top.values, top.indices, strict=True)
         ]
 
@@ -60,11 +66,14 @@ def _digit_pixels(data: bytes, options: DigitsOptions) -> np.ndarray:
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > options.max_pixels:
                 raise PayloadTooLarge(
-                    f"image is {image.width}x{image.height} pixels; the limit is {options.max_pixels}"
+                    f"image is {image.width}x{image.height} pixels; "
+                    f"the limit is {options.max_pixels}"
                 )
             grey = image.convert("L")
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnsupportedMediaType("body is not an image PIL can read (PNG, JPEG, GIF, BMP, ...)") from None
+        raise UnsupportedMediaType(
+            "body is not an image PIL can read (PNG, JPEG, GIF, BMP, ...)"
+        ) from None
     except (OSError, ValueError, SyntaxError) as err:
         raise BadRequest(f"image is truncated or corrupt: {err}") from None
     small = grey.resize((DIGIT_SIDE, DIGIT_SIDE), Image.Resampling.BOX)

@@ -22,7 +22,10 @@ class IrisHandler(ToolkitHandler[Features]):
     input_schema = {
         "content_type": "application/json",
         "oneOf": [
-            {"features": f"list of {len(IRIS_FEATURES)} numbers >= 0 in cm, in order {list(IRIS_FEATURES)}"},
+            {
+                "features": f"list of {len(IRIS_FEATURES)} numbers >= 0 in cm, "
+                f"in order {list(IRIS_FEATURES)}"
+            },
             {name: "number >= 0 (cm)" for name in IRIS_FEATURES},
         ],
     }
@@ -44,8 +47,10 @@ class IrisHandler(ToolkitHandler[Features]):
         labels = self.labels or []
         probabilities = torch.softmax(outputs, dim=1).tolist()
         return [
-            {"label": labels[max(range(len(row)), key=row.__getitem__)],
-             "probabilities": {name: round(p, 6) for name, p in zip(labels, row, strict=True)}}
+            {
+                "label": labels[max(range(len(row)), key=row.__getitem__)],
+                "probabilities": {name: round(p, 6) for name, p in zip(labels, row, strict=True)},
+            }
             for row in probabilities
         ]
 

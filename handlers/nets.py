@@ -13,16 +13,18 @@ DIGIT_MAX = 16.0
 class IrisNet(nn.Module):
     """A small MLP on the four iris measurements (cm); standardizes its own input."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(len(IRIS_FEATURES)))
         self.register_buffer("std", torch.ones(len(IRIS_FEATURES)))
-        self.layers = nn.Sequential(
-            nn.Linear(len(IRIS_FEATURES), 16), nn.ReLU(), nn.Linear(16, 3)
-        )
+        self.layers = nn.Sequential(nn.Linear(len(IRIS_FEATURES), 16), nn.ReLU(), nn.Linear(16, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers((x - self.mean) / self.std)
+        logits: torch.Tensor = self.layers((x - self.mean) / self.std)
+        return logits
 
 
 class DigitsNet(nn.Module):
@@ -31,8 +33,10 @@ class DigitsNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.classify = nn.Sequential(
@@ -40,4 +44,5 @@ class DigitsNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
+        logits: torch.Tensor = self.classify(self.features(x))
+        return logits

@@ -24,7 +24,9 @@ from servekit.datasets import SEED, digits_split, iris_split  # noqa: E402
 OUT = ROOT / "models"
 
 
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, lr: float) -> None:
+def _fit(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, lr: float
+) -> None:
     generator = torch.Generator().manual_seed(SEED)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -32,7 +34,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch:
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             optimizer.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()
             optimizer.step()

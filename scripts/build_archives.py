@@ -1,7 +1,7 @@
 """Build every model's ``.mar`` into ``model_store/`` (``make archive``).
 
-    python scripts/build_archives.py            # all specs in config/, only what changed
-    python scripts/build_archives.py iris -f    # one model, rebuilt even if up to date
+python scripts/build_archives.py            # all specs in config/, only what changed
+python scripts/build_archives.py iris -f    # one model, rebuilt even if up to date
 """
 
 from __future__ import annotations

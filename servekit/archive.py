@@ -54,8 +54,9 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(spec: ModelSpec, defaults: Mapping[str, Any], root: Path, store: Path,
-          force: bool = False) -> BuildResult:
+def build(
+    spec: ModelSpec, defaults: Mapping[str, Any], root: Path, store: Path, force: bool = False
+) -> BuildResult:
     """Build ``store/<name>.mar`` unless it is up to date."""
     config = effective_config(spec, defaults)
     mar = store / f"{spec.name}.mar"
@@ -71,8 +72,9 @@ def build(spec: ModelSpec, defaults: Mapping[str, Any], root: Path, store: Path,
     return BuildResult(spec.name, mar, rebuilt=True)
 
 
-def _archive(spec: ModelSpec, config: Mapping[str, Any], root: Path, store: Path,
-             tmp: Path) -> None:
+def _archive(
+    spec: ModelSpec, config: Mapping[str, Any], root: Path, store: Path, tmp: Path
+) -> None:
     stage = tmp / "stage"
     (stage / HANDLER_PACKAGE).mkdir(parents=True)
     for source in handler_sources(root):
@@ -82,10 +84,22 @@ def _archive(spec: ModelSpec, config: Mapping[str, Any], root: Path, store: Path
     config_file = tmp / "model-config.yml"
     config_file.write_text(yaml.safe_dump(dict(config), sort_keys=True))
     command = [
-        sys.executable, "-m", "model_archiver.model_packaging",
-        "--model-name", spec.name, "--version", spec.version,
-        "--handler", str(spec.handler), "--extra-files", str(stage),
-        "--config-file", str(config_file), "--export-path", str(store), "--force",
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        spec.name,
+        "--version",
+        spec.version,
+        "--handler",
+        str(spec.handler),
+        "--extra-files",
+        str(stage),
+        "--config-file",
+        str(config_file),
+        "--export-path",
+        str(store),
+        "--force",
     ]
     if spec.serialized_file is not None:
         command += ["--serialized-file", str(spec.serialized_file)]

@@ -25,21 +25,27 @@ class Split(NamedTuple):
 def iris_split() -> Split:
     """Iris measurements (cm) and species, stratified 75/25."""
     data = load_iris()
-    parts = train_test_split(
-        data.data.astype(np.float32), data.target, test_size=TEST_FRACTION,
-        random_state=SEED, stratify=data.target,
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.data.astype(np.float32),
+        data.target,
+        test_size=TEST_FRACTION,
+        random_state=SEED,
+        stratify=data.target,
     )
-    return Split(*parts, labels=[str(n) for n in data.target_names])
+    return Split(x_train, x_test, y_train, y_test, labels=[str(n) for n in data.target_names])
 
 
 def digits_split() -> Split:
     """8x8 digit images (0..16 ink) and their digit, stratified 75/25."""
     data = load_digits()
-    parts = train_test_split(
-        data.images.astype(np.float32), data.target, test_size=TEST_FRACTION,
-        random_state=SEED, stratify=data.target,
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.images.astype(np.float32),
+        data.target,
+        test_size=TEST_FRACTION,
+        random_state=SEED,
+        stratify=data.target,
     )
-    return Split(*parts, labels=[str(d) for d in range(10)])
+    return Split(x_train, x_test, y_train, y_test, labels=[str(d) for d in range(10)])
 
 
 def digit_png(image: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -63,7 +63,8 @@ class Request:
     def form(cls, **fields: bytes | str) -> Request:
         """A multipart form: ``bytes`` fields as files, ``str`` fields as text."""
         params = tuple(
-            (name, "text/plain", value.encode()) if isinstance(value, str)
+            (name, "text/plain", value.encode())
+            if isinstance(value, str)
             else (name, "application/octet-stream", value)
             for name, value in fields.items()
         )
@@ -87,8 +88,9 @@ class Reply:
 class LocalModel:
     """A model directory (an unpacked ``.mar``) loaded by TorchServe's worker code."""
 
-    def __init__(self, model_dir: Path, batch_size: int | None = None,
-                 cleanup: Path | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, batch_size: int | None = None, cleanup: Path | None = None
+    ) -> None:
         from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
         from ts.model_loader import TsModelLoader
 
@@ -105,8 +107,14 @@ class LocalModel:
         sys.path.insert(0, str(self.model_dir))  # a worker has the model dir on PYTHONPATH
         try:
             self.service = TsModelLoader().load(
-                self.name, str(self.model_dir), model["handler"], None, self.batch_size,
-                None, True, metrics,
+                self.name,
+                str(self.model_dir),
+                model["handler"],
+                None,
+                self.batch_size,
+                None,
+                True,
+                metrics,
             )
         except Exception as err:  # the worker would log it and report a failed load
             raise ModelLoadFailed(f"{self.name}: {type(err).__name__}: {err}") from err
@@ -154,8 +162,9 @@ class LocalModel:
     def __enter__(self) -> LocalModel:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _yaml_config(self, model: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +222,7 @@ class _Reader:
 
     def bytes(self) -> bytes:
         size = self.int()
-        value = self.data[self.pos:self.pos + size]
+        value = self.data[self.pos : self.pos + size]
         self.pos += size
         return value
 

@@ -109,19 +109,35 @@ class TorchServe:
 
     def env(self) -> dict[str, str]:
         """Environment of this server's commands: its own TMPDIR and log locations."""
-        return {**os.environ, "TMPDIR": str(self.tmpdir), "LOG_LOCATION": str(self.log_dir),
-                "METRICS_LOCATION": str(self.log_dir)}
+        return {
+            **os.environ,
+            "TMPDIR": str(self.tmpdir),
+            "LOG_LOCATION": str(self.log_dir),
+            "METRICS_LOCATION": str(self.log_dir),
+        }
 
     def start(self) -> None:
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground",
-                   "--ncs", "--ts-config", str(self.write_config()),
-                   "--model-store", str(self.model_store)]
+        command = [
+            str(Path(sys.executable).parent / "torchserve"),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--ts-config",
+            str(self.write_config()),
+            "--model-store",
+            str(self.model_store),
+        ]
         with open(self.log_dir / "console.log", "ab") as console:
             self.process = subprocess.Popen(
-                command, cwd=self.workdir, env=self.env(), stdout=console,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                cwd=self.workdir,
+                env=self.env(),
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def wait_until_up(self, timeout: float = 120.0) -> None:
@@ -129,8 +145,10 @@ class TorchServe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise ServerError(f"TorchServe exited with {self.process.returncode}; "
-                                  f"see {self.log_dir / 'console.log'}")
+                raise ServerError(
+                    f"TorchServe exited with {self.process.returncode}; "
+                    f"see {self.log_dir / 'console.log'}"
+                )
             with contextlib.suppress(requests.RequestException):
                 requests.get(f"{self.inference_url}/ping", timeout=2)
                 return
@@ -143,10 +161,8 @@ class TorchServe:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         # Workers may outlive the JVM for a moment: kill what is left of the group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -155,14 +171,19 @@ class TorchServe:
 
     def log_tail(self, name: str = "model_log.log", lines: int = 40) -> str:
         path = self.log_dir / name
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
     def __enter__(self) -> TorchServe:
         self.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

@@ -16,8 +16,15 @@ import yaml
 
 from servekit.errors import ConfigError
 
-SPEC_KEYS = ("name", "version", "handler", "serialized_file", "extra_files",
-             "model_config", "handler_options")
+SPEC_KEYS = (
+    "name",
+    "version",
+    "handler",
+    "serialized_file",
+    "extra_files",
+    "model_config",
+    "handler_options",
+)
 REQUIRED = ("name", "version", "handler")
 
 
@@ -56,7 +63,9 @@ def load_spec(path: Path, root: Path) -> ModelSpec:
     """Read one spec; paths in it are relative to ``root`` (the repo)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a model spec must be a mapping with keys {', '.join(SPEC_KEYS)}")
+        raise ConfigError(
+            f"{path}: a model spec must be a mapping with keys {', '.join(SPEC_KEYS)}"
+        )
     for key in data:
         if key not in SPEC_KEYS:
             close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
@@ -64,7 +73,9 @@ def load_spec(path: Path, root: Path) -> ModelSpec:
             raise ConfigError(f"{path}: unknown key '{key}'{hint}")
     for key in REQUIRED:
         if not isinstance(data.get(key), str) or not data[key]:
-            raise ConfigError(f"{path}: key '{key}' must be a non-empty string, got {data.get(key)!r}")
+            raise ConfigError(
+                f"{path}: key '{key}' must be a non-empty string, got {data.get(key)!r}"
+            )
     if data["name"] != path.stem:
         raise ConfigError(f"{path}: name '{data['name']}' must match the file name '{path.stem}'")
     serialized = data.get("serialized_file")
@@ -72,7 +83,9 @@ def load_spec(path: Path, root: Path) -> ModelSpec:
         name=data["name"],
         version=data["version"],
         handler=_existing(path, root, "handler", data["handler"]),
-        serialized_file=_existing(path, root, "serialized_file", serialized) if serialized else None,
+        serialized_file=_existing(path, root, "serialized_file", serialized)
+        if serialized
+        else None,
         extra_files=tuple(_existing(path, root, "extra_files", f) for f in _list(path, data)),
         model_config=_mapping(path, data, "model_config"),
         handler_options=_mapping(path, data, "handler_options"),
@@ -94,8 +107,9 @@ def effective_config(spec: ModelSpec, defaults: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def config_sources(spec: ModelSpec, defaults: Mapping[str, Any], defaults_path: Path
-                   ) -> dict[str, tuple[Any, str]]:
+def config_sources(
+    spec: ModelSpec, defaults: Mapping[str, Any], defaults_path: Path
+) -> dict[str, tuple[Any, str]]:
     """Each effective key with its value and the file it came from."""
     sources: dict[str, tuple[Any, str]] = {}
     for key, value in defaults.items():

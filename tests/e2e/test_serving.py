@@ -38,8 +38,9 @@ def test_describe_shows_ready_workers(server: TorchServe, model: str) -> None:
 def test_iris_held_out_predictions(server: TorchServe) -> None:
     split = iris_split()
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(
-            lambda x: predict(server, "iris", json={"features": x.tolist()}), split.x_test))
+        responses = list(
+            pool.map(lambda x: predict(server, "iris", json={"features": x.tolist()}), split.x_test)
+        )
     assert {r.status_code for r in responses} == {200}
     predicted = [split.labels.index(r.json()["label"]) for r in responses]
     assert np.mean(np.array(predicted) == split.y_test) >= 0.95
@@ -49,9 +50,14 @@ def test_digits_held_out_predictions(server: TorchServe) -> None:
     split = digits_split()
     images, truth = split.x_test[:100], split.y_test[:100]
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(
-            lambda x: predict(server, "digits", data=digit_png(x),
-                              headers={"Content-Type": "image/png"}), images))
+        responses = list(
+            pool.map(
+                lambda x: predict(
+                    server, "digits", data=digit_png(x), headers={"Content-Type": "image/png"}
+                ),
+                images,
+            )
+        )
     assert {r.status_code for r in responses} == {200}
     predicted = np.array([r.json()["digit"] for r in responses])
     assert np.mean(predicted == truth) >= 0.95
@@ -89,7 +95,8 @@ def test_bad_and_good_request_in_one_batch(server: TorchServe) -> None:
         good = pool.submit(send, b'{"features": [6.7, 3.0, 5.2, 2.3]}')
     assert bad.result().status_code == 400
     assert bad.result().json() == {
-        "code": 400, "type": "BadRequest",
+        "code": 400,
+        "type": "BadRequest",
         "message": "feature 2 (petal_length) is 'three'; expected a finite number >= 0 (cm)",
     }
     assert good.result().status_code == 200
@@ -125,8 +132,9 @@ def test_bad_input_gets_a_clear_4xx_and_no_worker_restart(
 
 
 def test_oversized_body_is_refused_by_the_frontend(server: TorchServe) -> None:
-    response = predict(server, "digits", data=b"\0" * 7_000_000,
-                       headers={"Content-Type": "image/png"})
+    response = predict(
+        server, "digits", data=b"\0" * 7_000_000, headers={"Content-Type": "image/png"}
+    )
     assert response.status_code == 413
 
 

@@ -12,7 +12,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n" + bytes(range(32))
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [({"a": 1}, {"a": 1}), (b'{"a": 1}', {"a": 1}), ('[1, 2]', [1, 2]), ([3], [3])],
+    [({"a": 1}, {"a": 1}), (b'{"a": 1}', {"a": 1}), ("[1, 2]", [1, 2]), ([3], [3])],
 )
 def test_json_from_any_decoded_form(value: object, expected: object) -> None:
     assert Payload(value, "body").json() == expected

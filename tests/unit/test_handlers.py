@@ -125,7 +125,7 @@ def test_digits_held_out_accuracy_through_the_worker_path(digits: LocalModel) ->
     images, truth = split.x_test[:120], split.y_test[:120]
     predicted = []
     for start in range(0, len(images), 8):
-        batch = [Request.raw(encode(x, "PNG"), "image/png") for x in images[start:start + 8]]
+        batch = [Request.raw(encode(x, "PNG"), "image/png") for x in images[start : start + 8]]
         predicted += [r.json()["digit"] for r in digits.predict(batch)]
     assert np.mean(np.array(predicted) == truth) >= 0.95
 
@@ -133,7 +133,9 @@ def test_digits_held_out_accuracy_through_the_worker_path(digits: LocalModel) ->
 def test_digits_accepts_jpeg_base64_form_fields_and_dark_ink(digits: LocalModel) -> None:
     split = digits_split()
     image, digit = split.x_test[0], int(split.y_test[0])
-    big = Image.fromarray(np.uint8(255 - image * 255 / 16)).resize((64, 64), Image.Resampling.NEAREST)
+    big = Image.fromarray(np.uint8(255 - image * 255 / 16)).resize(
+        (64, 64), Image.Resampling.NEAREST
+    )
     light_paper = io.BytesIO()
     big.save(light_paper, format="PNG")
     requests = [
@@ -193,7 +195,9 @@ def test_empty_model_answers_anything(model_store: Path, size: int) -> None:
 
 
 def test_failing_model_fails_initialize_naming_the_model(model_store: Path) -> None:
-    with pytest.raises(ModelLoadFailed, match="model 'failing_model' fails to initialize on purpose"):
+    with pytest.raises(
+        ModelLoadFailed, match="model 'failing_model' fails to initialize on purpose"
+    ):
         LocalModel.from_mar(model_store / "failing_model.mar")
 
 
@@ -201,14 +205,14 @@ def test_failing_model_fails_initialize_naming_the_model(model_store: Path) -> N
 def test_missing_weights_name_the_file(model_store: Path, tmp_path: Path) -> None:
     model_dir = unpack(model_store / "iris.mar", tmp_path)
     (model_dir / "iris.pt").unlink()
-    with pytest.raises(ModelLoadFailed, match="file 'iris.pt' is missing from the archive"):
+    with pytest.raises(ModelLoadFailed, match=r"file 'iris\.pt' is missing from the archive"):
         LocalModel(model_dir)
 
 
 def test_broken_weights_name_the_file(model_store: Path, tmp_path: Path) -> None:
     model_dir = unpack(model_store / "digits.mar", tmp_path)
     (model_dir / "digits.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ModelLoadFailed, match="weights file 'digits.pt' is broken"):
+    with pytest.raises(ModelLoadFailed, match=r"weights file 'digits\.pt' is broken"):
         LocalModel(model_dir)
 
 
@@ -221,7 +225,7 @@ def test_bad_handler_option_fails_initialize_naming_it(model_store: Path, tmp_pa
 
 
 # ----- failures the handler did not expect -----------------------------------------------------
-FLAKY = '''
+FLAKY = """
 from handlers.base import ToolkitHandler
 from handlers.errors import BadRequest
 
@@ -239,7 +243,7 @@ class Flaky(ToolkitHandler):
 
     def postprocess(self, outputs):
         return outputs[:-1] if -2 in outputs else outputs
-'''
+"""
 
 
 @pytest.fixture()

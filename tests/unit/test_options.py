@@ -19,7 +19,10 @@ def test_values_are_typed() -> None:
 @pytest.mark.parametrize(
     ("section", "fragment"),
     [
-        ({"top_kk": 3}, "unknown handler option 'top_kk' in section 'handler'; did you mean 'top_k'?"),
+        (
+            {"top_kk": 3},
+            "unknown handler option 'top_kk' in section 'handler'; did you mean 'top_k'?",
+        ),
         ({"top_k": "3"}, "handler option 'top_k' in section 'handler' is '3' (str); expected int"),
         ({"warmup": 1}, "handler option 'warmup' in section 'handler' is 1 (int); expected bool"),
         ({"top_k": True}, "expected int"),

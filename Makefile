@@ -1,0 +1,68 @@
+# The toolkit's interface: `make` lists the targets. The README's two commands: `make serve`, `make test`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config.properties
+NAME ?= iris
+HEALTH_WAIT ?= 180
+PYTEST_ARGS ?=
+
+.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) java ## create .venv with the pinned dependencies; install Java 17 if missing
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+java: ## check for Java 17+ (the TorchServe frontend); apt-get install it if missing
+	@bash scripts/ensure_java.sh
+
+archive: $(STAMP) ## build every model's .mar into model_store/ (only what changed)
+	$(BIN)/python scripts/build_archives.py
+
+serve: install archive ## start TorchServe on config.properties, wait until healthy, print example calls
+	@if $(BIN)/python scripts/health_check.py --timeout 2 >/dev/null 2>&1; then \
+	  echo "TorchServe is already serving on this config; 'make stop' first to restart it"; \
+	else \
+	  $(BIN)/torchserve --start --ncs --ts-config $(CONFIG) >/dev/null && \
+	  $(BIN)/python scripts/health_check.py --wait $(HEALTH_WAIT); \
+	fi
+	@$(BIN)/python scripts/examples.py
+
+stop: ## stop the TorchServe started by `make serve`
+	$(BIN)/torchserve --stop
+
+health: ## check the running server: /ping and every model's READY workers (exit 0 = healthy)
+	$(BIN)/python scripts/health_check.py --customized
+
+test: install archive ## run every test: unit (in-process) and end-to-end (real TorchServe)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## run the fast in-process tests only
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-e2e: install archive ## run the end-to-end tests only
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+show-config: install ## print a model's effective config and where each value comes from (NAME=iris)
+	$(BIN)/python scripts/show_config.py $(NAME)
+
+train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
+	$(BIN)/python models/train.py
+
+clean: ## remove built archives, logs and caches (not .venv)
+	rm -rf model_store/*.mar model_store/*.mar.* logs .pytest_cache .mypy_cache .ruff_cache
