@@ -34,8 +34,10 @@ serve: install archive ## start TorchServe on config.properties, wait until heal
 	@if $(BIN)/python scripts/health_check.py --timeout 2 >/dev/null 2>&1; then \
 	  echo "TorchServe is already serving on this config; 'make stop' first to restart it"; \
 	else \
-	  $(BIN)/torchserve --start --ncs --ts-config $(CONFIG) >/dev/null && \
-	  $(BIN)/python scripts/health_check.py --wait $(HEALTH_WAIT); \
+	  mkdir -p logs && \
+	  $(BIN)/torchserve --start --ncs --ts-config $(CONFIG) >logs/launcher.log 2>&1 </dev/null && \
+	  $(BIN)/python scripts/health_check.py --wait $(HEALTH_WAIT) || \
+	  { echo "TorchServe is not healthy; see logs/"; tail -5 logs/launcher.log; exit 1; }; \
 	fi
 	@$(BIN)/python scripts/examples.py
 
