@@ -84,7 +84,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         started = time.perf_counter()
         items = self.warmup_items(self.options.warmup_batch_size)
         if items:
-            self._predict(items, None)
+            self._predict(items, dict.fromkeys(STAGES, 0.0))
         return round((time.perf_counter() - started) * 1000, 3)
 
     # ----- hooks for subclasses ------------------------------------------------------------
@@ -157,12 +157,14 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                 good.append(idx)
             except Exception as err:
                 results[idx] = self._error(context, idx, err)
+        timings = dict.fromkeys(STAGES, 0.0)
         if items:
-            for idx, result in zip(good, self._predict_isolating(items), strict=True):
+            outcomes = self._predict_isolating(items, timings)
+            for idx, result in zip(good, outcomes, strict=True):
                 results[idx] = self._reply(context, idx, result)
         errors = sum(1 for i in range(len(data)) if context.get_response_status(i)[0] >= 400)
-        self.stats.record_batch(len(data), errors)
-        self._emit_counters(context, len(data), errors)
+        self.stats.record_batch(len(data), errors, timings)
+        self._emit_metrics(context, len(data), errors, timings)
         return results
 
     def _payload(self, request: Any, context: Any, idx: int) -> Payload:
@@ -171,10 +173,10 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         content_type = header.get("content-type", "") if isinstance(header, dict) else ""
         return Payload(payload.value, payload.field, content_type)
 
-    def _predict_isolating(self, items: list[ItemT]) -> list[Any]:
+    def _predict_isolating(self, items: list[ItemT], timings: dict[str, float]) -> list[Any]:
         """Predict a batch; if it fails as a whole, retry one by one so only culprits fail."""
         try:
-            return self._predict(items, self.stats)
+            return self._predict(items, timings)
         except Exception as err:
             if len(items) == 1:
                 return [err]
@@ -182,30 +184,24 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         outcomes: list[Any] = []
         for item in items:
             try:
-                outcomes.extend(self._predict([item], self.stats))
+                outcomes.extend(self._predict([item], timings))
             except Exception as err:
                 outcomes.append(err)
         return outcomes
 
-    def _predict(self, items: list[ItemT], stats: WorkerStats | None) -> list[Any]:
-        with self._stage("preprocess", stats):
+    def _predict(self, items: list[ItemT], timings: dict[str, float]) -> list[Any]:
+        """Run the three stages on valid items, adding each stage's milliseconds to ``timings``."""
+        with _timed("preprocess", timings):
             batch = self.preprocess(items)
-        with self._stage("inference", stats), torch.inference_mode():
+        with _timed("inference", timings), torch.inference_mode():
             outputs = self.inference(batch)
-        with self._stage("postprocess", stats):
+        with _timed("postprocess", timings):
             results = self.postprocess(outputs)
         if len(results) != len(items):
             raise RuntimeError(
                 f"postprocess returned {len(results)} results for {len(items)} inputs"
             )
         return results
-
-    @contextmanager
-    def _stage(self, name: str, stats: WorkerStats | None) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        if stats is not None:
-            stats.add_stage(name, (time.perf_counter() - started) * 1000)
 
     def _reply(self, context: Any, idx: int, result: Any) -> Any:
         if isinstance(result, BaseException):
@@ -222,21 +218,22 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         context.set_response_content_type(idx, "application/json")
         return err.body()
 
-    def _emit_counters(self, context: Any, size: int, errors: int) -> None:
+    def _emit_metrics(
+        self, context: Any, size: int, errors: int, timings: dict[str, float]
+    ) -> None:
+        """This batch's counts and stage times, through TorchServe's metrics cache."""
         metrics = getattr(context, "metrics", None)
         if metrics is None:
             return
-        dims = [Dimension("ModelName", self.model_name)]
-        metrics.add_counter("ToolkitRequests", size, None, list(dims))
-        metrics.add_counter("ToolkitRequestErrors", errors, None, list(dims))
-        for stage in STAGES:
-            metrics.add_time(
-                f"Toolkit{stage.title()}Ms",
-                self.stats.stage_ms.get(stage, 0.0),
-                None,
-                "ms",
-                list(dims),
-            )
+
+        # TorchServe's metric methods append to the dimension list they get: pass fresh ones.
+        def dims() -> list[Dimension]:
+            return [Dimension("ModelName", self.model_name)]
+
+        metrics.add_counter("ToolkitRequests", size, None, dims())
+        metrics.add_counter("ToolkitRequestErrors", errors, None, dims())
+        for stage, ms in timings.items():
+            metrics.add_time(f"Toolkit{stage.title()}Time", round(ms, 3), None, "ms", dims())
 
     # ----- custom metadata -----------------------------------------------------------------
     def describe_handle(self) -> dict[str, Any]:
@@ -273,3 +270,12 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         )
         settings = {k: self.model_config[k] for k in keys if k in self.model_config}
         return {"batchSize": self.batch_size, **settings}
+
+
+@contextmanager
+def _timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] += (time.perf_counter() - started) * 1000

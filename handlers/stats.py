@@ -16,13 +16,12 @@ class WorkerStats:
     batches: Counter[int] = dataclasses.field(default_factory=Counter)
     stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def record_batch(self, size: int, errors: int) -> None:
+    def record_batch(self, size: int, errors: int, stage_ms: dict[str, float]) -> None:
         self.requests += size
         self.errors += errors
         self.batches[size] += 1
-
-    def add_stage(self, stage: str, ms: float) -> None:
-        self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + ms
+        for stage, ms in stage_ms.items():
+            self.stage_ms[stage] = self.stage_ms.get(stage, 0.0) + ms
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -140,3 +141,16 @@ def test_oversized_body_is_refused_by_the_frontend(server: TorchServe) -> None:
 
 def test_unknown_model_is_404(server: TorchServe) -> None:
     assert predict(server, "nope", json=[1]).status_code == 404
+
+
+def test_custom_metrics_reach_the_model_metrics_log(server: TorchServe) -> None:
+    assert predict(server, "empty_model", data=b"x").status_code == 200
+    log = server.log_dir / "model_metrics.log"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "ToolkitRequests.Count" in text and "ModelName:empty_model" in text:
+            break
+        time.sleep(0.2)
+    assert "ToolkitRequests.Count" in text
+    assert "ToolkitInferenceTime.Milliseconds" in text

@@ -268,3 +268,24 @@ def test_an_unexpected_failure_fails_only_its_request(flaky: LocalModel) -> None
 def test_a_result_count_mismatch_is_caught(flaky: LocalModel) -> None:
     replies = flaky.predict([Request.json(-1), Request.json(5)])
     assert [r.status for r in replies] == [500, 200]
+
+
+# ----- warmup and metrics ----------------------------------------------------------------------
+def test_warmup_can_be_turned_off_in_the_handler_section(model_store: Path, tmp_path: Path) -> None:
+    model_dir = unpack(model_store / "iris.mar", tmp_path)
+    config = model_dir / "model-config.yml"
+    config.write_text(config.read_text().replace("warmup: true", "warmup: false"))
+    with LocalModel(model_dir) as model:
+        warmup = model.describe()["warmup"]
+    assert warmup == {"enabled": False, "ran": False, "ms": None}
+
+
+def test_metrics_are_emitted_per_batch(iris: LocalModel, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ts.metrics")
+    iris.predict([Request.json([5.1, 3.5, 1.4, 0.2]), Request.json([1]), Request.json([1])])
+    lines = [r.getMessage() for r in caplog.records if "[METRICS]Toolkit" in r.getMessage()]
+    assert any(line.startswith("[METRICS]ToolkitRequests.Count:3|") for line in lines), lines
+    assert any(line.startswith("[METRICS]ToolkitRequestErrors.Count:2|") for line in lines)
+    for stage in ("Preprocess", "Inference", "Postprocess"):
+        assert any(line.startswith(f"[METRICS]Toolkit{stage}Time.Milliseconds:") for line in lines)
+    assert all("ModelName:iris" in line for line in lines)
