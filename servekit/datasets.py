@@ -22,30 +22,23 @@ class Split(NamedTuple):
     labels: list[str]
 
 
+def _split(x: np.ndarray, y: np.ndarray, labels: list[str]) -> Split:
+    x_train, x_test, y_train, y_test = train_test_split(
+        x.astype(np.float32), y, test_size=TEST_FRACTION, random_state=SEED, stratify=y
+    )
+    return Split(x_train, x_test, y_train, y_test, labels)
+
+
 def iris_split() -> Split:
     """Iris measurements (cm) and species, stratified 75/25."""
     data = load_iris()
-    x_train, x_test, y_train, y_test = train_test_split(
-        data.data.astype(np.float32),
-        data.target,
-        test_size=TEST_FRACTION,
-        random_state=SEED,
-        stratify=data.target,
-    )
-    return Split(x_train, x_test, y_train, y_test, labels=[str(n) for n in data.target_names])
+    return _split(data.data, data.target, [str(n) for n in data.target_names])
 
 
 def digits_split() -> Split:
     """8x8 digit images (0..16 ink) and their digit, stratified 75/25."""
     data = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        data.images.astype(np.float32),
-        data.target,
-        test_size=TEST_FRACTION,
-        random_state=SEED,
-        stratify=data.target,
-    )
-    return Split(x_train, x_test, y_train, y_test, labels=[str(d) for d in range(10)])
+    return _split(data.images, data.target, [str(d) for d in range(10)])
 
 
 def digit_png(image: np.ndarray, fmt: str = "PNG") -> bytes:
