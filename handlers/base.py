@@ -17,6 +17,7 @@ A leaf handler only says what differs::
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers import recycle
 from handlers.decoding import DEFAULT_FIELDS, Payload, select_payload
 from handlers.errors import InternalError, ModelLoadError, RequestError
 from handlers.options import HandlerOptions
@@ -59,6 +61,9 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.model_version = ""
         self.batch_size = 1
         self.model_config: dict[str, Any] = {}
+        self.warming = False
+        self.failures_in_a_row = 0
+        self.publish_stats = False
 
     # ----- lifecycle ---------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -66,10 +71,18 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.options = self.options_class.from_section(self.model_config.get("handler"))
         self.model = self.load_model()
         self.labels = self.load_labels()
-        if self.options.warmup:
-            self.warmup_ms = self._warmup()
+        if self.options.recycle_on_sigusr1:
+            recycle.install(self.model_name)
+        self.publish_stats = recycle.in_torchserve_worker()
+        if self.publish_stats:
+            self.stats.publish(self.model_name, force=True)
+        if self.options.warmup and self.options.warmup_in_background:
+            self.warming = True
+            threading.Thread(target=self._warmup, name="warmup", daemon=True).start()
+        elif self.options.warmup:
+            self._warmup()
         self.initialized = True
-        logger.info("%s ready (warmup %s ms)", self.model_name, self.warmup_ms)
+        logger.info("%s initialized (status %s)", self.model_name, self.status)
 
     def _read_context(self, context: Any) -> None:
         props = context.system_properties
@@ -80,12 +93,29 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.model_version = str(manifest.get("model", {}).get("modelVersion", ""))
         self.model_config = dict(context.model_yaml_config or {})
 
-    def _warmup(self) -> float:
+    def _warmup(self) -> None:
         started = time.perf_counter()
-        items = self.warmup_items(self.options.warmup_batch_size)
-        if items:
-            self._predict(items, dict.fromkeys(STAGES, 0.0))
-        return round((time.perf_counter() - started) * 1000, 3)
+        try:
+            items = self.warmup_items(self.options.warmup_batch_size)
+            if items:
+                self._predict(items, dict.fromkeys(STAGES, 0.0))
+            self.warmup_ms = round((time.perf_counter() - started) * 1000, 3)
+        except Exception:
+            if not self.warming:
+                raise  # blocking warmup: initialize fails, as it should
+            logger.exception("%s: background warmup failed", self.model_name)
+        finally:
+            self.warming = False
+
+    @property
+    def status(self) -> str:
+        """``initializing``, ``warming``, ``ready`` or ``degraded`` (internal errors in a row)."""
+        if not self.initialized:
+            return "initializing"
+        if self.warming:
+            return "warming"
+        limit = self.options.degraded_after_errors
+        return "degraded" if limit and self.failures_in_a_row >= limit else "ready"
 
     # ----- hooks for subclasses ------------------------------------------------------------
     def load_model(self) -> Any:
@@ -162,10 +192,22 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             outcomes = self._predict_isolating(items, timings)
             for idx, result in zip(good, outcomes, strict=True):
                 results[idx] = self._reply(context, idx, result)
-        errors = sum(1 for i in range(len(data)) if context.get_response_status(i)[0] >= 400)
+        statuses = [context.get_response_status(i)[0] for i in range(len(data))]
+        self._count_failures(statuses)
+        errors = sum(1 for code in statuses if code >= 400)
         self.stats.record_batch(len(data), errors, timings)
+        if self.publish_stats:
+            self.stats.publish(self.model_name)
         self._emit_metrics(context, len(data), errors, timings)
         return results
+
+    def _count_failures(self, statuses: list[int]) -> None:
+        """Internal errors in a row; any success resets, client errors do not count."""
+        for code in statuses:
+            if code >= 500:
+                self.failures_in_a_row += 1
+            elif code < 400:
+                self.failures_in_a_row = 0
 
     def _payload(self, request: Any, context: Any, idx: int) -> Payload:
         payload = select_payload(request, self.input_fields, allow_empty=self.accepts_empty)
@@ -240,7 +282,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         """What ``GET /models/{name}?customized=true`` shows as ``customizedMetadata``."""
         cls = type(self)
         described: dict[str, Any] = {
-            "status": "ready" if self.initialized else "initializing",
+            "status": self.status,
+            "failures_in_a_row": self.failures_in_a_row,
             "model": {"name": self.model_name, "version": self.model_version},
             "handler": f"{cls.__module__}.{cls.__qualname__}",
             "input_schema": self.input_schema,

@@ -33,6 +33,15 @@ class HandlerOptions:
     warmup_batch_size: int = 1
     """How many inputs the warmup batch holds."""
 
+    warmup_in_background: bool = False
+    """Warm up after initialize returns: the worker is READY at once, its status 'warming'."""
+
+    degraded_after_errors: int = 5
+    """Status 'degraded' after this many internal errors in a row (0: never)."""
+
+    recycle_on_sigusr1: bool = True
+    """SIGUSR1 makes the worker exit when idle, for scripts/recycle_workers.py."""
+
     @classmethod
     def from_section(cls: type[T], section: Any, where: str = "handler") -> T:
         """Build the options from a mapping (``None`` means all defaults)."""
@@ -59,6 +68,11 @@ class HandlerOptions:
         if self.warmup_batch_size < 1:
             raise ModelLoadError(
                 f"handler option 'warmup_batch_size' is {self.warmup_batch_size}; it must be >= 1"
+            )
+        if self.degraded_after_errors < 0:
+            raise ModelLoadError(
+                f"handler option 'degraded_after_errors' is {self.degraded_after_errors}; "
+                "it must be >= 0 (0 turns it off)"
             )
 
     @classmethod

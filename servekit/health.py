@@ -46,6 +46,13 @@ PAGE_LIMIT = 100
 READY = "READY"
 HANDLER_READY = "ready"
 PROG = "health_check.py"
+PROBES = ("default", "startup", "readiness", "liveness")
+PROBE_HELP = (
+    "startup: every model has minWorkers READY (and, with --customized, its handler is ready: "
+    "warmed up); readiness: the same and no model's job queue is full; liveness: fails only "
+    "when the frontend is down or a model has failed for good (/ping 500 after its "
+    "maxRetryTimeoutInSec); default: like startup, and reports queue saturation"
+)
 
 
 class UsageError(ConfigError):
@@ -117,9 +124,12 @@ class HealthReport:
     models: tuple[ModelHealth, ...] = ()
     error: str | None = None
     unreachable: bool = False
+    mode: str = "default"
 
     @property
     def healthy(self) -> bool:
+        if self.mode == "liveness":
+            return not self.unreachable and self.ping is not None and self.ping.healthy
         return (
             not self.unreachable
             and self.error is None
@@ -138,23 +148,27 @@ class HealthReport:
 # --- pure evaluation of describe documents -------------------------------------------------
 
 
-def evaluate_model(entry: Mapping[str, object], customized: bool = False) -> ModelHealth:
+def evaluate_model(
+    entry: Mapping[str, object], customized: bool = False, mode: str = "default"
+) -> ModelHealth:
     """Judge one describe entry (one element of ``GET /models/{name}``'s list)."""
     raw_name = entry.get("modelName")
     name = raw_name if isinstance(raw_name, str) else "?"
     try:
-        return _evaluate(name, entry, customized)
+        return _evaluate(name, entry, customized, mode)
     except MalformedResponse as err:
         return ModelHealth(name, False, f"unexpected describe response: {err}")
 
 
-def evaluate_describe(name: str, document: object, customized: bool = False) -> ModelHealth:
+def evaluate_describe(
+    name: str, document: object, customized: bool = False, mode: str = "default"
+) -> ModelHealth:
     """Judge the decoded body of ``GET /models/{name}``; a wrong shape is unhealthy, not a crash."""
     try:
         entry = select_entry(document)
     except MalformedResponse as err:
         return ModelHealth(name, False, f"unexpected describe response: {err}")
-    return replace(evaluate_model(entry, customized), name=name)
+    return replace(evaluate_model(entry, customized, mode), name=name)
 
 
 def select_entry(document: object, version: str | None = None) -> Mapping[str, object]:
@@ -172,13 +186,18 @@ def not_registered(name: str) -> ModelHealth:
     return ModelHealth(name, False, "not registered")
 
 
-def _evaluate(name: str, entry: Mapping[str, object], customized: bool) -> ModelHealth:
+def _evaluate(name: str, entry: Mapping[str, object], customized: bool, mode: str) -> ModelHealth:
     states = _worker_states(entry.get("workers"))
     min_workers = _int_field(entry, "minWorkers")
     ready = states.count(READY)
     others = tuple(dict.fromkeys(s for s in states if s != READY))
     healthy = ready >= max(min_workers, 1)
     reason = _workers_summary(ready, len(states), min_workers, others)
+    queue = _queue(entry.get("jobQueueStatus"))
+    if queue is not None and (queue.pending_requests or not queue.remaining_capacity):
+        reason += f", {_queue_text(queue)}"
+        if mode == "readiness" and not queue.remaining_capacity:
+            healthy = False
     handler_status = None
     if customized:
         handler_status, detail = handler_check(entry.get("customizedMetadata"))
@@ -192,9 +211,15 @@ def _evaluate(name: str, entry: Mapping[str, object], customized: bool) -> Model
         workers=len(states),
         min_workers=min_workers,
         states=others,
-        queue=_queue(entry.get("jobQueueStatus")),
+        queue=queue,
         handler_status=handler_status,
     )
+
+
+def _queue_text(queue: QueueStatus) -> str:
+    if not queue.remaining_capacity:
+        return f"job queue full ({queue.pending_requests} pending): new requests get 503"
+    return f"job queue {queue.pending_requests} pending, {queue.remaining_capacity} free"
 
 
 def _workers_summary(ready: int, total: int, min_workers: int, others: Sequence[str]) -> str:
@@ -204,6 +229,8 @@ def _workers_summary(ready: int, total: int, min_workers: int, others: Sequence[
     required = max(min_workers, 1)
     if ready < required and required != total:
         text += f", need {required}"
+    if 0 < ready < required:
+        text += ", degraded"
     return text
 
 
@@ -281,14 +308,25 @@ def plan_checks(requested: Sequence[str], registered: Sequence[str]) -> list[tup
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-def probe(target: Target, models: Sequence[str] = (), *, customized: bool = False) -> HealthReport:
-    """One full check: ping, list, describe each model. Never raises for server trouble."""
+def probe(
+    target: Target,
+    models: Sequence[str] = (),
+    *,
+    customized: bool = False,
+    mode: str = "default",
+) -> HealthReport:
+    """One full check: ping, list, describe each model. Never raises for server trouble.
+
+    ``mode="liveness"`` only pings: a slow or saturated model is no reason to restart.
+    """
     with requests.Session() as session:
-        client = _Client(session, target)
+        client = _Client(session, target, mode)
         try:
             ping = client.ping()
         except ServerUnreachable as err:
-            return HealthReport(None, error=str(err), unreachable=True)
+            return HealthReport(None, error=str(err), unreachable=True, mode=mode)
+        if mode == "liveness":
+            return HealthReport(ping, mode=mode)
         try:
             checks = plan_checks(models, client.list_models())
             results = tuple(
@@ -296,10 +334,10 @@ def probe(target: Target, models: Sequence[str] = (), *, customized: bool = Fals
                 for name, known in checks
             )
         except ServerUnreachable as err:
-            return HealthReport(ping, error=str(err), unreachable=True)
+            return HealthReport(ping, error=str(err), unreachable=True, mode=mode)
         except MalformedResponse as err:
-            return HealthReport(ping, error=f"model list failed: {err}")
-    return HealthReport(ping, results)
+            return HealthReport(ping, error=f"model list failed: {err}", mode=mode)
+    return HealthReport(ping, results, mode=mode)
 
 
 def http_reason(status_code: int, body: object) -> str:
@@ -310,10 +348,15 @@ def http_reason(status_code: int, body: object) -> str:
     return f"HTTP {status_code}: {message}" if message else f"HTTP {status_code}"
 
 
+class _QueueFull(Exception):
+    """The customized describe got 503: it waits in the model's full job queue."""
+
+
 @dataclass(frozen=True)
 class _Client:
     session: requests.Session
     target: Target
+    mode: str = "default"
 
     def ping(self) -> PingResult:
         response = self._get(f"{self.target.inference_url}/ping", self.target.auth.inference)
@@ -339,11 +382,16 @@ class _Client:
             seen.add(token)
 
     def describe(self, name: str, customized: bool) -> ModelHealth:
-        if customized:
-            plain = self._describe(name, customized=False)
-            if plain.ready == 0:  # describe_handle would wait in the queue for a worker, in vain
-                return plain
-        return self._describe(name, customized)
+        if not customized:
+            return self._describe(name, customized)
+        plain = self._describe(name, customized=False)
+        if plain.ready == 0:  # describe_handle would wait in the queue for a worker, in vain
+            return plain
+        try:
+            return self._describe(name, customized)
+        except _QueueFull:
+            reason = f"{plain.reason}, handler status unknown: describe got 503 (job queue full)"
+            return replace(plain, healthy=False, reason=reason)
 
     def _describe(self, name: str, customized: bool) -> ModelHealth:
         params = {"customized": "true"} if customized else None
@@ -356,12 +404,14 @@ class _Client:
             return not_registered(name)
         if response.status_code == 400:
             return ModelHealth(name, False, http_reason(400, body))
+        if response.status_code == 503 and customized:
+            raise _QueueFull(name)
         if response.status_code != 200:
             reason = http_reason(response.status_code, body)
             return ModelHealth(name, False, f"describe failed: {reason}")
         if body is None:
             return ModelHealth(name, False, "describe failed: answer is not JSON")
-        return evaluate_describe(name, body, customized)
+        return evaluate_describe(name, body, customized, self.mode)
 
     def _get_management(
         self, path: str, params: dict[str, str] | None = None, slow_ok: bool = False
@@ -434,6 +484,8 @@ def render_text(report: HealthReport) -> str:
     lines = [] if report.ping is None else [f"ping: {_ping_text(report.ping)}"]
     if report.unreachable:
         lines.append(f"unreachable: {report.error}")
+    elif report.mode == "liveness":
+        lines.append("models: not checked by the liveness probe (only /ping)")
     elif report.error is not None:
         lines.append(f"models: {report.error}")
     elif not report.models:
@@ -451,6 +503,7 @@ def _ping_text(ping: PingResult) -> str:
 def report_to_dict(report: HealthReport) -> dict[str, object]:
     ping = report.ping
     return {
+        "probe": report.mode,
         "healthy": report.healthy,
         "exit_code": report.exit_code,
         "ping": None if ping is None else {"status_code": ping.status_code, "status": ping.status},
@@ -585,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also require the handler's describe_handle() status 'ready'",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--probe", choices=PROBES, default="default", help=PROBE_HELP)
     parser.add_argument(
         "--key-file",
         type=Path,
@@ -612,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     target = Target(args.inference_url, args.management_url, args.timeout, auth)
     try:
         report = wait_until_healthy(
-            lambda: probe(target, args.models, customized=args.customized), args.wait
+            lambda: probe(target, args.models, customized=args.customized, mode=args.probe),
+            args.wait,
         )
     except KeyboardInterrupt:
         return 130

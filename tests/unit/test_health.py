@@ -83,7 +83,7 @@ def metadata(status: str) -> str:
     [
         (("READY", "READY"), 2, True, "2/2 workers READY"),
         (("UNLOADING", "UNLOADING"), 2, False, "0/2 workers READY (UNLOADING)"),
-        (("READY", "UNLOADING"), 2, False, "1/2 workers READY (UNLOADING)"),
+        (("READY", "UNLOADING"), 2, False, "1/2 workers READY (UNLOADING), degraded"),
         (("READY", "UNLOADING"), 1, True, "1/2 workers READY (UNLOADING)"),
         (("READY",), 0, True, "1/1 workers READY"),
         ((), 0, False, "0/0 workers READY, need 1"),
@@ -91,7 +91,7 @@ def metadata(status: str) -> str:
             ("READY", "STOPPED", "UNLOADING", "STOPPED"),
             3,
             False,
-            "1/4 workers READY (STOPPED, UNLOADING), need 3",
+            "1/4 workers READY (STOPPED, UNLOADING), need 3, degraded",
         ),
     ],
 )
@@ -225,6 +225,7 @@ def test_unhealthy_report_renders_text_and_json() -> None:
     assert report.exit_code == EXIT_UNHEALTHY
     assert render_text(report) == "ping: Healthy\niris: 0/2 workers READY (UNLOADING)"
     assert json.loads(render_json(report)) == {
+        "probe": "default",
         "healthy": False,
         "exit_code": 1,
         "ping": {"status_code": 200, "status": "Healthy"},
@@ -430,3 +431,37 @@ def test_unreachable_server_json_and_short_wait(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert (result["healthy"], result["exit_code"], result["ping"]) == (False, 3, None)
     assert "Traceback" not in done.stderr
+
+
+# --- probe modes and queue saturation ----------------------------------------------------------
+
+
+def full_queue_entry() -> dict[str, object]:
+    document = entry("READY", min_workers=1)
+    document["jobQueueStatus"] = {"remainingCapacity": 0, "pendingRequests": 4}
+    return document
+
+
+def test_a_full_queue_is_reported_without_calling_the_model_down() -> None:
+    model = evaluate_model(full_queue_entry())
+    assert model.healthy is True
+    assert model.reason == ("1/1 workers READY, job queue full (4 pending): new requests get 503")
+
+
+@pytest.mark.parametrize(
+    ("mode", "healthy"), [("default", True), ("startup", True), ("readiness", False)]
+)
+def test_only_readiness_fails_on_a_full_queue(mode: str, healthy: bool) -> None:
+    assert evaluate_model(full_queue_entry(), mode=mode).healthy is healthy
+
+
+def test_liveness_follows_ping_only() -> None:
+    down_model = (evaluate_model(entry("UNLOADING", "UNLOADING")),)
+    assert HealthReport(HEALTHY_PING, down_model, mode="liveness").exit_code == 0
+    failed_for_good = PingResult(500, "Unhealthy")
+    assert HealthReport(failed_for_good, (), mode="liveness").exit_code == EXIT_UNHEALTHY
+    assert HealthReport(None, (), error="x", unreachable=True, mode="liveness").exit_code == 3
+
+
+def test_probe_flag_is_validated() -> None:
+    assert main(["--probe", "sometimes"]) == 2
