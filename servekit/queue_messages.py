@@ -1,0 +1,205 @@
+"""The queue bridge's wire formats: the request envelope on RabbitMQ, the result record in Redis.
+
+A request is one AMQP message whose body is a JSON object (schema version 1)::
+
+    {"v": 1,
+     "id": "b0c5...",                      # request id: 1-128 of [A-Za-z0-9._:-]
+     "model": "iris",                      # TorchServe model name (optionally "name/version")
+     "content_type": "application/json",   # sent to TorchServe as Content-Type
+     "body": "eyJmZWF0dXJlcyI6IFsuLi5dfQ==",  # the payload, base64 (any bytes survive)
+     "ttl": 3600}                          # optional: seconds the result is kept in Redis
+
+The result is a JSON object stored at ``<prefix>:result:<id>`` (``SET ... EX ttl``)::
+
+    {"id": "b0c5...", "model": "iris", "status": 200, "content_type": "application/json",
+     "body": "<base64 of TorchServe's answer>", "error": null, "attempts": 1}
+
+``status`` is TorchServe's HTTP status, or 400 for a message the bridge could not read
+(then ``error`` says why). Because the key is the request id, a redelivered message
+overwrites its own result and never adds a second one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from servekit.errors import ToolkitError
+
+SCHEMA_VERSION = 1
+DEFAULT_PREFIX = "servekit"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?")
+FIELDS = ("v", "id", "model", "content_type", "body", "ttl")
+MAX_TTL = 7 * 24 * 3600
+
+
+class QueueError(ToolkitError):
+    """Base of the queue bridge's errors."""
+
+
+class MalformedMessage(QueueError):
+    """A message that is not a valid request envelope; it goes to the dead-letter queue.
+
+    ``request_id`` is set when the id could be read, so the producer still gets an answer.
+    """
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One request: which model, what bytes, and how long to keep the answer."""
+
+    id: str
+    model: str
+    body: bytes
+    content_type: str = "application/octet-stream"
+    ttl: int | None = None
+
+    def encode(self) -> bytes:
+        envelope: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "model": self.model,
+            "content_type": self.content_type,
+            "body": base64.b64encode(self.body).decode("ascii"),
+        }
+        if self.ttl is not None:
+            envelope["ttl"] = self.ttl
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """What the bridge stores for a request id: TorchServe's answer or why there is none."""
+
+    id: str
+    model: str
+    status: int
+    content_type: str
+    body: bytes
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body parsed as JSON (TorchServe's answers and errors are JSON for our handlers)."""
+        return json.loads(self.body)
+
+    def encode(self) -> bytes:
+        record = asdict(self) | {"body": base64.b64encode(self.body).decode("ascii")}
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> StoredResult:
+        record = json.loads(raw)
+        return cls(**(record | {"body": base64.b64decode(record["body"])}))
+
+
+def result_key(prefix: str, request_id: str) -> str:
+    return f"{prefix}:result:{request_id}"
+
+
+def done_key(prefix: str, request_id: str) -> str:
+    """A one-item list pushed with the result: ``BLPOP`` on it waits without polling."""
+    return f"{prefix}:done:{request_id}"
+
+
+def check_request_id(value: object) -> str:
+    if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
+        raise MalformedMessage(
+            f"'id' is {value!r}; expected 1-128 characters of letters, digits and ._:- "
+            "(a uuid4 hex is a good choice)"
+        )
+    return value
+
+
+def _text_field(envelope: dict[str, Any], key: str, request_id: str) -> str:
+    value = envelope.get(key)
+    if not isinstance(value, str) or not value:
+        raise MalformedMessage(f"'{key}' is {value!r}; expected a non-empty string", request_id)
+    return value
+
+
+def _body(envelope: dict[str, Any], request_id: str) -> bytes:
+    value = envelope.get("body")
+    if not isinstance(value, str):
+        raise MalformedMessage(
+            f"'body' is {type(value).__name__}; expected the payload as a base64 string",
+            request_id,
+        )
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise MalformedMessage(f"'body' is not valid base64 ({error})", request_id) from None
+
+
+def _ttl(envelope: dict[str, Any], request_id: str) -> int | None:
+    value = envelope.get("ttl")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL:
+        raise MalformedMessage(
+            f"'ttl' is {value!r}; expected whole seconds from 1 to {MAX_TTL}, or leave it out",
+            request_id,
+        )
+    return value
+
+
+def _envelope(raw: bytes, fallback_id: str | None) -> dict[str, Any]:
+    try:
+        envelope = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedMessage(
+            f"message body is not JSON ({error}); expected a request envelope "
+            '{"v": 1, "id", "model", "content_type", "body": base64}',
+            fallback_id,
+        ) from None
+    if not isinstance(envelope, dict):
+        raise MalformedMessage(
+            f"message body is a JSON {type(envelope).__name__}; expected an object", fallback_id
+        )
+    return envelope
+
+
+def decode_request(raw: bytes, fallback_id: str | None = None) -> InferenceRequest:
+    """Parse and check one envelope; ``fallback_id`` (the AMQP message_id) names a broken one."""
+    envelope = _envelope(raw, fallback_id)
+    if "id" not in envelope:
+        raise MalformedMessage("missing field 'id' (the request id)", fallback_id)
+    request_id = check_request_id(envelope["id"])
+    unknown = sorted(set(envelope) - set(FIELDS))
+    if unknown:
+        raise MalformedMessage(f"unknown field(s) {unknown}; allowed: {list(FIELDS)}", request_id)
+    if envelope.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise MalformedMessage(
+            f"'v' is {envelope['v']!r}; this bridge reads schema version {SCHEMA_VERSION}",
+            request_id,
+        )
+    for key in ("model", "body"):
+        if key not in envelope:
+            raise MalformedMessage(f"missing field '{key}'", request_id)
+    model = _text_field(envelope, "model", request_id)
+    if not MODEL_NAME.fullmatch(model):
+        raise MalformedMessage(
+            f"'model' is {model!r}; expected a model name like 'iris' or 'iris/1.0'", request_id
+        )
+    content_type = envelope.get("content_type", "application/octet-stream")
+    if not isinstance(content_type, str) or "/" not in content_type:
+        raise MalformedMessage(
+            f"'content_type' is {content_type!r}; expected a MIME type like 'application/json'",
+            request_id,
+        )
+    return InferenceRequest(
+        request_id, model, _body(envelope, request_id), content_type, _ttl(envelope, request_id)
+    )
