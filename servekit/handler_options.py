@@ -1,0 +1,122 @@
+"""Check a model's ``handler:`` options against what its handler declares.
+
+A toolkit handler declares its options as a frozen dataclass, ``options_class``
+(see ``handlers/options.py``); TorchServe loads the only class a handler file
+defines. This module finds that class without running TorchServe and reports
+undeclared, mistyped and out-of-range options as findings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from handlers.errors import ModelLoadError
+from handlers.options import HandlerOptions
+from servekit.errors import ConfigError
+from servekit.findings import ERROR, Finding, did_you_mean, show
+
+Where = Callable[[str], tuple[str, int | None]]
+
+
+def handler_class(handler: Path, root: Path) -> type:
+    """The one class defined in ``handler`` (a file under ``root``), as TorchServe picks it."""
+    module = _import(handler.resolve(), root.resolve())
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and obj.__module__ == module.__name__
+    ]
+    if len(classes) != 1:
+        names = ", ".join(c.__name__ for c in classes) or "none"
+        raise ConfigError(
+            f"{handler}: TorchServe needs exactly one class in a handler file, found {names}; "
+            "move helper classes to their own module"
+        )
+    return classes[0]
+
+
+def options_class(handler: type) -> type[HandlerOptions] | None:
+    """The handler's declared options, or ``None`` for a handler that declares none."""
+    declared = getattr(handler, "options_class", None)
+    if isinstance(declared, type) and issubclass(declared, HandlerOptions):
+        return declared
+    return None
+
+
+def check_options(
+    options: type[HandlerOptions], section: Mapping[str, Any], where: Where, owner: str
+) -> list[Finding]:
+    """Undeclared options (with "did you mean"), then type and range of the declared ones."""
+    declared = options.declared()
+    expected = ", ".join(f"{k} ({t})" for k, t in declared.items())
+    findings = []
+    known: dict[str, Any] = {}
+    for name, value in section.items():
+        if name in declared:
+            known[name] = value
+            continue
+        file, line = where(name)
+        close = did_you_mean(str(name), declared)
+        fix = f"did you mean '{close}'?" if close else f"remove it; {owner} declares: {expected}"
+        findings.append(
+            Finding(
+                ERROR,
+                "undeclared-option",
+                file,
+                line,
+                f"handler.{name}",
+                show(value),
+                f"an option {owner} declares",
+                fix,
+                f"{owner} does not declare this option: initialize fails",
+            )
+        )
+    try:
+        options.from_section(known)
+    except ModelLoadError as err:
+        culprit = _named(str(err), known)
+        file, line = where(culprit or "")
+        findings.append(
+            Finding(
+                ERROR,
+                "bad-option",
+                file,
+                line,
+                f"handler.{culprit or '?'}",
+                show(known.get(culprit)) if culprit else "",
+                f"options as {owner} declares them ({expected})",
+                "fix the value as the message says",
+                f"initialize would fail: {err}",
+            )
+        )
+    return findings
+
+
+def _named(message: str, known: Mapping[str, Any]) -> str | None:
+    for name in known:
+        if f"'{name}'" in message:
+            return str(name)
+    return None
+
+
+def _import(path: Path, root: Path) -> ModuleType:
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        relative = None
+    if relative is not None and relative.parts[0] == "handlers" and len(relative.parts) == 2:
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        return importlib.import_module(f"handlers.{path.stem}")
+    spec = importlib.util.spec_from_file_location(f"_handler_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
