@@ -11,7 +11,7 @@ NAME ?= iris
 HEALTH_WAIT ?= 180
 PYTEST_ARGS ?=
 
-.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean
+.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,10 +27,13 @@ $(STAMP): pyproject.toml
 java: ## check for Java 17+ (the TorchServe frontend); apt-get install it if missing
 	@bash scripts/ensure_java.sh
 
-archive: $(STAMP) ## build every model's .mar into model_store/ (only what changed)
+validate: $(STAMP) ## check config.properties, model-config.yml and config/*.yml before TorchServe sees them
+	$(BIN)/python scripts/validate_config.py $(CONFIG) model-config.yml config/*.yml
+
+archive: $(STAMP) validate ## build every model's .mar into model_store/ (only what changed)
 	$(BIN)/python scripts/build_archives.py
 
-serve: install archive ## start TorchServe on config.properties, wait until healthy, print example calls
+serve: install validate archive ## start TorchServe on config.properties, wait until healthy, print example calls
 	@if $(BIN)/python scripts/health_check.py --timeout 2 >/dev/null 2>&1; then \
 	  echo "TorchServe is already serving on this config; 'make stop' first to restart it"; \
 	else \
@@ -62,6 +65,12 @@ lint: install ## ruff and mypy
 
 show-config: install ## print a model's effective config and where each value comes from (NAME=iris)
 	$(BIN)/python scripts/show_config.py $(NAME)
+
+config-docs: $(STAMP) ## rewrite docs/config-keys.md from the schema (servekit/schema.py)
+	$(BIN)/python scripts/config_docs.py --write
+
+inspect: $(STAMP) ## show a built archive's manifest, config and files; check it against its spec (NAME=iris)
+	$(BIN)/python scripts/inspect_mar.py model_store/$(NAME).mar
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python models/train.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         "--root", type=Path, default=ROOT, help="what spec paths are relative to (the repo)"
     )
     args = parser.parse_args(argv)
+    # Importing TorchServe's base handler logs optional-backend notices; they are not findings.
+    logging.getLogger("ts").setLevel(logging.ERROR)
     for path in args.paths:
         if path.suffix not in PROPERTIES_SUFFIXES + YAML_SUFFIXES:
             parser.error(f"{path}: not a .properties, .yml or .yaml file")

@@ -67,3 +67,32 @@ def did_you_mean(name: str, known: Iterable[str]) -> str | None:
 
 def _squash(name: str) -> str:
     return name.replace("_", "").replace("-", "").lower()
+
+
+# Every finding code, its severity and what it catches (rendered into docs/config-keys.md).
+CODES: dict[str, tuple[str, str]] = {
+    "malformed-file": (ERROR, "YAML or properties syntax TorchServe cannot read"),
+    "malformed-json": (ERROR, "the models= value is not JSON: TorchServe does not start"),
+    "unknown-key": (ERROR, "a key TorchServe 0.12 does not read (ignored silently); did you mean"),
+    "wrong-type": (ERROR, "a value of the wrong type: YAML keeps the default, properties crash"),
+    "out-of-range": (ERROR, "a value TorchServe clamps, ignores or cannot hold"),
+    "bad-value": (ERROR, "a value outside the allowed choices, a bad address or regex"),
+    "unresolved-variable": (ERROR, "$$VAR$$ whose variable is not set: TorchServe fails at start"),
+    "missing-key": (ERROR, "a required model spec key is missing"),
+    "missing-file": (ERROR, "a model spec names a file that does not exist"),
+    "bad-handler": (ERROR, "the handler file cannot be imported or defines not exactly one class"),
+    "undeclared-option": (ERROR, "a handler option the handler does not declare"),
+    "bad-option": (ERROR, "a handler option of the wrong type or out of range"),
+    "max-below-min": (ERROR, "maxWorkers < minWorkers: TorchServe ignores both"),
+    "workers-ignored": (ERROR, "minWorkers or maxWorkers missing: TorchServe ignores the other"),
+    "queue-below-batch": (ERROR, "the job queue is smaller than batchSize"),
+    "timeout-below-delay": (ERROR, "responseTimeout (s) not above maxBatchDelay (ms)"),
+    "retry-below-startup": (WARNING, "maxRetryTimeoutInSec shorter than startupTimeout"),
+    "open-without-token": (ERROR, "an API bound off loopback while token authorization is off"),
+    "open-allowed-urls": (ERROR, "allowed_urls admits remote URLs or files outside a model store"),
+    "model-api-on": (WARNING, "enable_model_api=true (error when the management API is public)"),
+    "pip-per-model": (WARNING, "install_py_dep_per_model=true: archives pip-install at load"),
+    "metrics-open": (WARNING, "the metrics API (no token) bound off loopback"),
+    "duplicate-key": (WARNING, "a key written twice; the last one wins"),
+    "internal-key": (WARNING, "a key TorchServe sets itself"),
+}

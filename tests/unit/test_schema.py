@@ -1,0 +1,67 @@
+"""The schema is the one source of truth: docs generated from it, parsers that match Java."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servekit import schema
+from servekit.errors import ConfigError
+from servekit.findings import CODES
+from servekit.properties import parse_properties
+from servekit.schema_docs import render
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_committed_docs_are_up_to_date() -> None:
+    committed = (ROOT / "docs" / "config-keys.md").read_text()
+    assert committed == render(), "run `make config-docs` and commit docs/config-keys.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_key_has_a_kind_and_meaning() -> None:
+    for table in schema.TABLES.values():
+        for name, key in table.items():
+            assert key.name == name and key.meaning and key.allowed()
+
+
+def test_docs_list_every_key_and_code() -> None:
+    text = render()
+    for table in schema.TABLES.values():
+        for name in table:
+            assert f"| `{name}` |" in text
+    for code in CODES:
+        assert f"| `{code}` |" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "entries"),
+    [
+        ("a=1\nb = 2\nc:3\nd 4\n", [("a", "1", 1), ("b", "2", 2), ("c", "3", 3), ("d", "4", 4)]),
+        ("# c\n! c\n\n  k=v", [("k", "v", 4)]),
+        ("k=a \\\n   b\\\n c\n", [("k", "a bc", 1)]),
+        ("k=trailing  \n", [("k", "trailing  ", 1)]),
+        ("k\\=x=1\n", [("k=x", "1", 1)]),
+        ("k=tab\\tend \\u0041\n", [("k", "tab\tend A", 1)]),
+        ("k=\n", [("k", "", 1)]),
+        ("# comment ending in backslash \\\nk=v\n", [("k", "v", 2)]),
+        ("k=v\\\\\nx=y\n", [("k", "v\\", 1), ("x", "y", 2)]),
+    ],
+)
+def test_properties_parse_like_java(text: str, entries: list[tuple[str, str, int]]) -> None:
+    assert [(e.key, e.value, e.line) for e in parse_properties(text)] == entries
+
+
+def test_bad_unicode_escape_names_the_line() -> None:
+    with pytest.raises(ConfigError, match=r"line 2: malformed \\uxxxx escape"):
+        parse_properties("a=1\nb=\\u12zz\n")
