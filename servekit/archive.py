@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from servekit.errors import ArchiveError
+from servekit.reproducible import normalize_mar
 from servekit.specs import ModelSpec, effective_config
 
 HANDLER_PACKAGE = "handlers"
@@ -43,6 +44,7 @@ def inputs_digest(spec: ModelSpec, config: Mapping[str, Any], root: Path) -> str
     """sha256 over every input of an archive: files, effective config, archiver version."""
     digest = hashlib.sha256()
     digest.update(f"torch-model-archiver=={version('torch-model-archiver')}\n".encode())
+    digest.update(b"normalized zip v1\n")  # servekit.reproducible; bump when it changes
     digest.update(yaml.safe_dump(dict(config), sort_keys=True).encode())
     for path in [*handler_sources(root), *spec.inputs()]:
         digest.update(str(path.relative_to(root)).encode() + b"\0")
@@ -67,6 +69,7 @@ def build(
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"archive-{spec.name}-") as tmp:
         _archive(spec, config, root, store, Path(tmp))
+    normalize_mar(mar)
     stamp.write_text(digest + "\n")
     (store / f"{spec.name}.mar.sha256").write_text(f"{file_sha256(mar)}  {mar.name}\n")
     return BuildResult(spec.name, mar, rebuilt=True)
