@@ -87,9 +87,9 @@ def test_inspect_matches_spec_and_catches_a_changed_input(tmp_path: Path) -> Non
 
 
 def test_inspect_cli_shows_manifest_and_files(model_store: Path) -> None:
+    mar = model_store / "iris.mar"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "inspect_mar.py"), "--json"]
-        + [str(model_store / "iris.mar")],
+        [sys.executable, str(ROOT / "scripts" / "inspect_mar.py"), "--json", str(mar)],
         capture_output=True,
         text=True,
         check=False,
