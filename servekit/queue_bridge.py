@@ -270,6 +270,7 @@ class Bridge:
                 error_body(400, "MalformedMessage", str(error)),
                 str(error),
                 attempts=0,
+                bridge=self.name,
             )
             if not self._store(result, self.config.result_ttl):
                 return Outcome(Verdict.RETRY, error.request_id)
@@ -283,7 +284,7 @@ class Bridge:
             if classify(status, body) is not Verdict.RETRY:
                 error = None if 200 <= status < 300 else error_message(body)
                 return StoredResult(
-                    request.id, request.model, status, content_type, body, error, attempt
+                    request.id, request.model, status, content_type, body, error, attempt, self.name
                 )
             self._count("retries")
             if self._stopping.wait(policy.delay(attempt)):

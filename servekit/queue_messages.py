@@ -12,7 +12,8 @@ A request is one AMQP message whose body is a JSON object (schema version 1)::
 The result is a JSON object stored at ``<prefix>:result:<id>`` (``SET ... EX ttl``)::
 
     {"id": "b0c5...", "model": "iris", "status": 200, "content_type": "application/json",
-     "body": "<base64 of TorchServe's answer>", "error": null, "attempts": 1}
+     "body": "<base64 of TorchServe's answer>", "error": null, "attempts": 1,
+     "bridge": "bridge-4242-1a2b3c"}
 
 ``status`` is TorchServe's HTTP status, or 400 for a message the bridge could not read
 (then ``error`` says why). Because the key is the request id, a redelivered message
@@ -87,6 +88,7 @@ class StoredResult:
     body: bytes
     error: str | None = None
     attempts: int = 1
+    bridge: str = ""  # the bridge that answered (for logs and audits)
 
     @property
     def ok(self) -> bool:

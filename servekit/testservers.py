@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -102,6 +103,10 @@ def _amqp_ready(port: int) -> Callable[[], bool]:
         params = pika.ConnectionParameters(
             "127.0.0.1", port, connection_attempts=1, socket_timeout=2
         )
+        try:  # a plain connect first: pika logs every refused attempt as an error
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            return False
         try:
             pika.BlockingConnection(params).close()
         except pika.exceptions.AMQPError:
