@@ -47,9 +47,14 @@ def inputs_digest(spec: ModelSpec, config: Mapping[str, Any], root: Path) -> str
     digest.update(b"normalized zip v1\n")  # servekit.reproducible; bump when it changes
     digest.update(yaml.safe_dump(dict(config), sort_keys=True).encode())
     for path in [*handler_sources(root), *spec.inputs()]:
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(_relative(path, root).encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the repo; a spec kept elsewhere (tests, tools) counts by name."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
 def file_sha256(path: Path) -> str:
