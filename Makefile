@@ -10,8 +10,14 @@ CONFIG ?= config.properties
 NAME ?= iris
 HEALTH_WAIT ?= 180
 PYTEST_ARGS ?=
+# The queue bridge's private brokers (`make bridge`): own loopback ports, data in run/brokers.
+BRIDGE_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5673/%2F
+BRIDGE_REDIS_URL ?= redis://127.0.0.1:6380/0
+MODEL ?= iris
+FILE ?= examples/iris.json
+BENCH_ARGS ?=
 
-.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect
+.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,13 +56,13 @@ stop: ## stop the TorchServe started by `make serve`
 health: ## check the running server: /ping and every model's READY workers (exit 0 = healthy)
 	$(BIN)/python scripts/health_check.py --customized
 
-test: install archive ## run every test: unit (in-process) and end-to-end (real TorchServe)
+test: install archive brokers ## run every test: unit (in-process) and end-to-end (real TorchServe)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## run the fast in-process tests only
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: install archive ## run the end-to-end tests only
+test-e2e: install archive brokers ## run the end-to-end tests only
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
@@ -71,6 +77,20 @@ config-docs: $(STAMP) ## rewrite docs/config-keys.md from the schema (servekit/s
 
 inspect: $(STAMP) ## show a built archive's manifest, config and files; check it against its spec (NAME=iris)
 	$(BIN)/python scripts/inspect_mar.py model_store/$(NAME).mar
+
+brokers: ## check for rabbitmq-server and redis-server (queue bridge); apt-get install them if missing
+	@bash scripts/ensure_brokers.sh
+
+bridge: serve brokers ## serve, then RabbitMQ + Redis on 5673/6380 (run/brokers) and a queue bridge; Ctrl-C stops
+	$(BIN)/python scripts/queue_bridge.py --local-brokers run/brokers \
+	  --amqp-url '$(BRIDGE_AMQP_URL)' --redis-url '$(BRIDGE_REDIS_URL)'
+
+ask: $(STAMP) ## submit FILE to MODEL through the bridge of `make bridge` and print the answer
+	$(BIN)/python scripts/queue_client.py $(MODEL) $(FILE) \
+	  --amqp-url '$(BRIDGE_AMQP_URL)' --redis-url '$(BRIDGE_REDIS_URL)'
+
+bench-bridge: install archive brokers ## bridge vs direct HTTP to iris: throughput, latency -> docs/bench/bridge.json
+	$(BIN)/python scripts/bench_bridge.py --write docs/bench/bridge.json $(BENCH_ARGS)
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python models/train.py
