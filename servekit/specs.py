@@ -14,18 +14,11 @@ from typing import Any
 
 import yaml
 
+from servekit import schema
 from servekit.errors import ConfigError
 
-SPEC_KEYS = (
-    "name",
-    "version",
-    "handler",
-    "serialized_file",
-    "extra_files",
-    "model_config",
-    "handler_options",
-)
-REQUIRED = ("name", "version", "handler")
+SPEC_KEYS = tuple(schema.SPEC)  # one source of truth: servekit/schema.py
+REQUIRED = schema.SPEC_REQUIRED
 
 
 @dataclasses.dataclass(frozen=True)
