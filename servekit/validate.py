@@ -175,7 +175,7 @@ def _model_config(doc: Loaded, queue: int) -> list[Finding]:
             HandlerOptions,
             section,
             lambda k: (doc.label, doc.doc.line("handler", k)),
-            "every toolkit handler",
+            "the base HandlerOptions (every toolkit handler)",
         )
     return findings + check_effective(data, lambda k: doc.where(k), queue)
 
