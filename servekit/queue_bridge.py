@@ -223,6 +223,7 @@ class Bridge:
             mandatory=True,
         )
         self._count("dead")
+        log.info("%s dead-lettered %s: %s", self.name, outcome.request_id, outcome.error)
 
     # --- worker threads ------------------------------------------------------------------------
 
@@ -408,6 +409,7 @@ def _serve(bridge: Bridge) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO is every socket step
     try:
         config = BridgeConfig(
             args.amqp_url,
