@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# SageMaker entrypoint: SageMaker starts the container as `docker run IMAGE serve`.
+#
+# Serves one model on 0.0.0.0:${SAGEMAKER_BIND_TO_PORT:-8080}: GET /ping and POST /invocations,
+# which TorchServe routes to the only registered model (it reads no SageMaker header). The
+# container's config.properties is written here at start from the project's config, changing
+# only the inference address (off loopback, token auth stays off: SageMaker's network isolation
+# is the boundary), management/metrics ports (still on 127.0.0.1), model store and model list.
+#
+# Environment (defaults in brackets):
+#   SAGEMAKER_MODEL         the model to serve, <name>.mar in the model store [iris]
+#   SAGEMAKER_BIND_TO_PORT  inference port, set by SageMaker [8080]
+#   SERVEKIT_BIND_HOST      inference bind address [0.0.0.0]
+#   SERVEKIT_MANAGEMENT_PORT, SERVEKIT_METRICS_PORT   loopback-only ports [8081, 8082]
+#   SERVEKIT_HOME           the project (config.properties, model_store/) [this script's ../..]
+#   SERVEKIT_CONFIG         the config to start from [$SERVEKIT_HOME/config.properties]
+#   SERVEKIT_MODEL_STORE    directory of .mar files [$SERVEKIT_HOME/model_store]; set it to
+#                           /opt/ml/model to serve the archive SageMaker unpacks from ModelDataUrl
+#   SERVEKIT_WORKDIR        TorchServe's working directory: written config, logs/ [${TMPDIR:-/tmp}/servekit]
+#   TMPDIR                  TorchServe's pid file and unpacked models [/tmp]
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 [serve]   (SageMaker passes 'serve'; configure with SAGEMAKER_* / SERVEKIT_* env vars)" >&2
+    exit 2
+}
+
+# SageMaker appends `serve`; nothing else is accepted, so a typo cannot start something else.
+if [[ $# -gt 1 || ( $# -eq 1 && "$1" != "serve" ) ]]; then
+    usage
+fi
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+home="${SERVEKIT_HOME:-$(cd "$here/../.." && pwd)}"
+config="${SERVEKIT_CONFIG:-$home/config.properties}"
+store="${SERVEKIT_MODEL_STORE:-$home/model_store}"
+workdir="${SERVEKIT_WORKDIR:-${TMPDIR:-/tmp}/servekit}"
+model="${SAGEMAKER_MODEL:-iris}"
+port="${SAGEMAKER_BIND_TO_PORT:-8080}"
+host="${SERVEKIT_BIND_HOST:-0.0.0.0}"
+management_port="${SERVEKIT_MANAGEMENT_PORT:-8081}"
+metrics_port="${SERVEKIT_METRICS_PORT:-8082}"
+
+fail() {
+    echo "entrypoint: $*" >&2
+    exit 1
+}
+
+[[ -f "$config" ]] || fail "config $config not found; set SERVEKIT_CONFIG or SERVEKIT_HOME"
+[[ "$model" =~ ^[A-Za-z0-9_-]+$ ]] || fail "SAGEMAKER_MODEL='$model' is not a model name (letters, digits, _ and -)"
+if [[ ! -f "$store/$model.mar" ]]; then
+    available="$(cd "$store" 2>/dev/null && ls -- *.mar 2>/dev/null | sed 's/[.]mar$//' | paste -sd " " -)"
+    fail "SAGEMAKER_MODEL='$model': no $model.mar in $store; available: ${available:-none} (run 'make archive', or set SERVEKIT_MODEL_STORE)"
+fi
+for value in "$port" "$management_port" "$metrics_port"; do
+    [[ "$value" =~ ^[0-9]+$ ]] || fail "port '$value' is not a number"
+done
+
+mkdir -p "$workdir" "${TMPDIR:-/tmp}"
+store="$(cd "$store" && pwd)"
+
+# Rewrite only these keys of the project's config (appended if missing); comments stay.
+overrides="$(printf '%s\n' \
+    "inference_address=http://$host:$port" \
+    "management_address=http://127.0.0.1:$management_port" \
+    "metrics_address=http://127.0.0.1:$metrics_port" \
+    "model_store=$store" \
+    "load_models=$model.mar")"
+awk -v overrides="$overrides" '
+    BEGIN {
+        n = split(overrides, lines, "\n")
+        for (i = 1; i <= n; i++) { key = substr(lines[i], 1, index(lines[i], "=") - 1); value[key] = lines[i]; order[i] = key }
+    }
+    {
+        key = $0; sub(/[ \t]*=.*/, "", key); sub(/^[ \t]+/, "", key)
+        if ($0 !~ /^[ \t]*[#!]/ && index($0, "=") && (key in value)) { print value[key]; done[key] = 1 } else { print }
+    }
+    END { for (i = 1; i <= n; i++) if (!(order[i] in done)) print value[order[i]] }
+' "$config" >"$workdir/config.properties"
+
+cd "$workdir"
+echo "entrypoint: serving $model on $host:$port (/ping, /invocations); config $workdir/config.properties" >&2
+# exec: TorchServe replaces this shell, so the container's init (tini) signals it directly.
+exec torchserve --start --foreground --ncs \
+    --ts-config "$workdir/config.properties" --model-store "$store"

@@ -1,0 +1,286 @@
+"""deploy/: Kubernetes manifests against the Kubernetes schema (offline, strict), the KServe
+InferenceService against our schema of the fields it uses, and the probes, config and
+Dockerfiles against what the project really ships."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import shlex
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from importlib_resources import files
+from referencing import Registry, Resource
+
+from servekit.health import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, build_parser
+from servekit.server import read_properties
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+K8S = ROOT / "deploy" / "k8s"
+ISVC = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
+ISVC_SCHEMA = ROOT / "tests" / "schemas" / "kserve-inferenceservice-v1beta1.schema.json"
+# The oldest and the newest Kubernetes minor versions we check (kubernetes-validate ships both).
+K8S_VERSIONS = ("1.30.0", "1.37.0")
+MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+APP = "/opt/servekit"  # WORKDIR of deploy/docker/Dockerfile
+PROBES = {
+    "startupProbe": ("startup", False),
+    "readinessProbe": ("readiness", True),
+    "livenessProbe": ("liveness", False),
+}
+
+
+def load(path: Path) -> dict[str, Any]:
+    (document,) = yaml.safe_load_all(path.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    return {name: load(K8S / name) for name in MANIFESTS}
+
+
+def pod_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def isvc_container() -> dict[str, Any]:
+    (container,) = load(ISVC)["spec"]["predictor"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def pod_config() -> dict[str, str]:
+    return read_properties(manifests()["configmap.yaml"]["data"]["config.properties"])
+
+
+# --- Kubernetes schema --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_is_valid_kubernetes(name: str, version: str) -> None:
+    validated = kubernetes_validate.validate(load(K8S / name), version, strict=True)
+    assert validated == version.rsplit(".", 1)[0]
+
+
+def test_strict_validation_rejects_unknown_and_mistyped_fields() -> None:
+    typo = copy.deepcopy(manifests()["deployment.yaml"])
+    pod_container(typo)["livenesProbe"] = pod_container(typo).pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="livenesProbe"):
+        kubernetes_validate.validate(typo, K8S_VERSIONS[-1], strict=True)
+    wrong_type = copy.deepcopy(manifests()["hpa.yaml"])
+    wrong_type["spec"]["maxReplicas"] = "six"
+    with pytest.raises(kubernetes_validate.ValidationError, match="six"):
+        kubernetes_validate.validate(wrong_type, K8S_VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load(K8S / "kustomization.yaml")
+    assert kustomization["kind"] == "Kustomization"
+    assert sorted(kustomization["resources"]) == MANIFESTS
+
+
+def test_resources_point_at_each_other() -> None:
+    docs = manifests()
+    deployment, service = docs["deployment.yaml"], docs["service.yaml"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert docs["networkpolicy.yaml"]["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    target = docs["hpa.yaml"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == docs["configmap.yaml"]["metadata"]["name"]
+    (port,) = pod_container(deployment)["ports"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"] and port["containerPort"] == 8080
+
+
+def test_network_policy_admits_only_the_inference_port() -> None:
+    policy = manifests()["networkpolicy.yaml"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    ports = [port for rule in policy["ingress"] for port in rule["ports"]]
+    assert ports == [{"port": 8080, "protocol": "TCP"}]
+    assert all(rule["from"] for rule in policy["ingress"]), "an empty 'from' admits everyone"
+
+
+# --- the pod's config.properties ---------------------------------------------------------
+
+
+def test_pod_config_is_the_project_config_with_inference_opened() -> None:
+    project, pod = read_properties((ROOT / "config.properties").read_text()), pod_config()
+    changed = {key for key in project.keys() | pod.keys() if project.get(key) != pod.get(key)}
+    assert changed == {"inference_address", "model_store"}
+    assert pod["inference_address"] == "http://0.0.0.0:8080"
+    assert pod["model_store"] == f"{APP}/model_store"
+
+
+def test_pod_config_keys_the_probes_and_image_rely_on() -> None:
+    config, container = pod_config(), pod_container(manifests()["deployment.yaml"])
+    # The probes use health_check.py's default URLs: inference on any address, port 8080;
+    # management on the pod's loopback only.
+    assert config["inference_address"].rsplit(":", 1)[1] == DEFAULT_INFERENCE_URL.rsplit(":", 1)[1]
+    assert config["management_address"] == DEFAULT_MANAGEMENT_URL
+    assert config["metrics_address"].startswith("http://127.0.0.1:")
+    assert config["disable_token_authorization"] == "true"  # no key file for the probes
+    assert config["enable_model_api"] == "false"
+    args = container["args"]
+    assert args[args.index("--model-store") + 1] == config["model_store"]
+    assert args[args.index("--ts-config") + 1] == "/etc/servekit/config.properties"
+    for archive in config["load_models"].split(","):
+        assert (ROOT / "config" / archive.replace(".mar", ".yml")).is_file(), archive
+
+
+# --- probes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["deployment", "inferenceservice"])
+@pytest.mark.parametrize("probe", sorted(PROBES))
+def test_probe_runs_health_check_in_its_mode(where: str, probe: str) -> None:
+    container = (
+        pod_container(manifests()["deployment.yaml"]) if where == "deployment" else isvc_container()
+    )
+    spec = container[probe]
+    python, script, *argv = spec["exec"]["command"]
+    assert (python, script) == ("python", f"{APP}/scripts/health_check.py")
+    args = build_parser().parse_args(argv)  # the real CLI: unknown flags would exit here
+    mode, customized = PROBES[probe]
+    assert (args.probe, args.customized, args.key_file) == (mode, customized, None)
+    assert args.inference_url == DEFAULT_INFERENCE_URL
+    assert args.management_url == DEFAULT_MANAGEMENT_URL
+    # Every HTTP request of the check fits in the probe's own timeout.
+    requests_made = 1 if mode == "liveness" else 2 + len(pod_config()["load_models"].split(","))
+    assert spec["timeoutSeconds"] >= requests_made * args.timeout
+
+
+def test_inferenceservice_runs_the_same_pod_as_the_deployment() -> None:
+    deployment = pod_container(manifests()["deployment.yaml"])
+    isvc = isvc_container()
+    for key in ("image", "args", "workingDir", "volumeMounts", "resources", *PROBES):
+        assert isvc[key] == deployment[key], key
+    config_volume = {v["name"]: v for v in load(ISVC)["spec"]["predictor"]["volumes"]}["config"]
+    assert config_volume["configMap"]["name"] == "torchserve-kit-config"
+
+
+# --- KServe InferenceService: a CRD, checked against our schema of the fields it uses -----
+
+
+@cache
+def isvc_validator() -> jsonschema.Draft202012Validator:
+    version = f"v{K8S_VERSIONS[-1]}-local-strict"
+    definitions = files("kubernetes_validate") / "kubernetes-json-schema" / version
+    k8s = Resource.from_contents(json.loads((definitions / "_definitions.json").read_text()))
+    schema = json.loads(ISVC_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    registry: Registry[Any] = k8s @ Registry()
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def test_inferenceservice_matches_schema() -> None:
+    errors = [error.message for error in isvc_validator().iter_errors(load(ISVC))]
+    assert errors == []
+
+
+def mutations() -> Iterator[tuple[str, Any]]:
+    """(what breaks, how): each must fail validation."""
+
+    def typo(doc: Any) -> None:
+        doc["spec"]["predictor"]["minReplica"] = doc["spec"]["predictor"].pop("minReplicas")
+
+    def metric(doc: Any) -> None:
+        doc["spec"]["predictor"]["scaleMetric"] = "gpu"
+
+    def container_field(doc: Any) -> None:
+        doc["spec"]["predictor"]["containers"][0]["readinesProbe"] = {}
+
+    def container_name(doc: Any) -> None:
+        doc["spec"]["predictor"]["containers"][0]["name"] = "torchserve"
+
+    def mode(doc: Any) -> None:
+        doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Raw"
+
+    yield from [
+        ("typo", typo),
+        ("metric", metric),
+        ("container_field", container_field),
+        ("container_name", container_name),
+        ("mode", mode),
+    ]
+
+
+@pytest.mark.parametrize(("what", "mutate"), list(mutations()))
+def test_inferenceservice_schema_rejects(what: str, mutate: Any) -> None:
+    document = load(ISVC)
+    mutate(document)
+    assert list(isvc_validator().iter_errors(document)), what
+
+
+# --- Dockerfiles -------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    text = "\n".join(
+        line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    joined = text.replace("\\\n", " ")
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            result.append((word.upper(), " ".join(rest.split())))
+    return result
+
+
+def included(source: str, dockerignore: Path) -> bool:
+    """Whether ``source`` survives ``dockerignore`` (its last matching rule wins)."""
+    keep = True
+    for rule in dockerignore.read_text().splitlines():
+        rule = rule.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negated = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(source.rstrip("/"), pattern):
+            keep = negated
+    return keep
+
+
+@pytest.mark.parametrize("image", ["docker", "sagemaker"])
+def test_dockerfile_copies_what_exists_and_the_context_sends(
+    image: str, model_store: Path
+) -> None:
+    dockerfile = ROOT / "deploy" / image / "Dockerfile"
+    copies = [shlex.split(args)[:-1] for word, args in instructions(dockerfile) if word == "COPY"]
+    assert copies
+    for sources in copies:
+        for source in sources:
+            assert list(ROOT.glob(source.rstrip("/"))), f"{dockerfile}: COPY {source}: no such path"
+            assert included(source, dockerfile.with_name("Dockerfile.dockerignore")), source
+
+
+def test_dockerfile_pins_torch_like_pyproject() -> None:
+    runs = [args for word, args in instructions(ROOT / "deploy/docker/Dockerfile") if word == "RUN"]
+    (torch_install,) = [run for run in runs if "torch==" in run]
+    pinned = next(w for w in torch_install.split() if w.startswith("torch=="))
+    assert f'"{pinned}"' in (ROOT / "pyproject.toml").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
+
+
+def test_sagemaker_image_runs_the_entrypoint_with_serve() -> None:
+    steps = dict(instructions(ROOT / "deploy/sagemaker/Dockerfile"))
+    entrypoint, cmd = json.loads(steps["ENTRYPOINT"]), json.loads(steps["CMD"])
+    copied = shlex.split(steps["COPY"])[-1]
+    assert entrypoint[-1] == copied and entrypoint[0] == "/usr/bin/tini"
+    assert cmd == ["serve"]
