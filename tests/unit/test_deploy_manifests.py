@@ -10,6 +10,7 @@ import json
 import shlex
 from collections.abc import Iterator
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from importlib_resources import files
 from referencing import Registry, Resource
 
 from servekit.health import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, build_parser
@@ -97,7 +97,8 @@ def test_resources_point_at_each_other() -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["selector"].items() <= labels.items()
-    assert docs["networkpolicy.yaml"]["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    policy = docs["networkpolicy.yaml"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     target = docs["hpa.yaml"]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -258,9 +259,7 @@ def included(source: str, dockerignore: Path) -> bool:
 
 
 @pytest.mark.parametrize("image", ["docker", "sagemaker"])
-def test_dockerfile_copies_what_exists_and_the_context_sends(
-    image: str, model_store: Path
-) -> None:
+def test_dockerfile_copies_what_exists_and_the_context_sends(image: str, model_store: Path) -> None:
     dockerfile = ROOT / "deploy" / image / "Dockerfile"
     copies = [shlex.split(args)[:-1] for word, args in instructions(dockerfile) if word == "COPY"]
     assert copies
