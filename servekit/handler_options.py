@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from handlers.errors import ModelLoadError
 from handlers.options import HandlerOptions
@@ -42,10 +42,16 @@ def handler_class(handler: Path, root: Path) -> type:
 
 
 def options_class(handler: type) -> type[HandlerOptions] | None:
-    """The handler's declared options, or ``None`` for a handler that declares none."""
+    """The handler's declared options, or ``None`` for a handler that declares none.
+
+    Checked by shape, not identity: a process that also ran handlers from an extracted
+    archive (the harness, TorchServe's loader) may hold a second copy of ``handlers``.
+    """
     declared = getattr(handler, "options_class", None)
-    if isinstance(declared, type) and issubclass(declared, HandlerOptions):
-        return declared
+    if isinstance(declared, type) and all(
+        callable(getattr(declared, name, None)) for name in ("from_section", "declared")
+    ):
+        return cast("type[HandlerOptions]", declared)
     return None
 
 
@@ -79,7 +85,9 @@ def check_options(
         )
     try:
         options.from_section(known)
-    except ModelLoadError as err:
+    except Exception as err:  # the options' own ModelLoadError, maybe from a second copy
+        if not _is_load_error(err):
+            raise
         culprit = _named(str(err), known)
         file, line = where(culprit or "")
         findings.append(
@@ -96,6 +104,12 @@ def check_options(
             )
         )
     return findings
+
+
+def _is_load_error(err: Exception) -> bool:
+    return isinstance(err, ModelLoadError) or any(
+        kind.__name__ == ModelLoadError.__name__ for kind in type(err).__mro__
+    )
 
 
 def _named(message: str, known: Mapping[str, Any]) -> str | None:
