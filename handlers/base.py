@@ -177,6 +177,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     # ----- the TorchServe entry point ------------------------------------------------------
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         if context.get_request_header(0, "describe") == "True":
+            if recycle.draining():
+                recycle.exit_for_recycling(self.model_name)
             return [self.describe_handle()]
         results: list[Any] = [None] * len(data)
         good: list[int] = []

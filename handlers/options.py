@@ -40,7 +40,7 @@ class HandlerOptions:
     """Status 'degraded' after this many internal errors in a row (0: never)."""
 
     recycle_on_sigusr1: bool = True
-    """SIGUSR1 makes the worker exit when idle, for scripts/recycle_workers.py."""
+    """SIGUSR1 makes the worker exit at its next customized describe (recycle_workers.py)."""
 
     @classmethod
     def from_section(cls: type[T], section: Any, where: str = "handler") -> T:

@@ -1,11 +1,13 @@
-"""Exit a TorchServe worker process when it is idle, on ``SIGUSR1``; TorchServe restarts it.
+"""Let a TorchServe worker be recycled without failing a single inference request.
 
-TorchServe 0.12 has no way to drain one worker: a worker that dies mid-batch fails that
-batch with "Worker died.". So the worker exits only while it waits for its next command:
-the signal handler looks at where the main thread was interrupted, and exits only if it
-was blocked reading the first byte of a new message and no bytes are waiting on the
-socket; otherwise it tries again a few milliseconds later. ``scripts/recycle_workers.py``
-sends the signal, staggered so a model keeps its ``minWorkers`` READY.
+TorchServe 0.12 cannot drain one worker: a worker that exits while its frontend thread
+holds an inference batch fails that batch ("Worker died."), and a worker that exits
+between batches races the frontend handing it the next one. So the exit is tied to a
+request that carries no user data: ``SIGUSR1`` only marks the worker *draining*; it
+keeps serving inference as usual, and the first customized describe it is handed
+(``GET /models/{name}?customized=true``, which TorchServe always batches alone) makes it
+exit without answering. Only that describe fails; TorchServe starts a fresh process in
+the worker's place. ``scripts/recycle_workers.py`` sends the signal and the describes.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from types import FrameType
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
-RETRY_SECONDS = 0.01
 _WORKER_SCRIPT = "model_service_worker"
+_draining = threading.Event()
 
 
 def in_torchserve_worker() -> bool:
@@ -33,38 +33,23 @@ def in_torchserve_worker() -> bool:
 
 
 def install(model_name: str) -> bool:
-    """Make ``SIGUSR1`` mean "exit when idle"; only inside a TorchServe worker."""
+    """Make ``SIGUSR1`` mark this worker draining; only inside a TorchServe worker."""
     if not in_torchserve_worker():
         return False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if _idle(frame):
-            logger.info("%s worker %d idle: exiting for recycling", model_name, os.getpid())
-            logging.shutdown()
-            os._exit(0)
-        threading.Timer(RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        _draining.set()
 
     signal.signal(signal.SIGUSR1, on_signal)
     return True
 
 
-def _idle(frame: FrameType | None) -> bool:
-    """Was the main thread blocked on the first byte of the next command, none pending?"""
-    if frame is None or frame.f_code.co_name != "_retrieve_buffer":
-        return False
-    caller = frame.f_back
-    local: dict[str, Any] = frame.f_locals
-    if caller is None or caller.f_code.co_name != "retrieve_msg":
-        return False
-    if local.get("length") != 1 or local.get("data"):
-        return False
-    conn = local.get("conn")
-    if not isinstance(conn, socket.socket):
-        return False
-    try:
-        pending = conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return not pending
+def draining() -> bool:
+    return _draining.is_set()
+
+
+def exit_for_recycling(model_name: str) -> None:
+    """Leave now, inside a describe: no inference request is in this worker's hands."""
+    logger.info("%s worker %d draining: exiting for recycling", model_name, os.getpid())
+    logging.shutdown()
+    os._exit(0)
