@@ -56,6 +56,8 @@ for value in "$port" "$management_port" "$metrics_port"; do
     [[ "$value" =~ ^[0-9]+$ ]] || fail "port '$value' is not a number"
 done
 
+torchserve="$(command -v torchserve)" || fail "torchserve is not on PATH ($PATH)"
+
 mkdir -p "$workdir" "${TMPDIR:-/tmp}"
 store="$(cd "$store" && pwd)"
 
@@ -81,5 +83,5 @@ awk -v overrides="$overrides" '
 cd "$workdir"
 echo "entrypoint: serving $model on $host:$port (/ping, /invocations); config $workdir/config.properties" >&2
 # exec: TorchServe replaces this shell, so the container's init (tini) signals it directly.
-exec torchserve --start --foreground --ncs \
+exec "$torchserve" --start --foreground --ncs \
     --ts-config "$workdir/config.properties" --model-store "$store"

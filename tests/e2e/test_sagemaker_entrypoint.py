@@ -199,6 +199,7 @@ def test_entrypoint_execs_torchserve_in_the_foreground(container: Container) -> 
         (["serve"], {"SAGEMAKER_MODEL": "ghost"}, 1, "no ghost.mar in"),
         (["serve"], {"SAGEMAKER_MODEL": "../iris"}, 1, "is not a model name"),
         (["serve"], {"SAGEMAKER_BIND_TO_PORT": "http"}, 1, "port 'http' is not a number"),
+        (["serve"], {"PATH": "/usr/bin:/bin"}, 1, "torchserve is not on PATH"),
     ],
 )
 def test_entrypoint_refuses_bad_arguments_before_starting(
