@@ -32,7 +32,7 @@ from servekit.queue_messages import StoredResult, result_key
 from servekit.queue_retry import RetryPolicy
 from servekit.server import TorchServe, running
 from servekit.testservers import RabbitMQ, Redis, brokers
-from tests.e2e.conftest import ROOT, wait_ready
+from tests.e2e.conftest import ROOT, describe, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -449,3 +449,32 @@ def test_cli_submits_a_file_and_prints_the_answer(
     record = json.loads(failed.stdout)
     assert record["status"] == 400 and "three" in record["error"]
     assert record["body"]["type"] == "BadRequest"
+
+
+def test_a_worker_death_mid_burst_loses_nothing(
+    broker_pair: tuple[RabbitMQ, Redis],
+    torchserve: TorchServe,
+    names: tuple[str, str],
+    store: redis.Redis,
+) -> None:
+    """iris's worker is killed while the bridge keeps it busy: the batch in flight gets 500
+    "Worker died." (retried), the rest waits for the restarted worker; nothing is lost."""
+    cfg = config(
+        broker_pair,
+        torchserve,
+        names,
+        prefetch=8,
+        retry=RetryPolicy(first_delay=0.05, max_delay=0.5, max_attempts=1000),
+    )
+    (pid,) = [w["pid"] for w in describe(torchserve, "iris")["workers"]]
+    with bridge_thread(cfg, "bridge-d") as bridge, client_for(broker_pair, names) as client:
+        ids = [client.submit("iris", {"features": GOOD_IRIS[i % 3]}) for i in range(400)]
+        wait_until(lambda: len(result_keys(store, names[1])) >= 40, "bridge working")
+        os.kill(pid, signal.SIGKILL)
+        answers = [client.result(rid, WAIT) for rid in ids]
+    assert [a.status for a in answers] == [200] * len(ids)
+    assert bridge.stats["retries"] > 0, "no request was in flight when the worker died"
+    assert len(result_keys(store, names[1])) == len(ids)
+    assert drain(broker_pair[0].url, dead_letter_queue(names[0])) == []
+    wait_ready(torchserve, ["iris"])  # the module's other tests get a READY worker back
+    assert [w["pid"] for w in describe(torchserve, "iris")["workers"]] != [pid]
