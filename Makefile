@@ -17,7 +17,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge
+.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,12 @@ stop: ## stop the TorchServe started by `make serve`
 
 health: ## check the running server: /ping and every model's READY workers (exit 0 = healthy)
 	$(BIN)/python scripts/health_check.py --customized
+
+recycle: ## recycle MODEL's workers past MAX_MEMORY_MB (default 2048), never below minWorkers READY
+	$(BIN)/python scripts/recycle_workers.py --model $(MODEL) --max-memory-mb $(or $(MAX_MEMORY_MB),2048)
+
+bench-ops: install archive ## measure 503 latency, init-failure detection, worker recovery, recycling
+	$(BIN)/python scripts/bench_ops.py
 
 test: install archive brokers ## run every test: unit (in-process) and end-to-end (real TorchServe)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

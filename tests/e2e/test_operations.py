@@ -315,3 +315,37 @@ def test_recycling_after_n_requests(ops: OpsServer) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count('"reason": "') >= 1
     assert "requests >= 3" in done.stdout
+
+
+# ----- Q2 init failure ------------------------------------------------------------------------
+def test_init_failure_is_reported_before_ping_turns_500(model_store: Path, tmp_path: Path) -> None:
+    """failing_model (maxRetryTimeoutInSec 10): ours says unhealthy at once, /ping only later."""
+    with running(
+        ROOT / "config.properties",
+        tmp_path,
+        model_store=model_store,
+        models=["empty_model", "failing_model"],
+    ) as server:
+        ops = OpsServer(server)
+        first_unhealthy: float | None = None
+        first_ping_500: float | None = None
+        timeline: list[tuple[int, int, str]] = []
+        deadline = time.monotonic() + 120
+        while first_ping_500 is None and time.monotonic() < deadline:
+            report = ops.check(models=("failing_model",))
+            readiness = ops.check(mode="readiness", models=("failing_model",))
+            liveness = ops.check(mode="liveness")
+            timeline.append((report.exit_code, liveness.exit_code, report.models[0].reason))
+            if report.exit_code == 1 and first_unhealthy is None:
+                first_unhealthy = time.monotonic()
+                assert report.models[0].reason == "0/1 workers READY (UNLOADING)"
+                assert readiness.exit_code == 1
+            if report.ping is not None and report.ping.status_code == 500:
+                first_ping_500 = time.monotonic()
+            # liveness follows /ping alone: 200 while TorchServe still retries (no restart),
+            # 1 once the retry window is spent (failed for good: a restart may help)
+            assert liveness.ping is not None
+            assert liveness.exit_code == (0 if liveness.ping.healthy else 1), timeline
+            time.sleep(0.1)
+    assert first_unhealthy is not None and first_ping_500 is not None, timeline
+    assert first_unhealthy < first_ping_500
