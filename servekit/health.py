@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from servekit.errors import ConfigError, ServerError
+from servekit.initlog import last_init_error
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -314,10 +315,13 @@ def probe(
     *,
     customized: bool = False,
     mode: str = "default",
+    log_dir: Path | None = None,
 ) -> HealthReport:
     """One full check: ping, list, describe each model. Never raises for server trouble.
 
     ``mode="liveness"`` only pings: a slow or saturated model is no reason to restart.
+    With ``log_dir`` (TorchServe's ``logs/``), a model short of READY workers also shows
+    the reason its ``initialize`` last failed.
     """
     with requests.Session() as session:
         client = _Client(session, target, mode)
@@ -330,7 +334,9 @@ def probe(
         try:
             checks = plan_checks(models, client.list_models())
             results = tuple(
-                client.describe(name, customized) if known else not_registered(name)
+                with_init_error(client.describe(name, customized), log_dir)
+                if known
+                else not_registered(name)
                 for name, known in checks
             )
         except ServerUnreachable as err:
@@ -338,6 +344,14 @@ def probe(
         except MalformedResponse as err:
             return HealthReport(ping, error=f"model list failed: {err}", mode=mode)
     return HealthReport(ping, results, mode=mode)
+
+
+def with_init_error(model: ModelHealth, log_dir: Path | None) -> ModelHealth:
+    """Add the logged reason of the model's last ``initialize`` failure, if it is not up."""
+    if log_dir is None or model.ready >= max(model.min_workers, 1):
+        return model
+    error = last_init_error(log_dir, model.name)
+    return model if error is None else replace(model, reason=f"{model.reason}, init error: {error}")
 
 
 def http_reason(status_code: int, body: object) -> str:
@@ -640,6 +654,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--probe", choices=PROBES, default="default", help=PROBE_HELP)
     parser.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="TorchServe's logs/ directory: show why a model's initialize failed "
+        "(default: ./logs when it exists)",
+    )
+    parser.add_argument(
         "--key-file",
         type=Path,
         metavar="PATH",
@@ -664,9 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # argparse's own usage errors, and --help
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     target = Target(args.inference_url, args.management_url, args.timeout, auth)
+    log_dir = args.log_dir or (Path("logs") if Path("logs").is_dir() else None)
     try:
         report = wait_until_healthy(
-            lambda: probe(target, args.models, customized=args.customized, mode=args.probe),
+            lambda: probe(
+                target, args.models, customized=args.customized, mode=args.probe, log_dir=log_dir
+            ),
             args.wait,
         )
     except KeyboardInterrupt:

@@ -106,3 +106,14 @@ def test_wait_gives_up_at_the_deadline(failing_server: TorchServe) -> None:
     done = health_check(failing_server, "--model", "failing_model", "--wait", "2")
     assert done.returncode == 1
     assert "failing_model: 0/1 workers READY" in done.stdout
+
+
+def test_the_reason_of_an_init_failure_is_shown(failing_server: TorchServe) -> None:
+    done = health_check(
+        failing_server, "--model", "failing_model", "--log-dir", str(failing_server.log_dir)
+    )
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1] == (
+        "failing_model: 0/1 workers READY (UNLOADING), init error: model 'failing_model' "
+        "fails to initialize on purpose (demo of init failure)"
+    )
