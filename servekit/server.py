@@ -108,10 +108,15 @@ class TorchServe:
         return path
 
     def env(self) -> dict[str, str]:
-        """Environment of this server's commands: its own TMPDIR and log locations."""
+        """Environment of this server's commands: its own temp dir and log locations.
+
+        The launcher hands ``TEMP`` (not ``TMPDIR``) to the JVM as ``java.io.tmpdir``, where
+        the worker sockets live: without it every server here shares /tmp/.ts.sock.9000.
+        """
         return {
             **os.environ,
             "TMPDIR": str(self.tmpdir),
+            "TEMP": str(self.tmpdir),
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
         }
