@@ -162,6 +162,13 @@ def wait_iris(ts: TorchServe) -> None:
     raise SystemExit(f"iris did not answer within 180 s; see {ts.log_dir}")
 
 
+def model_settings(ts: TorchServe) -> dict[str, object]:
+    """iris's settings in force, as TorchServe describes them."""
+    entry = requests.get(f"{ts.management_url}/models/iris", timeout=10).json()[0]
+    keys = ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
+    return {key: entry.get(key) for key in keys} | {"workers": len(entry.get("workers", []))}
+
+
 def machine() -> dict[str, object]:
     import pika
     import redis as redis_py
@@ -187,6 +194,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         running(ROOT / "config.properties", work / "ts", model_store=store, models=["iris"]) as ts,
     ):
         wait_iris(ts)
+        model = model_settings(ts)
         warm = max(50, args.requests // 10)
         closed_loop("warmup", warm, args.concurrency, direct_call(ts))
         direct = closed_loop("direct_http", args.requests, args.concurrency, direct_call(ts))
@@ -203,7 +211,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         print(render(bridged), flush=True)
     return {
         "command": "python scripts/bench_bridge.py " + shlex.join(args.argv),
-        "model": "iris (model-config.yml: 1 worker, batchSize 4, maxBatchDelay 50 ms)",
+        "model": model,
         "bridges": args.bridges,
         "prefetch_per_bridge": args.prefetch,
         "machine": info,
