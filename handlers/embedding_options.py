@@ -1,0 +1,37 @@
+"""Options of the text-embedding handler (own module: one class per handler file)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from handlers.errors import ModelLoadError
+from handlers.options import HandlerOptions
+
+MODEL_MAX_TOKENS = 512  # BERT's position embeddings
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingOptions(HandlerOptions):
+    max_tokens: int = 256
+    """Tokens per string, [CLS] and [SEP] included; longer strings get 413 (or see truncate)."""
+    truncate: bool = False
+    """Cut strings longer than max_tokens instead of rejecting them."""
+    max_strings_per_request: int = 64
+    """A request's list may hold this many strings; more get 413."""
+    group_size: int = 32
+    """Strings per forward pass: the batch's strings, sorted by length, padded per group."""
+    normalize: bool = True
+    """L2-normalize the mean-pooled embeddings (cosine similarity is then a dot product)."""
+
+    def check(self) -> None:
+        super().check()
+        if not 2 < self.max_tokens <= MODEL_MAX_TOKENS:
+            raise ModelLoadError(
+                f"handler option 'max_tokens' is {self.max_tokens}; "
+                f"it must be 3..{MODEL_MAX_TOKENS} ([CLS] and [SEP] count)"
+            )
+        for name in ("max_strings_per_request", "group_size"):
+            if getattr(self, name) < 1:
+                raise ModelLoadError(
+                    f"handler option '{name}' is {getattr(self, name)}; it must be >= 1"
+                )

@@ -1,0 +1,105 @@
+"""ImageNet-1k classes (EfficientNet-Lite0): image bytes in, top-k labels and probabilities out.
+
+Preprocessing follows the reference EfficientNet-Lite evaluation: centre crop of
+224/256 of the short side, bicubic resize to 224x224, RGB scaled as ``(x - 127) / 128``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from handlers.base import ToolkitHandler
+from handlers.decoding import Payload
+from handlers.errors import BadRequest, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
+from handlers.imagenet_options import CLASSES, ImagenetOptions
+
+SIDE = 224
+CROP_FRACTION = SIDE / (SIDE + 32)
+MEAN, SCALE = 127.0, 128.0
+ARCHITECTURE = "efficientnet-lite0"
+
+
+class ImagenetHandler(ToolkitHandler[np.ndarray]):
+    """Crops, resizes and classifies one image per request."""
+
+    options_class = ImagenetOptions
+    options: ImagenetOptions
+    input_schema = {
+        "content_type": 'image/jpeg, image/png or any image PIL reads; raw, base64 or {"b64": ...}',
+        "image": "a photo; the centre square is classified",
+    }
+    output_schema = {
+        "label": "ImageNet-1k class name of the best class",
+        "class_id": "its index 0..999",
+        "top_k": "list of {label, class_id, probability}, best first",
+    }
+
+    def load_model(self) -> torch.nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet  # the architecture; weights: archive
+
+        return self.load_state_dict(EfficientNet.from_name(ARCHITECTURE), "efficientnet-lite0.pth")
+
+    def load_labels(self) -> list[str]:
+        labels = json.loads(self.artifact("imagenet_labels.json").read_text(encoding="utf-8"))
+        if not (
+            isinstance(labels, list)
+            and len(labels) == CLASSES
+            and all(isinstance(name, str) for name in labels)
+        ):
+            raise ModelLoadError(
+                f"model '{self.model_name}': 'imagenet_labels.json' must be a list of "
+                f"{CLASSES} class names"
+            )
+        return labels
+
+    def parse_request(self, payload: Payload) -> np.ndarray:
+        return _pixels(payload.raw_bytes(self.options.max_image_bytes), self.options.max_pixels)
+
+    def preprocess(self, items: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()
+
+    def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        labels = self.labels or []
+        top = torch.topk(torch.softmax(outputs, dim=1), self.options.top_k, dim=1)
+        results = []
+        for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            ranked = [
+                {"label": labels[i], "class_id": i, "probability": round(p, 6)}
+                for p, i in zip(values, indices, strict=True)
+            ]
+            results.append({"label": ranked[0]["label"], "class_id": indices[0], "top_k": ranked})
+        return results
+
+    def warmup_items(self, n: int) -> list[np.ndarray]:
+        return [np.zeros((SIDE, SIDE, 3), dtype=np.float32)] * n
+
+
+def _pixels(data: bytes, max_pixels: int) -> np.ndarray:
+    """``[224, 224, 3]`` float32, normalized, from encoded image bytes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {image.width}x{image.height} pixels; the limit is {max_pixels}"
+                )
+            image.draft("RGB", (SIDE + 32, SIDE + 32))  # JPEG: decode at a reduced scale
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnsupportedMediaType(
+            "body is not an image PIL can read (JPEG, PNG, GIF, BMP, WebP, ...)"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadRequest(f"image is truncated or corrupt: {err}") from None
+    side = max(1, round(min(rgb.size) * CROP_FRACTION))
+    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+    square = rgb.resize((SIDE, SIDE), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    return (np.asarray(square, dtype=np.float32) - MEAN) / SCALE
