@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result = build(spec, defaults, ROOT, args.store, force=args.force)
             state = "built" if result.rebuilt else "up to date"
-            print(f"{result.name:<16} {state:<11} {result.path.relative_to(ROOT)}")
+            shown = (
+                result.path.relative_to(ROOT) if result.path.is_relative_to(ROOT) else result.path
+            )
+            print(f"{result.name:<16} {state:<11} {shown}")
     except ToolkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
