@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from handlers.base import ToolkitHandler
 from handlers.decoding import Payload
 from handlers.digits_options import DigitsOptions
-from handlers.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from handlers.images import open_image
 from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet
 
 
@@ -60,22 +58,7 @@ class DigitsHandler(ToolkitHandler[np.ndarray]):
 
 
 def _digit_pixels(data: bytes, options: DigitsOptions) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > options.max_pixels:
-                raise PayloadTooLarge(
-                    f"image is {image.width}x{image.height} pixels; "
-                    f"the limit is {options.max_pixels}"
-                )
-            grey = image.convert("L")
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnsupportedMediaType(
-            "body is not an image PIL can read (PNG, JPEG, GIF, BMP, ...)"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise BadRequest(f"image is truncated or corrupt: {err}") from None
+    grey = open_image(data, options.max_pixels, "L")
     small = grey.resize((DIGIT_SIDE, DIGIT_SIDE), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.float32) / 255.0
     if options.invert == "always" or (options.invert == "auto" and _light_background(pixels)):

@@ -6,19 +6,18 @@ Preprocessing follows the reference EfficientNet-Lite evaluation: centre crop of
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from handlers.base import ToolkitHandler
 from handlers.decoding import Payload
-from handlers.errors import BadRequest, ModelLoadError, PayloadTooLarge, UnsupportedMediaType
+from handlers.errors import ModelLoadError
 from handlers.imagenet_options import CLASSES, ImagenetOptions
+from handlers.images import open_image
 
 SIDE = 224
 CROP_FRACTION = SIDE / (SIDE + 32)
@@ -83,22 +82,7 @@ class ImagenetHandler(ToolkitHandler[np.ndarray]):
 
 def _pixels(data: bytes, max_pixels: int) -> np.ndarray:
     """``[224, 224, 3]`` float32, normalized, from encoded image bytes."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_pixels:
-                raise PayloadTooLarge(
-                    f"image is {image.width}x{image.height} pixels; the limit is {max_pixels}"
-                )
-            image.draft("RGB", (SIDE + 32, SIDE + 32))  # JPEG: decode at a reduced scale
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnsupportedMediaType(
-            "body is not an image PIL can read (JPEG, PNG, GIF, BMP, WebP, ...)"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise BadRequest(f"image is truncated or corrupt: {err}") from None
+    rgb = open_image(data, max_pixels, "RGB", draft=(SIDE + 32, SIDE + 32))
     side = max(1, round(min(rgb.size) * CROP_FRACTION))
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
     box = (left, top, left + side, top + side)
