@@ -224,6 +224,22 @@ def wait_for(ops: OpsServer, done: Any, model: str, timeout: float = 120) -> Hea
 
 
 # ----- recycling ------------------------------------------------------------------------------
+def run_recycler(server: TorchServe, *args: str) -> subprocess.CompletedProcess[str]:
+    """scripts/recycle_workers.py on leaky_model, with the server's TMPDIR."""
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "recycle_workers.py"),
+        "--management-url",
+        server.management_url,
+        "--model",
+        "leaky_model",
+        *args,
+    ]
+    return subprocess.run(
+        command, env=server.env(), capture_output=True, text=True, timeout=300, check=False
+    )
+
+
 def test_recycling_leaky_workers_drops_no_request_and_keeps_min_workers_ready(
     ops: OpsServer,
 ) -> None:
@@ -260,23 +276,7 @@ def test_recycling_leaky_workers_drops_no_request_and_keeps_min_workers_ready(
     for thread in threads:
         thread.start()
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "recycle_workers.py"),
-                "--management-url",
-                server.management_url,
-                "--model",
-                "leaky_model",
-                "--max-memory-mb",
-                "1",
-            ],
-            env=server.env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = run_recycler(server, "--max-memory-mb", "1")
     finally:
         stop.set()
         for thread in threads:
@@ -294,24 +294,7 @@ def test_recycling_after_n_requests(ops: OpsServer) -> None:
     server = ops.server
     for _ in range(12):
         requests.post(f"{server.inference_url}/predictions/leaky_model", data=b"x", timeout=30)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "recycle_workers.py"),
-            "--management-url",
-            server.management_url,
-            "--model",
-            "leaky_model",
-            "--max-requests",
-            "3",
-            "--json",
-        ],
-        env=server.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_recycler(server, "--max-requests", "3", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count('"reason": "') >= 1
     assert "requests >= 3" in done.stdout
