@@ -17,7 +17,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops
+.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -102,6 +102,11 @@ ask: $(STAMP) ## submit FILE to MODEL through the bridge of `make bridge` and pr
 
 bench-bridge: install archive brokers ## bridge vs direct HTTP to iris: throughput, latency -> docs/bench/bridge.json
 	$(BIN)/python scripts/bench_bridge.py --write docs/bench/bridge.json $(BENCH_ARGS)
+
+bench: install archive ## minilm on TorchServe at concurrency 1-64 -> docs/bench/minilm-torchserve.json/.png
+	$(BIN)/python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 \
+	  --concurrency 32 --concurrency 64 --duration 10 --warmup 2 \
+	  --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png $(BENCH_ARGS)
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python models/train.py

@@ -1,0 +1,236 @@
+"""Benchmark a served model: throughput, p50/p95/p99 latency, errors and 503s, client CPU.
+
+    python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 --duration 10 \\
+        --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png
+    python scripts/bench.py --url http://127.0.0.1:8080/predictions/iris --model iris --rate 50
+    python scripts/bench.py --url http://127.0.0.1:9000/embed --payload body.json -c 4
+
+Without ``--url`` it starts an isolated TorchServe from config.properties with only ``--model``
+loaded (own ports and temp dir), waits until its workers are READY, runs, and stops it.
+``--concurrency`` (repeatable: a sweep) keeps N requests in flight; ``--rate`` sends R req/s
+on a fixed schedule. The client is ``servekit.loadgen`` (one asyncio loop, aiohttp, keep-alive)
+for every server compared; its own CPU use is reported, since on 2 cores it competes with the
+server. Figures, not a test: nothing is asserted. Exit 0 after a run, even with errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from servekit import bench_payloads, loadgen  # noqa: E402
+from servekit.errors import ToolkitError  # noqa: E402
+from servekit.health import Target as HealthTarget  # noqa: E402
+from servekit.health import probe, wait_until_healthy  # noqa: E402
+from servekit.server import running  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="endpoint of a running server (default: start TorchServe)")
+    parser.add_argument("--model", help="TorchServe model to start and/or its built-in payload")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        action="append",
+        help="requests in flight (closed loop); repeat for a sweep",
+    )
+    load.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="requests per second (open loop); repeat for a sweep",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=256,
+        help="open loop: at most this many in flight; later ones count as missed",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per run, warmup included (10)"
+    )
+    parser.add_argument("--requests", type=int, help="stop each run after this many requests")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds left out of figures")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
+    parser.add_argument("--payload", type=Path, help="body file (.jsonl: one body a line)")
+    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
+    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    parser.add_argument("--out", type=Path, help="results JSON, e.g. docs/bench/NAME.json")
+    parser.add_argument("--plot", type=Path, help="PNG: sweep curves or latency histogram")
+    args = parser.parse_args(argv)
+    if args.url is None and args.model is None:
+        parser.error("give --model NAME (start TorchServe with it) or --url of a running server")
+    if args.payload is None and args.model is None:
+        parser.error("with --url and no --model, give --payload FILE")
+    if not args.concurrency and not args.rate:
+        args.concurrency = [8]
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def payload_of(args: argparse.Namespace) -> bench_payloads.Payload:
+    if args.payload is not None:
+        return bench_payloads.from_file(args.payload, args.content_type)
+    payload = bench_payloads.built_in(args.model)
+    if args.content_type:
+        return bench_payloads.Payload(payload.bodies, args.content_type, payload.description)
+    return payload
+
+
+def loads_of(args: argparse.Namespace) -> list[loadgen.Load]:
+    common = {
+        "duration": args.duration,
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "timeout": args.timeout,
+        "max_in_flight": args.max_in_flight,
+    }
+    if args.concurrency:
+        return [loadgen.Load(concurrency=n, **common) for n in args.concurrency]
+    return [loadgen.Load(rate=r, **common) for r in args.rate]
+
+
+@contextlib.contextmanager
+def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The endpoint URL and what is known of the server: given, or a TorchServe started here."""
+    if args.url is not None:
+        yield args.url, {"kind": "given", "url": args.url}
+        return
+    archive = args.config.parent / "model_store" / f"{args.model}.mar"
+    if not archive.exists():
+        raise ToolkitError(f"{archive} does not exist; build it with `make archive`")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as workdir,
+        running(args.config, Path(workdir), models=[args.model]) as ts,
+    ):
+        target = HealthTarget(ts.inference_url, ts.management_url)
+        report = wait_until_healthy(lambda: probe(target, [args.model]), wait=300)
+        if not report.healthy:
+            raise ToolkitError(f"{args.model} not READY after 300 s:\n{ts.log_tail()}")
+        described = requests.get(f"{ts.management_url}/models/{args.model}", timeout=10).json()[0]
+        info = {
+            "kind": "torchserve",
+            "version": metadata.version("torchserve"),
+            "model": {
+                k: described.get(k)
+                for k in ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
+            }
+            | {"workers": len(described.get("workers", []))},
+        }
+        yield f"{ts.inference_url}/predictions/{args.model}", info
+
+
+class ProgressLine:
+    """One updating line on a terminal: elapsed, done, req/s, errors. Silent on a pipe."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream, self.label = stream, label
+        self.enabled = stream.isatty()
+
+    def __call__(self, p: loadgen.Progress) -> None:
+        if self.enabled:
+            rate = p.done / p.elapsed if p.elapsed > 0 else 0.0
+            self.stream.write(
+                f"\r{self.label}: {p.elapsed:5.1f} s  {p.done:7d} done  "
+                f"{rate:7.1f} req/s  {p.errors} errors  {p.in_flight:3d} in flight "
+            )
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def summary_line(r: loadgen.LoadResult) -> str:
+    load = f"c={r.concurrency}" if r.mode == "closed" else f"rate={r.rate:g}"
+    lat = r.latency_ms
+    return (
+        f"{load:>10}  {r.goodput_rps:8.1f} req/s  p50 {lat.p50:7.1f}  p95 {lat.p95:7.1f}  "
+        f"p99 {lat.p99:7.1f} ms  n={r.requests} 503={r.count_503} errors={r.errors} "
+        f"missed={r.missed}  client CPU {r.client_cpu_pct:.0f}% of a core"
+    )
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "aiohttp": metadata.version("aiohttp"),
+    }
+
+
+def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadResult]]:
+    payload = payload_of(args)
+    info = machine()
+    results = []
+    with server_for(args) as (url, server):
+        target = loadgen.Target.post(url, payload.bodies, payload.content_type)
+        for load in loads_of(args):
+            label = f"c={load.concurrency}" if load.concurrency else f"rate={load.rate:g}"
+            progress = ProgressLine(sys.stderr, label)
+            result = loadgen.run(target, load, progress)
+            progress.close()
+            print(summary_line(result), flush=True)
+            results.append(result)
+    document = {
+        "command": "python scripts/bench.py " + shlex.join(args.argv),
+        "client": "servekit.loadgen: one asyncio loop, aiohttp, keep-alive connections",
+        "server": server,
+        "payload": payload.description,
+        "machine": info,
+        "runs": [r.to_dict() for r in results],
+    }
+    return document, results
+
+
+def write(
+    document: dict[str, Any], results: list[loadgen.LoadResult], args: argparse.Namespace
+) -> None:
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    if args.plot is not None:
+        from servekit.bench_plot import plot_histogram, plot_sweep
+
+        name = args.model or args.url
+        title = f"{name} on {document['server']['kind']}, {document['payload']}"
+        if len(results) > 1:
+            plot_sweep(results, title, args.plot)
+        else:
+            plot_histogram(results[0], title, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        document, results = bench(args)
+    except ToolkitError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
+    write(document, results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
