@@ -1,0 +1,40 @@
+"""servekit.baselines.limit: the in-process batched throughput, on a short run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servekit.baselines.limit import measure, sentence_batches
+from servekit.bench_payloads import SENTENCES
+from servekit.errors import ConfigError
+from servekit.harness import LocalModel
+
+MAR = Path(__file__).resolve().parent.parent.parent / "model_store" / "minilm.mar"
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 16])
+def test_batches_cycle_the_benchmark_sentences(batch_size: int) -> None:
+    batches = sentence_batches(batch_size)
+    first = [next(batches) for _ in range(len(SENTENCES))]
+    assert all(len(batch) == batch_size for batch in first)
+    bodies = [request.parameters[0][2] for batch in first for request in batch]
+    assert bodies[: len(SENTENCES)] == [f'"{s}"'.encode() for s in SENTENCES]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        sentence_batches(0)
+
+
+@pytest.mark.skipif(not MAR.is_file(), reason="model_store/minilm.mar not built (make archive)")
+def test_measure_counts_whole_batches() -> None:
+    with LocalModel.from_mar(MAR) as model:
+        result = measure(model, batch_size=4, duration=0.2, warmup_batches=1)
+    assert result.batches >= 1
+    assert result.items == result.batches * 4
+    assert result.items_per_s > 0
+    assert result.threads >= 1
+    assert 0 < result.batch_ms_p50 <= result.seconds * 1000
+    assert result.to_dict()["items_per_s"] == round(result.items_per_s, 2)
