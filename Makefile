@@ -17,7 +17,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench
+.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -107,6 +107,9 @@ bench: install archive ## minilm on TorchServe at concurrency 1-64 -> docs/bench
 	$(BIN)/python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 \
 	  --concurrency 32 --concurrency 64 --duration 10 --warmup 2 \
 	  --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png $(BENCH_ARGS)
+
+baselines: install archive ## the in-process limit of minilm at batch 16, 3 s (figures, not a test)
+	$(BIN)/python -m servekit.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 3
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python models/train.py
