@@ -155,6 +155,16 @@ class LocalModel:
         return described
 
     def close(self) -> None:
+        """Forget the modules imported from this model's directory, then remove it if ours.
+
+        Left in ``sys.modules``, an archived ``handlers`` package would shadow the repo's and
+        point at a deleted directory: a later ``import handlers.x`` would fail.
+        """
+        root = self.model_dir.resolve()
+        for name, module in list(sys.modules.items()):
+            location = getattr(module, "__file__", None)
+            if location and Path(location).resolve().is_relative_to(root):
+                del sys.modules[name]
         if self._cleanup is not None:
             shutil.rmtree(self._cleanup, ignore_errors=True)
             self._cleanup = None

@@ -49,6 +49,7 @@ from servekit.queue_messages import (
 )
 
 EXIT_OK, EXIT_ERROR_ANSWER, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+BLOCK_SLICE_SECONDS = 2.0  # below redis-py's default socket timeout (5 s)
 
 
 class ResultTimeout(QueueError):
@@ -122,7 +123,10 @@ class QueueClient:
                     f"no result for request {request_id} after {timeout} s; is a bridge "
                     f"consuming queue '{self.queue}' (make bridge) and TorchServe up?"
                 )
-            if self._redis.blpop([token], timeout=max(remaining, 0.01)) is not None:
+            # Block in slices shorter than the socket timeout: a longer BLPOP with nothing to
+            # report dies with "Timeout reading from socket" (redis-py 8 defaults to 5 s).
+            wait = min(max(remaining, 0.01), BLOCK_SLICE_SECONDS)
+            if self._redis.blpop([token], timeout=wait) is not None:
                 self._return_token(key, token)
             raw = self._redis.get(key)
         return StoredResult.decode(raw)

@@ -478,3 +478,11 @@ def test_a_worker_death_mid_burst_loses_nothing(
     assert drain(broker_pair[0].url, dead_letter_queue(names[0])) == []
     wait_ready(torchserve, ["iris"])  # the module's other tests get a READY worker back
     assert [w["pid"] for w in describe(torchserve, "iris")["workers"]] != [pid]
+
+
+def test_a_wait_longer_than_the_redis_socket_timeout_ends_in_result_timeout(
+    broker_pair: tuple[RabbitMQ, Redis], names: tuple[str, str]
+) -> None:
+    """redis-py 8 reads with a 5 s socket timeout: result() must block in shorter slices."""
+    with client_for(broker_pair, names) as client, pytest.raises(ResultTimeout):
+        client.result("nobody-answers-this", timeout=6.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +290,12 @@ def test_metrics_are_emitted_per_batch(iris: LocalModel, caplog: pytest.LogCaptu
     for stage in ("Preprocess", "Inference", "Postprocess"):
         assert any(line.startswith(f"[METRICS]Toolkit{stage}Time.Milliseconds:") for line in lines)
     assert all("ModelName:iris" in line for line in lines)
+
+
+def test_closing_a_model_forgets_its_archived_modules(model_store: Path) -> None:
+    with LocalModel.from_mar(model_store / "iris.mar") as model:
+        archived = Path(sys.modules["handlers"].__file__ or "").parent
+        assert archived.is_relative_to(model.model_dir)
+    import handlers.digits_options  # the repo's package again, not the deleted copy
+
+    assert not Path(handlers.digits_options.__file__ or "").is_relative_to(archived)
