@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from types import TracebackType
 import requests
 
 from servekit.errors import ServerError
+from servekit.processes import stop_group
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
@@ -164,14 +164,7 @@ class TorchServe:
         """Stop the server and every worker it started; safe to call twice."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
-        # Workers may outlive the JVM for a moment: kill what is left of the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        stop_group(self.process, timeout)
         self.process = None
 
     def log_tail(self, name: str = "model_log.log", lines: int = 40) -> str:

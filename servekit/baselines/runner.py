@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 import requests
 
 from servekit.errors import ConfigError, ToolkitError
+from servekit.processes import stop_group
 from servekit.server import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -86,14 +85,7 @@ class Baseline:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left; safe to call twice."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
-        # LitServe's workers may outlive their parent for a moment: kill what is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        stop_group(self.process, timeout)  # LitServe's workers may outlive their parent
 
 
 def start(

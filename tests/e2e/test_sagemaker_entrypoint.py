@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from servekit.processes import stop_group
 from servekit.server import free_ports, read_properties
 from tests.e2e.conftest import ROOT
 
@@ -75,13 +75,7 @@ def start(args: list[str], env: Mapping[str, str], workdir: Path) -> subprocess.
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
     """Stop the entrypoint and everything it started (JVM, workers); safe to call twice."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    stop_group(process, 30)
 
 
 def wait_for_ping(container: Container, timeout: float = 180.0) -> None:
