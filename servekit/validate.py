@@ -320,34 +320,22 @@ def _spec_options(
         return []
     try:
         options = options_class(handler_class(root / handler, root))
-    except ConfigError as err:
-        return [
-            Finding(
-                ERROR,
-                "bad-handler",
-                doc.label,
-                doc.doc.line("handler"),
-                "handler",
-                show(handler),
+    except Exception as err:  # importing user code can raise anything; report it, never crash
+        if isinstance(err, ConfigError):  # imported, but not exactly one class
+            expected, fix, why = (
                 "a handler file with exactly one class",
                 "move helper classes to their own module",
                 str(err),
             )
-        ]
-    except Exception as err:  # importing user code can raise anything; report it, never crash
-        return [
-            Finding(
-                ERROR,
-                "bad-handler",
-                doc.label,
-                doc.doc.line("handler"),
-                "handler",
-                show(handler),
+        else:
+            expected, fix, why = (
                 "an importable handler module",
                 "fix the import error",
                 f"cannot import: {type(err).__name__}: {err}",
             )
-        ]
+        line = doc.doc.line("handler")
+        return [Finding(ERROR, "bad-handler", doc.label, line, "handler", show(handler),
+                         expected, fix, why)]  # fmt: skip
     section = {**base, **own}
     if options is None:
         if not own:
