@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from servekit.errors import ToolkitError  # noqa: E402
 from servekit.health import Target as HealthTarget  # noqa: E402
 from servekit.health import probe, wait_until_healthy  # noqa: E402
 from servekit.server import running  # noqa: E402
+from servekit.settings import archived_setting, batch_server, registered  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,6 +75,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--payload", type=Path, help="body file (.jsonl: one body a line)")
     parser.add_argument("--content-type", help="Content-Type (default: from payload)")
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    batching = parser.add_argument_group(
+        "batch settings",
+        "serve --model with these instead of its archived ones (registered through the "
+        "management API of the private TorchServe started here)",
+    )
+    batching.add_argument("--batch-size", type=int, help="batchSize")
+    batching.add_argument("--max-batch-delay", type=int, help="maxBatchDelay (ms)")
+    batching.add_argument("--workers", type=int, help="workers (minWorkers = maxWorkers)")
     parser.add_argument("--out", type=Path, help="results JSON, e.g. docs/bench/NAME.json")
     parser.add_argument("--plot", type=Path, help="PNG: sweep curves or latency histogram")
     args = parser.parse_args(argv)
@@ -80,6 +90,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("give --model NAME (start TorchServe with it) or --url of a running server")
     if args.payload is None and args.model is None:
         parser.error("with --url and no --model, give --payload FILE")
+    args.overrides = {
+        k: v
+        for k in ("batch_size", "max_batch_delay", "workers")
+        if (v := getattr(args, k)) is not None
+    }
+    if args.overrides and (args.url is not None or args.model is None):
+        parser.error("--batch-size/--max-batch-delay/--workers need --model and no --url")
     if not args.concurrency and not args.rate:
         args.concurrency = [8]
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,14 +134,20 @@ def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]
     archive = args.config.parent / "model_store" / f"{args.model}.mar"
     if not archive.exists():
         raise ToolkitError(f"{archive} does not exist; build it with `make archive`")
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-") as workdir,
-        running(args.config, Path(workdir), models=[args.model]) as ts,
-    ):
-        target = HealthTarget(ts.inference_url, ts.management_url)
-        report = wait_until_healthy(lambda: probe(target, [args.model]), wait=300)
-        if not report.healthy:
-            raise ToolkitError(f"{args.model} not READY after 300 s:\n{ts.log_tail()}")
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        if args.overrides:
+            setting = dataclasses.replace(
+                archived_setting(args.config.parent, args.model), **args.overrides
+            )
+            ts = stack.enter_context(batch_server(args.config, workdir))
+            stack.enter_context(registered(ts, args.model, setting))
+        else:
+            ts = stack.enter_context(running(args.config, workdir, models=[args.model]))
+            target = HealthTarget(ts.inference_url, ts.management_url)
+            report = wait_until_healthy(lambda: probe(target, [args.model]), wait=300)
+            if not report.healthy:
+                raise ToolkitError(f"{args.model} not READY after 300 s:\n{ts.log_tail()}")
         described = requests.get(f"{ts.management_url}/models/{args.model}", timeout=10).json()[0]
         info = {
             "kind": "torchserve",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -70,3 +71,50 @@ def _save(fig: Figure, title: str, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+def plot_tuning(document: dict[str, Any], path: Path) -> None:
+    """``scripts/tune.py``'s run: best-so-far against time (climb and grid), and one map per
+    worker count of each setting's score (grid if run, else the climb's), climb steps numbered."""
+    space = document["space"]
+    workers = space["workers"]
+    fig = Figure(figsize=(5 + 4 * len(workers), 4.5))
+    axes = fig.subplots(1, 1 + len(workers), squeeze=False)[0]
+    runs = [(name, document[name]) for name in ("climb", "grid") if name in document]
+    for name, run in runs:
+        xs, ys, best = [0.0], [0.0], 0.0
+        for trial in run["trials"]:
+            best = max(best, trial["score_rps"])
+            xs.append(trial["started_s"] + trial["seconds"])
+            ys.append(best)
+        axes[0].step(xs, ys, where="post", label=f"{name}: {len(run['trials'])} settings")
+    if "grid" in document:
+        top = document["grid"]["best"]["score_rps"]
+        axes[0].axhline(0.95 * top, color="grey", linestyle=":", label="95 % of the grid's best")
+    axes[0].set(xlabel="seconds", ylabel="best req/s so far", title="search progress")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    shown = document["grid" if "grid" in document else "climb"]["trials"]
+    scores = {tuple(t["setting"].values()): t["score_rps"] for t in shown}
+    order = {tuple(t["setting"].values()): n for n, t in enumerate(document["climb"]["trials"], 1)}
+    top = max(scores.values(), default=1.0) or 1.0
+    for axis, w in zip(axes[1:], workers, strict=True):
+        grid = [
+            [scores.get((b, d, w), float("nan")) for d in space["delays_ms"]]
+            for b in space["batch_sizes"]
+        ]
+        axis.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+        for i, b in enumerate(space["batch_sizes"]):
+            for j, d in enumerate(space["delays_ms"]):
+                value = scores.get((b, d, w))
+                text = "" if value is None else f"{value:.0f}"
+                if (b, d, w) in order:
+                    text += f"\n#{order[(b, d, w)]}"
+                axis.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+        axis.set_xticks(range(len(space["delays_ms"])), [str(d) for d in space["delays_ms"]])
+        axis.set_yticks(range(len(space["batch_sizes"])), [str(b) for b in space["batch_sizes"]])
+        axis.set(xlabel="maxBatchDelay (ms)", ylabel="batchSize", title=f"{w} worker(s): req/s")
+    objective = document["objective"]["p95_ms"]
+    _save(
+        fig, f"{document['model']}: best req/s with p95 <= {objective:g} ms (#n: climb order)", path
+    )

@@ -1,0 +1,226 @@
+"""Find batchSize, maxBatchDelay and workers that give the most throughput under a p95 objective.
+
+    python scripts/tune.py --model minilm --p95 100            # climb, write config/minilm.yml
+    python scripts/tune.py --model minilm --p95 100 --grid     # also the full grid, to compare
+    python scripts/tune.py --model iris --p95 50 --batch-sizes 1,4,16 --no-write
+
+It starts its own TorchServe from config.properties (loopback, free ports, own temp dir; the
+model API switched on there only), registers the model's archive once per setting and
+ramps the concurrency of the same client as ``scripts/bench.py`` (servekit.loadgen). A
+setting's score is its best 2xx throughput at a level whose p95 meets the objective with no
+errors; see servekit/tuner.py for the search. The winner is written under ``model_config:``
+in config/<model>.yml (``make archive`` then bakes it in), unless ``--no-write``.
+
+Exit codes: 0 a setting met the objective, 1 none did (nothing written), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from servekit import bench_payloads, tuner  # noqa: E402
+from servekit.errors import ToolkitError  # noqa: E402
+from servekit.settings import Setting, archived_setting, batch_server  # noqa: E402
+from servekit.spec_edit import write_model_config  # noqa: E402
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected integers separated by commas"
+        ) from None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="archive model_store/MODEL.mar")
+    parser.add_argument("--p95", type=float, default=100.0, help="objective: p95 in ms (100)")
+    parser.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32))
+    parser.add_argument("--delays", type=int_list, default=(5, 10, 20, 50), help="ms")
+    parser.add_argument("--workers", type=int_list, default=(1, 2))
+    parser.add_argument("--max-concurrency", type=int, default=64)
+    parser.add_argument("--level-seconds", type=float, default=3.0, help="measured per level")
+    parser.add_argument("--warmup", type=float, default=0.5, help="s left out of each level")
+    parser.add_argument("--grid", action="store_true", help="also run the full grid, compare")
+    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    parser.add_argument("--spec", type=Path, help="spec to write (default config/MODEL.yml)")
+    parser.add_argument("--no-write", action="store_true", help="do not write the spec")
+    parser.add_argument(
+        "--out", type=Path, help="results JSON (default docs/bench/tune-MODEL.json)"
+    )
+    parser.add_argument("--plot", type=Path, help="PNG (default: next to --out)")
+    args = parser.parse_args(argv)
+    try:
+        args.space = tuner.Space(args.batch_sizes, args.delays, args.workers)
+        args.objective = tuner.Objective(args.p95, args.max_concurrency)
+    except ToolkitError as err:
+        parser.error(str(err))
+    if args.level_seconds <= 0 or args.warmup < 0:
+        parser.error("--level-seconds must be > 0 and --warmup >= 0")
+    args.spec = args.spec or ROOT / "config" / f"{args.model}.yml"
+    args.out = args.out or ROOT / "docs" / "bench" / f"tune-{args.model}.json"
+    args.plot = args.plot or args.out.with_suffix(".png")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def announce(name: str) -> Any:
+    def show(trial: tuner.Trial) -> None:
+        best = trial.best
+        found = (
+            f"{trial.score:7.1f} req/s at c={best.concurrency} (p95 {best.p95_ms:.0f} ms)"
+            if best
+            else "   none meets the objective"
+        )
+        levels = " ".join(
+            f"c{lv.concurrency}:{lv.goodput_rps:.0f}/{lv.p95_ms:.0f}ms" for lv in trial.levels
+        )
+        print(
+            f"{name} [{trial.started_s:6.1f} s] {trial.setting.label:<14} {found}  ({levels})",
+            flush=True,
+        )
+
+    return show
+
+
+def search_summary(search: tuner.Search, seconds: float) -> dict[str, Any]:
+    best = search.best
+    return {
+        "seconds": round(seconds, 1),
+        "trials": [t.to_dict() for t in search.trials],
+        "best": best.to_dict() if best else None,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    archive = args.config.parent / "model_store" / f"{args.model}.mar"
+    if not archive.exists():
+        raise ToolkitError(f"{archive} does not exist; build it with `make archive`")
+    payload = bench_payloads.built_in(args.model)
+    start = archived_setting(args.config.parent, args.model)
+    if start not in set(args.space.settings()):
+        start = args.space.middle()
+    document: dict[str, Any] = {
+        "command": "python scripts/tune.py " + shlex.join(args.argv),
+        "model": args.model,
+        "payload": payload.description,
+        "objective": {"p95_ms": args.p95, "max_concurrency": args.max_concurrency},
+        "space": {
+            "batch_sizes": list(args.batch_sizes),
+            "delays_ms": list(args.delays),
+            "workers": list(args.workers),
+            "settings": len(args.space),
+        },
+        "level_seconds": args.level_seconds,
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
+        "started_from": start.label,
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="tune-") as workdir,
+        batch_server(args.config, Path(workdir)) as ts,
+    ):
+        measure = tuner.ServedTrials(
+            ts,
+            args.model,
+            payload.bodies,
+            payload.content_type,
+            args.level_seconds,
+            args.warmup,
+        )
+        try:
+            climb = tuner.Search(measure, args.objective, on_trial=announce("climb"))
+            tuner.hill_climb(climb, args.space, start)
+            document["climb"] = search_summary(climb, climb.elapsed)
+            if args.grid:
+                full = tuner.Search(measure, args.objective, on_trial=announce("grid "))
+                tuner.grid(full, args.space)
+                document["grid"] = search_summary(full, full.elapsed)
+                document["comparison"] = compare(climb, full)
+        finally:
+            measure.close()
+    return document
+
+
+def compare(climb: tuner.Search, full: tuner.Search) -> dict[str, Any]:
+    """How close the climb came to the grid's best, and in what share of the grid's time."""
+    climb_best, grid_best = climb.best, full.best
+    assert climb_best is not None and grid_best is not None
+    same = next(t for t in full.trials if t.setting == climb_best.setting)
+    return {
+        "climb_best": climb_best.setting.label,
+        "climb_best_rps": climb_best.score,
+        "grid_best": grid_best.setting.label,
+        "grid_best_rps": grid_best.score,
+        "grid_rps_of_climb_best": same.score,
+        "ratio_climb_to_grid": round(climb_best.score / grid_best.score, 3)
+        if grid_best.score
+        else None,
+        "ratio_grid_measure_of_climb_pick": round(same.score / grid_best.score, 3)
+        if grid_best.score
+        else None,
+        "trials": [len(climb.trials), len(full.trials)],
+        "time_ratio_climb_to_grid": round(climb.elapsed / full.elapsed, 3),
+    }
+
+
+def report(document: dict[str, Any], args: argparse.Namespace) -> int:
+    best = document["climb"]["best"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    from servekit.bench_plot import plot_tuning
+
+    plot_tuning(document, args.plot)
+    print(f"wrote {args.plot}")
+    if "comparison" in document:
+        c = document["comparison"]
+        print(
+            f"climb: {c['climb_best']} {c['climb_best_rps']:.1f} req/s in {c['trials'][0]} trials; "
+            f"grid: {c['grid_best']} {c['grid_best_rps']:.1f} req/s in {c['trials'][1]} trials; "
+            f"climb/grid throughput {c['ratio_climb_to_grid']:.3f}, "
+            f"time {c['time_ratio_climb_to_grid']:.3f}"
+        )
+    if best is None or best["score_rps"] <= 0:
+        print(f"tune: no setting met p95 <= {args.p95:g} ms; nothing written", file=sys.stderr)
+        return 1
+    winner = Setting(**best["setting"])
+    print(
+        f"best: {winner.label} {best['score_rps']:.1f} req/s at concurrency "
+        f"{best['best']['concurrency']}, p95 {best['best']['p95_ms']:.1f} ms"
+    )
+    if not args.no_write:
+        note = (
+            f"tuned {datetime.date.today()}: p95 <= {args.p95:g} ms, "
+            f"{best['score_rps']:.0f} req/s (scripts/tune.py)"
+        )
+        write_model_config(args.spec, winner.model_config(), note)
+        print(f"wrote {winner.model_config()} under model_config: in {args.spec}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        document = run(args)
+    except ToolkitError as err:
+        print(f"tune: {err}", file=sys.stderr)
+        return 1
+    return report(document, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Search ``batchSize`` x ``maxBatchDelay`` x workers for the best throughput under a p95 objective.
+
+A *trial* serves the model with one :class:`~servekit.settings.Setting` and ramps the
+closed-loop concurrency through powers of two: the setting's score is the highest goodput
+(2xx per second) of a level whose p95 meets the objective, with no errors and no 503s.
+The ramp stops at the first level that misses the objective, or once doubling the
+concurrency adds less than ``saturation`` throughput (the server is saturated: more
+requests in flight only wait longer).
+
+Two searches share that measure:
+
+* :func:`grid` tries every setting, each ramp from concurrency 1: the reference.
+* :func:`hill_climb` starts from a setting in the middle of the grid and moves to the first
+  neighbour (one step along one axis) that scores ``min_gain`` better, trying first the
+  direction that paid last; it stops when no untried neighbour is better. Its ramps start at
+  the concurrency where the incumbent peaked, so most trials need two or three levels.
+
+The measure is a callable, so the searches run as well on a real TorchServe
+(:class:`ServedTrials`) as on a recorded landscape in the unit tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from servekit import loadgen
+from servekit.errors import ConfigError
+from servekit.settings import Setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Latency objective and the range of concurrency tried."""
+
+    p95_ms: float
+    max_concurrency: int = 64
+    saturation: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not self.p95_ms > 0:
+            raise ConfigError(f"p95 objective is {self.p95_ms} ms; give a positive number")
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max concurrency is {self.max_concurrency}; it must be >= 1")
+
+    @property
+    def levels(self) -> list[int]:
+        """1, 2, 4, ... up to ``max_concurrency`` (included even if not a power of two)."""
+        levels = [2**i for i in range(int(math.log2(self.max_concurrency)) + 1)]
+        return levels if levels[-1] == self.max_concurrency else [*levels, self.max_concurrency]
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One load level of a trial."""
+
+    concurrency: int
+    goodput_rps: float
+    p95_ms: float
+    errors: int = 0
+    count_503: int = 0
+
+    def meets(self, objective: Objective) -> bool:
+        return self.p95_ms <= objective.p95_ms and self.errors == 0 and self.count_503 == 0
+
+    @classmethod
+    def of(cls, result: loadgen.LoadResult) -> Level:
+        return cls(
+            concurrency=result.concurrency or 0,
+            goodput_rps=round(result.goodput_rps, 2),
+            p95_ms=round(result.latency_ms.p95, 2),
+            errors=result.errors - result.count_503,
+            count_503=result.count_503,
+        )
+
+
+@dataclasses.dataclass
+class Trial:
+    """One setting tried: its levels, its score, when it ran and what it cost."""
+
+    setting: Setting
+    levels: list[Level]
+    objective: Objective
+    started_s: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> Level | None:
+        passing = [lv for lv in self.levels if lv.meets(self.objective)]
+        return max(passing, key=lambda lv: lv.goodput_rps, default=None)
+
+    @property
+    def score(self) -> float:
+        best = self.best
+        return best.goodput_rps if best is not None else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "setting": self.setting.to_dict(),
+            "label": self.setting.label,
+            "score_rps": self.score,
+            "best": dataclasses.asdict(best) if best else None,
+            "levels": [dataclasses.asdict(lv) for lv in self.levels],
+            "started_s": round(self.started_s, 2),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class Measure(Protocol):
+    """Serve ``setting`` (if not already) and run one load level at ``concurrency``."""
+
+    def __call__(self, setting: Setting, concurrency: int) -> Level: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """The grid: every combination of the three axes."""
+
+    batch_sizes: tuple[int, ...]
+    delays: tuple[int, ...]
+    workers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("batch_sizes", "delays", "workers"):
+            values = getattr(self, name)
+            if not values or list(values) != sorted(set(values)):
+                raise ConfigError(f"{name} {list(values)}: give distinct values, ascending")
+        for value in (*self.batch_sizes, *self.workers):
+            if value < 1:
+                raise ConfigError(f"batch sizes and workers must be >= 1; got {value}")
+        if any(d < 0 for d in self.delays):
+            raise ConfigError(f"delays must be >= 0 ms; got {list(self.delays)}")
+
+    @property
+    def axes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        return self.batch_sizes, self.delays, self.workers
+
+    def settings(self) -> Iterator[Setting]:
+        """Every setting, workers varying fastest (a worker change needs no re-registration)."""
+        for b in self.batch_sizes:
+            for d in self.delays:
+                for w in self.workers:
+                    yield Setting(b, d, w)
+
+    def __len__(self) -> int:
+        return len(self.batch_sizes) * len(self.delays) * len(self.workers)
+
+    def index(self, setting: Setting) -> tuple[int, int, int]:
+        values = (setting.batch_size, setting.max_batch_delay, setting.workers)
+        return tuple(axis.index(v) for axis, v in zip(self.axes, values, strict=True))  # type: ignore[return-value]
+
+    def at(self, index: Sequence[int]) -> Setting:
+        b, d, w = (axis[i] for axis, i in zip(self.axes, index, strict=True))
+        return Setting(b, d, w)
+
+    def middle(self) -> Setting:
+        """Middle batch size and delay, fewest workers: where the climb starts."""
+        return self.at((len(self.batch_sizes) // 2, len(self.delays) // 2, 0))
+
+    def neighbours(self, setting: Setting) -> list[tuple[tuple[int, int], Setting]]:
+        """``((axis, step), setting)`` one step away along each axis."""
+        index = list(self.index(setting))
+        found = []
+        for axis, values in enumerate(self.axes):
+            for step in (1, -1):
+                moved = index[axis] + step
+                if 0 <= moved < len(values):
+                    found.append(
+                        ((axis, step), self.at([*index[:axis], moved, *index[axis + 1 :]]))
+                    )
+        return found
+
+
+def ramp(measure: Measure, setting: Setting, objective: Objective, start: int = 1) -> list[Level]:
+    """The levels of one trial: up from ``start`` while they pass and pay; down if it fails."""
+    levels = objective.levels
+    i = max((k for k, c in enumerate(levels) if c <= start), default=0)
+    tried = [measure(setting, levels[i])]
+    if tried[0].meets(objective):
+        best = tried[0].goodput_rps
+        while i + 1 < len(levels):
+            i += 1
+            level = measure(setting, levels[i])
+            tried.append(level)
+            if not level.meets(objective) or level.goodput_rps < best * (1 + objective.saturation):
+                break
+            best = level.goodput_rps
+    else:
+        while i > 0:
+            i -= 1
+            level = measure(setting, levels[i])
+            tried.append(level)
+            if level.meets(objective):
+                break
+    return sorted(tried, key=lambda lv: lv.concurrency)
+
+
+class Search:
+    """Runs trials, keeps them in order with their timing, and reports the best so far."""
+
+    def __init__(
+        self,
+        measure: Measure,
+        objective: Objective,
+        clock: Callable[[], float] = time.monotonic,
+        on_trial: Callable[[Trial], None] | None = None,
+    ) -> None:
+        self.measure, self.objective, self.clock = measure, objective, clock
+        self.on_trial = on_trial
+        self.trials: list[Trial] = []
+        self.began = clock()
+
+    def trial(self, setting: Setting, start: int = 1) -> Trial:
+        for done in self.trials:
+            if done.setting == setting:
+                return done
+        started = self.clock()
+        levels = ramp(self.measure, setting, self.objective, start)
+        trial = Trial(setting, levels, self.objective, started - self.began, self.clock() - started)
+        self.trials.append(trial)
+        if self.on_trial is not None:
+            self.on_trial(trial)
+        return trial
+
+    @property
+    def best(self) -> Trial | None:
+        return max(self.trials, key=lambda t: t.score, default=None)
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.began
+
+
+def grid(search: Search, space: Space) -> Trial | None:
+    """Every setting of ``space``, each ramped from concurrency 1."""
+    for setting in space.settings():
+        search.trial(setting)
+    return search.best
+
+
+def hill_climb(
+    search: Search, space: Space, start: Setting | None = None, min_gain: float = 0.02
+) -> Trial | None:
+    """First-improvement climb over one-step neighbours; see the module's docstring."""
+    current = search.trial(start or space.middle(), start=4)
+    tried = {current.setting}
+    last_move: tuple[int, int] | None = None
+    while True:
+        candidates = [(m, s) for m, s in space.neighbours(current.setting) if s not in tried]
+        if last_move is not None:  # the direction that paid last goes first
+            candidates.sort(key=lambda ms: ms[0] != last_move)
+        warm = current.best.concurrency if current.best is not None else 1
+        for move, setting in candidates:
+            tried.add(setting)
+            trial = search.trial(setting, start=warm)
+            if trial.score > current.score * (1 + min_gain):
+                current, last_move = trial, move
+                break
+        else:
+            return search.best
+
+
+class ServedTrials:
+    """The real measure: ``model`` on a private TorchServe, re-registered when the batch
+    settings change and only scaled when the worker count alone changes."""
+
+    def __init__(
+        self,
+        ts: Any,
+        model: str,
+        bodies: Sequence[bytes],
+        content_type: str,
+        duration: float = 3.0,
+        warmup: float = 0.5,
+    ) -> None:
+        self.ts, self.model = ts, model
+        self.bodies, self.content_type = tuple(bodies), content_type
+        self.duration, self.warmup = duration, warmup
+        self.current: Setting | None = None
+        self.setup_seconds = 0.0
+
+    def apply(self, setting: Setting) -> None:
+        from servekit import settings
+
+        if setting == self.current:
+            return
+        began = time.monotonic()
+        if self.current is not None and (
+            self.current.batch_size,
+            self.current.max_batch_delay,
+        ) == (setting.batch_size, setting.max_batch_delay):
+            settings.scale(self.ts, self.model, setting)
+        else:
+            self.close()
+            settings.register(self.ts, self.model, setting)
+        self.current = setting
+        self.setup_seconds += time.monotonic() - began
+
+    def __call__(self, setting: Setting, concurrency: int) -> Level:
+        self.apply(setting)
+        target = loadgen.Target.post(
+            f"{self.ts.inference_url}/predictions/{self.model}", self.bodies, self.content_type
+        )
+        load = loadgen.Load(
+            concurrency=concurrency, duration=self.duration + self.warmup, warmup=self.warmup
+        )
+        return Level.of(loadgen.run(target, load))
+
+    def close(self) -> None:
+        from servekit import settings
+
+        if self.current is not None:
+            settings.unregister(self.ts, self.model)
+            self.current = None
