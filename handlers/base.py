@@ -69,6 +69,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     def initialize(self, context: Any) -> None:
         self._read_context(context)
         self.options = self.options_class.from_section(self.model_config.get("handler"))
+        if self.options.torch_threads:
+            torch.set_num_threads(self.options.torch_threads)
         self.model = self.load_model()
         self.labels = self.load_labels()
         if self.options.recycle_on_sigusr1:
@@ -298,6 +300,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             },
             "options": {"declared": self.options_class.declared(), "values": vars(self.options)},
             "worker": self.stats.as_dict(),
+            "torch_threads": torch.get_num_threads(),
         }
         if self.labels is not None:
             described["labels"] = self.labels

@@ -42,6 +42,10 @@ class HandlerOptions:
     recycle_on_sigusr1: bool = True
     """SIGUSR1 makes the worker exit at its next customized describe (recycle_workers.py)."""
 
+    torch_threads: int = 0
+    """Torch threads per worker (0: torch's default, one per core, or OMP_NUM_THREADS).
+    With several workers, cores / workers keeps them from spinning against each other."""
+
     @classmethod
     def from_section(cls: type[T], section: Any, where: str = "handler") -> T:
         """Build the options from a mapping (``None`` means all defaults)."""
@@ -68,6 +72,11 @@ class HandlerOptions:
         if self.warmup_batch_size < 1:
             raise ModelLoadError(
                 f"handler option 'warmup_batch_size' is {self.warmup_batch_size}; it must be >= 1"
+            )
+        if self.torch_threads < 0:
+            raise ModelLoadError(
+                f"handler option 'torch_threads' is {self.torch_threads}; "
+                "it must be >= 0 (0 keeps torch's default)"
             )
         if self.degraded_after_errors < 0:
             raise ModelLoadError(

@@ -140,7 +140,7 @@ def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]
             setting = dataclasses.replace(
                 archived_setting(args.config.parent, args.model), **args.overrides
             )
-            ts = stack.enter_context(batch_server(args.config, workdir))
+            ts = stack.enter_context(batch_server(args.config, workdir, setting.workers))
             stack.enter_context(registered(ts, args.model, setting))
         else:
             ts = stack.enter_context(running(args.config, workdir, models=[args.model]))
@@ -157,6 +157,7 @@ def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]
                 for k in ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
             }
             | {"workers": len(described.get("workers", []))},
+            "worker_environment": dict(ts.environment),
         }
         yield f"{ts.inference_url}/predictions/{args.model}", info
 

@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from servekit import bench_payloads, tuner  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.settings import Setting, archived_setting, batch_server  # noqa: E402
-from servekit.spec_edit import write_model_config  # noqa: E402
+from servekit.settings import Setting, archived_setting, threads_per_worker  # noqa: E402
+from servekit.spec_edit import write_sections  # noqa: E402
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -129,12 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
         "started_from": start.label,
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="tune-") as workdir,
-        batch_server(args.config, Path(workdir)) as ts,
-    ):
+    with tempfile.TemporaryDirectory(prefix="tune-") as workdir:
         measure = tuner.ServedTrials(
-            ts,
+            args.config,
+            Path(workdir),
             args.model,
             payload.bodies,
             payload.content_type,
@@ -146,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tuner.hill_climb(climb, args.space, start)
             document["climb"] = search_summary(climb, climb.elapsed)
             if args.grid:
+                measure.close()  # the grid starts from scratch, as the climb did
                 full = tuner.Search(measure, args.objective, on_trial=announce("grid "))
                 tuner.grid(full, args.space)
                 document["grid"] = search_summary(full, full.elapsed)
@@ -207,13 +207,18 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
             f"tuned {datetime.date.today()}: p95 <= {args.p95:g} ms, "
             f"{best['score_rps']:.0f} req/s (scripts/tune.py)"
         )
-        write_model_config(args.spec, winner.model_config(), note)
-        print(f"wrote {winner.model_config()} under model_config: in {args.spec}")
+        sections = {"model_config": winner.model_config()}
+        if winner.workers > 1:  # the workers must share the cores, as they did here
+            sections["handler_options"] = {"torch_threads": threads_per_worker(winner.workers)}
+        write_sections(args.spec, sections, note)
+        print(f"wrote {sections} into {args.spec}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the servers started here are stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         document = run(args)
     except ToolkitError as err:

@@ -75,6 +75,8 @@ class TorchServe:
     model_store: Path | None = None
     models: list[str] | None = None
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Extra environment for the frontend and so its workers (e.g. ``OMP_NUM_THREADS``)."""
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -119,6 +121,7 @@ class TorchServe:
             "TEMP": str(self.tmpdir),
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
+            **self.environment,
         }
 
     def start(self) -> None:

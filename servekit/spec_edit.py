@@ -1,6 +1,8 @@
-"""Set keys under ``model_config:`` in a model spec, keeping its other lines and comments.
+"""Set keys under ``model_config:`` (or ``handler_options:``) in a model spec, keeping its
+other lines and comments.
 
-The tuner writes its winning ``batchSize``, ``maxBatchDelay`` and worker counts this way:
+The tuner writes its winning ``batchSize``, ``maxBatchDelay`` and worker counts this way
+(and ``torch_threads`` under ``handler_options:`` for more than one worker):
 the spec is the model's override of model-config.yml, so ``make archive`` picks them up and
 ``make show-config`` shows where they came from. A line already holding a key gets the new
 value and ``note`` as its comment; a missing key is added to the section (the section is
@@ -8,7 +10,8 @@ added at the end of the file if there is none). The result is parsed back and ch
 before anything is written.
 
     >>> text = "name: m\\nmodel_config:\\n  batchSize: 4   # old\\n"
-    >>> print(set_model_config(text, {"batchSize": 8, "maxBatchDelay": 5}, "tuned"), end="")
+    >>> print(set_section(text, "model_config", {"batchSize": 8, "maxBatchDelay": 5}, "tuned"),
+    ...       end="")
     name: m
     model_config:
       batchSize: 8  # tuned
@@ -25,20 +28,23 @@ import yaml
 
 from servekit.errors import ConfigError
 
-SECTION = re.compile(r"^model_config:\s*(#.*)?$")
+SECTIONS = ("model_config", "handler_options")
 TOP_LEVEL = re.compile(r"^[^\s#]")
 
 
-def set_model_config(text: str, values: Mapping[str, int], note: str) -> str:
-    """``text`` with each of ``values`` set under ``model_config:``; see the module docstring."""
+def set_section(text: str, section: str, values: Mapping[str, int], note: str) -> str:
+    """``text`` with each of ``values`` set under ``section:``; see the module docstring."""
+    if section not in SECTIONS:
+        raise ConfigError(f"section {section!r}: only {', '.join(SECTIONS)} can be edited")
+    header = re.compile(rf"^{section}:\s*(#.*)?$")
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if SECTION.match(line)), None)
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
     if start is None:
-        if any(line.startswith("model_config:") for line in lines):
+        if any(line.startswith(f"{section}:") for line in lines):
             raise ConfigError(
-                "model_config is not a block of 'key: value' lines; set the values by hand"
+                f"{section} is not a block of 'key: value' lines; set the values by hand"
             )
-        lines += ["model_config:"]
+        lines += [f"{section}:"]
         start = len(lines) - 1
     end = start + 1
     while end < len(lines) and not TOP_LEVEL.match(lines[end]):
@@ -56,17 +62,19 @@ def set_model_config(text: str, values: Mapping[str, int], note: str) -> str:
             last += 1
             lines.insert(last, line)
     result = "\n".join(lines) + "\n"
-    _check(result, values)
+    _check(result, section, values)
     return result
 
 
-def write_model_config(path: Path, values: Mapping[str, int], note: str) -> None:
-    """Edit the spec at ``path`` in place (see :func:`set_model_config`)."""
+def write_sections(path: Path, sections: Mapping[str, Mapping[str, int]], note: str) -> None:
+    """Edit the spec at ``path`` in place, every section or none (see :func:`set_section`)."""
+    text = path.read_text(encoding="utf-8")
     try:
-        edited = set_model_config(path.read_text(encoding="utf-8"), values, note)
+        for section, values in sections.items():
+            text = set_section(text, section, values, note)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-    path.write_text(edited, encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
 
 
 def _comment(line: str) -> bool:
@@ -77,13 +85,11 @@ def _indent(line: str) -> str:
     return line[: len(line) - len(line.lstrip())]
 
 
-def _check(text: str, values: Mapping[str, int]) -> None:
+def _check(text: str, section: str, values: Mapping[str, int]) -> None:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(
-            f"editing model_config would break the YAML ({err}); edit by hand"
-        ) from None
-    section = data.get("model_config") if isinstance(data, dict) else None
-    if not isinstance(section, dict) or any(section.get(k) != v for k, v in values.items()):
-        raise ConfigError(f"model_config would not hold {dict(values)} after the edit")
+        raise ConfigError(f"editing {section} would break the YAML ({err}); edit by hand") from None
+    held = data.get(section) if isinstance(data, dict) else None
+    if not isinstance(held, dict) or any(held.get(k) != v for k, v in values.items()):
+        raise ConfigError(f"{section} would not hold {dict(values)} after the edit")

@@ -21,10 +21,12 @@ The measure is a callable, so the searches run as well on a real TorchServe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from servekit import loadgen
@@ -140,10 +142,10 @@ class Space:
         return self.batch_sizes, self.delays, self.workers
 
     def settings(self) -> Iterator[Setting]:
-        """Every setting, workers varying fastest (a worker change needs no re-registration)."""
-        for b in self.batch_sizes:
-            for d in self.delays:
-                for w in self.workers:
+        """Every setting, workers varying slowest (each worker count has its own server)."""
+        for w in self.workers:
+            for b in self.batch_sizes:
+                for d in self.delays:
                     yield Setting(b, d, w)
 
     def __len__(self) -> int:
@@ -265,40 +267,45 @@ def hill_climb(
 
 
 class ServedTrials:
-    """The real measure: ``model`` on a private TorchServe, re-registered when the batch
-    settings change and only scaled when the worker count alone changes."""
+    """The real measure: ``model`` on a private TorchServe per worker count (its workers' torch
+    threads set for that count), re-registered whenever the batch settings change."""
 
     def __init__(
         self,
-        ts: Any,
+        config: Path,
+        workdir: Path,
         model: str,
         bodies: Sequence[bytes],
         content_type: str,
         duration: float = 3.0,
         warmup: float = 0.5,
     ) -> None:
-        self.ts, self.model = ts, model
+        self.config, self.workdir, self.model = config, workdir, model
         self.bodies, self.content_type = tuple(bodies), content_type
         self.duration, self.warmup = duration, warmup
         self.current: Setting | None = None
-        self.setup_seconds = 0.0
+        self.server: contextlib.ExitStack | None = None
+        self.ts: Any = None
+        self.servers_started = 0
 
     def apply(self, setting: Setting) -> None:
         from servekit import settings
 
         if setting == self.current:
             return
-        began = time.monotonic()
-        if self.current is not None and (
-            self.current.batch_size,
-            self.current.max_batch_delay,
-        ) == (setting.batch_size, setting.max_batch_delay):
-            settings.scale(self.ts, self.model, setting)
+        if self.current is not None and self.current.workers == setting.workers:
+            settings.unregister(self.ts, self.model)
         else:
             self.close()
-            settings.register(self.ts, self.model, setting)
+            self.server = contextlib.ExitStack()
+            self.servers_started += 1
+            workdir = self.workdir / f"server-{self.servers_started}"
+            self.ts = self.server.enter_context(
+                settings.batch_server(self.config, workdir, setting.workers)
+            )
+        self.current = None
+        settings.register(self.ts, self.model, setting)
         self.current = setting
-        self.setup_seconds += time.monotonic() - began
 
     def __call__(self, setting: Setting, concurrency: int) -> Level:
         self.apply(setting)
@@ -311,8 +318,7 @@ class ServedTrials:
         return Level.of(loadgen.run(target, load))
 
     def close(self) -> None:
-        from servekit import settings
-
-        if self.current is not None:
-            settings.unregister(self.ts, self.model)
-            self.current = None
+        """Stop the current server (and so its model); safe to call twice."""
+        if self.server is not None:
+            self.server.close()
+        self.server, self.ts, self.current = None, None, None

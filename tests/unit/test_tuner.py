@@ -1,0 +1,174 @@
+"""The tuner's searches on a recorded landscape (the real measure is in tests/e2e/test_tune.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from servekit import tuner
+from servekit.errors import ConfigError
+from servekit.settings import Setting
+from servekit.tuner import Level, Objective, Search, Space
+
+SPACE = Space((1, 2, 4, 8, 16, 32), (5, 10, 20, 50), (1, 2))
+OBJECTIVE = Objective(p95_ms=100, max_concurrency=64)
+
+
+def capacity(s: Setting) -> float:
+    """A single-peaked landscape: best at batch 8, delay 10, one worker."""
+    batch = {1: 60, 2: 80, 4: 110, 8: 140, 16: 120, 32: 90}[s.batch_size]
+    delay = {5: 1.0, 10: 1.05, 20: 0.95, 50: 0.8}[s.max_batch_delay]
+    return batch * delay * (1.0 if s.workers == 1 else 0.9)
+
+
+class Landscape:
+    """A server whose throughput saturates at ``capacity``; latency by Little's law."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Setting, int]] = []
+        self.clock = itertools.count()
+
+    def __call__(self, setting: Setting, concurrency: int) -> Level:
+        self.calls.append((setting, concurrency))
+        rate = min(concurrency * 20.0, capacity(setting))
+        return Level(concurrency, rate, 1000 * concurrency / rate * 1.2)
+
+    def time(self) -> float:
+        return float(next(self.clock))  # one "second" per clock read
+
+
+def search(landscape: Landscape) -> Search:
+    return Search(landscape, OBJECTIVE, clock=landscape.time)
+
+
+def test_levels_are_powers_of_two_up_to_the_maximum() -> None:
+    assert Objective(100, 64).levels == [1, 2, 4, 8, 16, 32, 64]
+    assert Objective(100, 48).levels == [1, 2, 4, 8, 16, 32, 48]
+    assert Objective(100, 1).levels == [1]
+
+
+def test_a_level_with_errors_or_503s_never_meets_the_objective() -> None:
+    assert Level(8, 100, 50).meets(OBJECTIVE)
+    assert not Level(8, 100, 150).meets(OBJECTIVE)
+    assert not Level(8, 100, 50, errors=1).meets(OBJECTIVE)
+    assert not Level(8, 100, 50, count_503=3).meets(OBJECTIVE)
+
+
+def test_ramp_climbs_until_the_objective_fails_and_scores_the_best_passing_level() -> None:
+    landscape = Landscape()
+    setting = Setting(8, 10, 1)  # capacity 147: c=8 gives 147 req/s at 65 ms, c=16 at 130 ms
+    levels = tuner.ramp(landscape, setting, OBJECTIVE)
+    assert [lv.concurrency for lv in levels] == [1, 2, 4, 8, 16]
+    trial = tuner.Trial(setting, levels, OBJECTIVE)
+    assert trial.best is not None and trial.best.concurrency == 8
+    assert trial.score == pytest.approx(147.0)
+
+
+def test_ramp_stops_when_doubling_the_concurrency_no_longer_pays() -> None:
+    def flat(setting: Setting, concurrency: int) -> Level:
+        return Level(concurrency, 50.0, 10.0)  # saturated from the start, latency fine
+
+    levels = tuner.ramp(flat, Setting(1, 5, 1), OBJECTIVE)
+    assert [lv.concurrency for lv in levels] == [1, 2]
+
+
+def test_ramp_from_a_failing_start_walks_down_to_a_passing_level() -> None:
+    landscape = Landscape()
+    levels = tuner.ramp(landscape, Setting(8, 10, 1), OBJECTIVE, start=32)
+    assert [lv.concurrency for lv in levels] == [8, 16, 32]
+    assert tuner.Trial(Setting(8, 10, 1), levels, OBJECTIVE).best == levels[0]
+
+
+def test_a_setting_that_never_meets_the_objective_scores_zero() -> None:
+    strict = Objective(p95_ms=1)
+    landscape = Landscape()
+    trial = Search(landscape, strict, clock=landscape.time).trial(Setting(4, 5, 1), start=4)
+    assert trial.best is None and trial.score == 0.0
+    assert [lv.concurrency for lv in trial.levels] == [1, 2, 4]
+
+
+def test_grid_tries_every_setting_once_workers_slowest() -> None:
+    landscape = Landscape()
+    full = search(landscape)
+    best = tuner.grid(full, SPACE)
+    assert [t.setting for t in full.trials] == list(SPACE.settings())
+    assert len(full.trials) == len(SPACE) == 48
+    assert [t.setting for t in full.trials][:2] == [Setting(1, 5, 1), Setting(1, 10, 1)]
+    assert [t.setting.workers for t in full.trials] == [1] * 24 + [2] * 24
+    assert best is not None and best.setting == Setting(8, 10, 1)
+
+
+@pytest.mark.parametrize(
+    "start", [Setting(8, 20, 1), Setting(1, 5, 2), Setting(32, 50, 2), Setting(16, 10, 1)]
+)
+def test_hill_climb_reaches_the_grid_best_with_far_fewer_measurements(start: Setting) -> None:
+    climbing, gridding = Landscape(), Landscape()
+    climb, full = search(climbing), search(gridding)
+    found = tuner.hill_climb(climb, SPACE, start)
+    best = tuner.grid(full, SPACE)
+    assert found is not None and best is not None
+    assert found.setting == best.setting
+    assert len({t.setting for t in climb.trials}) == len(climb.trials)  # no setting twice
+    assert len(climbing.calls) * 3 <= len(gridding.calls)
+
+
+def test_hill_climb_starts_its_ramps_where_the_incumbent_peaked() -> None:
+    landscape = Landscape()
+    climb = search(landscape)
+    tuner.hill_climb(climb, SPACE, Setting(8, 10, 1))
+    first, second = climb.trials[0], climb.trials[1]
+    assert first.best is not None
+    assert second.levels[0].concurrency in (first.best.concurrency, first.best.concurrency // 2)
+
+
+def test_search_does_not_measure_a_setting_twice() -> None:
+    landscape = Landscape()
+    runs = search(landscape)
+    one = runs.trial(Setting(4, 5, 1))
+    calls = len(landscape.calls)
+    assert runs.trial(Setting(4, 5, 1)) is one and len(landscape.calls) == calls
+
+
+def test_neighbours_are_one_step_along_one_axis() -> None:
+    found = {s for _, s in SPACE.neighbours(Setting(1, 5, 1))}
+    assert found == {Setting(2, 5, 1), Setting(1, 10, 1), Setting(1, 5, 2)}
+    assert len(SPACE.neighbours(Setting(8, 10, 1))) == 5
+
+
+@pytest.mark.parametrize(
+    "axes, message",
+    [
+        (((4, 2), (5,), (1,)), "batch_sizes [4, 2]: give distinct values, ascending"),
+        (((1,), (5, 5), (1,)), "delays [5, 5]: give distinct values, ascending"),
+        (((0, 1), (5,), (1,)), "batch sizes and workers must be >= 1; got 0"),
+        (((1,), (-1, 5), (1,)), "delays must be >= 0 ms; got [-1, 5]"),
+        (((1,), (5,), ()), "workers []: give distinct values, ascending"),
+    ],
+)
+def test_a_bad_space_is_refused_with_the_axis_named(axes: tuple, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Space(*axes)
+    assert str(err.value) == message
+
+
+def test_a_bad_objective_is_refused() -> None:
+    with pytest.raises(ConfigError, match="p95 objective is 0 ms"):
+        Objective(0)
+    with pytest.raises(ConfigError, match="max concurrency is 0"):
+        Objective(100, 0)
+
+
+def test_a_bad_setting_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="batch_size is 0; it must be an integer >= 1"):
+        Setting(0, 5, 1)
+    with pytest.raises(ConfigError, match="max_batch_delay is -1"):
+        Setting(1, -1, 1)
+    with pytest.raises(ConfigError, match="workers is True"):
+        Setting(1, 5, True)
+    assert Setting(8, 10, 2).model_config() == {
+        "batchSize": 8,
+        "maxBatchDelay": 10,
+        "minWorkers": 2,
+        "maxWorkers": 2,
+    }
