@@ -17,7 +17,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines
+.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -103,10 +103,14 @@ ask: $(STAMP) ## submit FILE to MODEL through the bridge of `make bridge` and pr
 bench-bridge: install archive brokers ## bridge vs direct HTTP to iris: throughput, latency -> docs/bench/bridge.json
 	$(BIN)/python scripts/bench_bridge.py --write docs/bench/bridge.json $(BENCH_ARGS)
 
-bench: install archive ## minilm on TorchServe at concurrency 1-64 -> docs/bench/minilm-torchserve.json/.png
+bench: install archive ## minilm: TorchServe at concurrency 1-64, then vs the in-process limit, batchSize 1, Starlette, LitServe -> docs/bench/
 	$(BIN)/python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 \
 	  --concurrency 32 --concurrency 64 --duration 10 --warmup 2 \
 	  --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png $(BENCH_ARGS)
+	$(BIN)/python scripts/bench_compare.py $(COMPARE_ARGS)
+
+tune: install archive ## best batchSize x maxBatchDelay x workers for NAME (minilm) under p95 <= P95 ms (100); writes config/NAME.yml
+	$(BIN)/python scripts/tune.py --model $(or $(NAME),minilm) --p95 $(or $(P95),100) $(TUNE_ARGS)
 
 baselines: install archive ## the in-process limit of minilm at batch 16, 3 s (figures, not a test)
 	$(BIN)/python -m servekit.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 3

@@ -90,8 +90,10 @@ def announce(name: str) -> Any:
         levels = " ".join(
             f"c{lv.concurrency}:{lv.goodput_rps:.0f}/{lv.p95_ms:.0f}ms" for lv in trial.levels
         )
+        again = " again" if trial.retrial else ""
         print(
-            f"{name} [{trial.started_s:6.1f} s] {trial.setting.label:<14} {found}  ({levels})",
+            f"{name} [{trial.started_s:6.1f} s] {trial.setting.label + again:<20} {found}  "
+            f"({levels})",
             flush=True,
         )
 
@@ -100,10 +102,11 @@ def announce(name: str) -> Any:
 
 def search_summary(search: tuner.Search, seconds: float) -> dict[str, Any]:
     best = search.best
+    summary = best.to_dict() | {"mean_score_rps": search.mean_score(best.setting)} if best else None
     return {
         "seconds": round(seconds, 1),
         "trials": [t.to_dict() for t in search.trials],
-        "best": best.to_dict() if best else None,
+        "best": summary,
     }
 
 
@@ -159,19 +162,16 @@ def compare(climb: tuner.Search, full: tuner.Search) -> dict[str, Any]:
     """How close the climb came to the grid's best, and in what share of the grid's time."""
     climb_best, grid_best = climb.best, full.best
     assert climb_best is not None and grid_best is not None
-    same = next(t for t in full.trials if t.setting == climb_best.setting)
+    picked, top = climb.mean_score(climb_best.setting), grid_best.score
+    same = full.mean_score(climb_best.setting)
     return {
         "climb_best": climb_best.setting.label,
-        "climb_best_rps": climb_best.score,
+        "climb_best_rps": round(picked, 2),
         "grid_best": grid_best.setting.label,
-        "grid_best_rps": grid_best.score,
-        "grid_rps_of_climb_best": same.score,
-        "ratio_climb_to_grid": round(climb_best.score / grid_best.score, 3)
-        if grid_best.score
-        else None,
-        "ratio_grid_measure_of_climb_pick": round(same.score / grid_best.score, 3)
-        if grid_best.score
-        else None,
+        "grid_best_rps": top,
+        "grid_rps_of_climb_best": same,
+        "ratio_climb_to_grid": round(picked / top, 3) if top else None,
+        "ratio_grid_measure_of_climb_pick": round(same / top, 3) if top else None,
         "trials": [len(climb.trials), len(full.trials)],
         "time_ratio_climb_to_grid": round(climb.elapsed / full.elapsed, 3),
     }
@@ -194,18 +194,19 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
             f"climb/grid throughput {c['ratio_climb_to_grid']:.3f}, "
             f"time {c['time_ratio_climb_to_grid']:.3f}"
         )
-    if best is None or best["score_rps"] <= 0:
+    if best is None or best["mean_score_rps"] <= 0:
         print(f"tune: no setting met p95 <= {args.p95:g} ms; nothing written", file=sys.stderr)
         return 1
     winner = Setting(**best["setting"])
     print(
-        f"best: {winner.label} {best['score_rps']:.1f} req/s at concurrency "
+        f"best: {winner.label} {best['mean_score_rps']:.1f} req/s (mean of its trials); last at "
+        "concurrency "
         f"{best['best']['concurrency']}, p95 {best['best']['p95_ms']:.1f} ms"
     )
     if not args.no_write:
         note = (
             f"tuned {datetime.date.today()}: p95 <= {args.p95:g} ms, "
-            f"{best['score_rps']:.0f} req/s (scripts/tune.py)"
+            f"{best['mean_score_rps']:.0f} req/s (scripts/tune.py)"
         )
         sections = {"model_config": winner.model_config()}
         if winner.workers > 1:  # the workers must share the cores, as they did here

@@ -95,8 +95,10 @@ def plot_tuning(document: dict[str, Any], path: Path) -> None:
     axes[0].grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
     shown = document["grid" if "grid" in document else "climb"]["trials"]
-    scores = {tuple(t["setting"].values()): t["score_rps"] for t in shown}
-    order = {tuple(t["setting"].values()): n for n, t in enumerate(document["climb"]["trials"], 1)}
+    scores = {tuple(t["setting"].values()): t["score_rps"] for t in shown if not t["retrial"]}
+    order: dict[tuple[Any, ...], int] = {}
+    for n, t in enumerate(document["climb"]["trials"], 1):
+        order.setdefault(tuple(t["setting"].values()), n)
     top = max(scores.values(), default=1.0) or 1.0
     for axis, w in zip(axes[1:], workers, strict=True):
         grid = [

@@ -55,6 +55,7 @@ class MiniLMAPI(ls.LitAPI):
         if self.model is None:
             raise RuntimeError(f"{self.mar}: setup() has not loaded the model")
         requests: list[ModelRequest] = x if isinstance(x, list) else [x]
+        print(f"batch of {len(requests)}", flush=True)  # the log shows LitServe's batching
         return self.model.predict(requests)
 
     def unbatch(self, output: list[Reply]) -> list[Reply]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,6 +77,9 @@ def test_concurrent_requests_with_a_bad_one(
             assert isinstance(body, str)
             vector = np.array(response.json()["embedding"])
             np.testing.assert_allclose(vector, reference[body], atol=1e-5)
+    if server.kind == "litserve":  # its predict logs each batch's size
+        sizes = [int(m) for m in re.findall(r"^batch of (\d+)$", server.log.read_text(), re.M)]
+        assert sum(sizes) >= len(bodies) and max(sizes) > 1, sizes
     if server.kind == "starlette":
         stats = requests.get(server.base_url + "/stats", timeout=10).json()
         assert max(int(size) for size in stats["batch_sizes"]) > 1, stats

@@ -42,9 +42,9 @@ def search(landscape: Landscape) -> Search:
     return Search(landscape, OBJECTIVE, clock=landscape.time)
 
 
-def test_levels_are_powers_of_two_up_to_the_maximum() -> None:
-    assert Objective(100, 64).levels == [1, 2, 4, 8, 16, 32, 64]
-    assert Objective(100, 48).levels == [1, 2, 4, 8, 16, 32, 48]
+def test_levels_step_by_about_one_and_a_half_up_to_the_maximum() -> None:
+    assert Objective(100, 64).levels == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert Objective(100, 40).levels == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40]
     assert Objective(100, 1).levels == [1]
 
 
@@ -57,9 +57,9 @@ def test_a_level_with_errors_or_503s_never_meets_the_objective() -> None:
 
 def test_ramp_climbs_until_the_objective_fails_and_scores_the_best_passing_level() -> None:
     landscape = Landscape()
-    setting = Setting(8, 10, 1)  # capacity 147: c=8 gives 147 req/s at 65 ms, c=16 at 130 ms
+    setting = Setting(8, 10, 1)  # capacity 147: c=8 gives 147 req/s at 65 ms, c=12 no more
     levels = tuner.ramp(landscape, setting, OBJECTIVE)
-    assert [lv.concurrency for lv in levels] == [1, 2, 4, 8, 16]
+    assert [lv.concurrency for lv in levels] == [1, 2, 3, 4, 6, 8, 12]
     trial = tuner.Trial(setting, levels, OBJECTIVE)
     assert trial.best is not None and trial.best.concurrency == 8
     assert trial.score == pytest.approx(147.0)
@@ -76,7 +76,7 @@ def test_ramp_stops_when_doubling_the_concurrency_no_longer_pays() -> None:
 def test_ramp_from_a_failing_start_walks_down_to_a_passing_level() -> None:
     landscape = Landscape()
     levels = tuner.ramp(landscape, Setting(8, 10, 1), OBJECTIVE, start=32)
-    assert [lv.concurrency for lv in levels] == [8, 16, 32]
+    assert [lv.concurrency for lv in levels] == [12, 16, 24, 32]  # p95 98 ms at 12
     assert tuner.Trial(Setting(8, 10, 1), levels, OBJECTIVE).best == levels[0]
 
 
@@ -85,7 +85,7 @@ def test_a_setting_that_never_meets_the_objective_scores_zero() -> None:
     landscape = Landscape()
     trial = Search(landscape, strict, clock=landscape.time).trial(Setting(4, 5, 1), start=4)
     assert trial.best is None and trial.score == 0.0
-    assert [lv.concurrency for lv in trial.levels] == [1, 2, 4]
+    assert [lv.concurrency for lv in trial.levels] == [1, 2, 3, 4]
 
 
 def test_grid_tries_every_setting_once_workers_slowest() -> None:
@@ -109,7 +109,9 @@ def test_hill_climb_reaches_the_grid_best_with_far_fewer_measurements(start: Set
     best = tuner.grid(full, SPACE)
     assert found is not None and best is not None
     assert found.setting == best.setting
-    assert len({t.setting for t in climb.trials}) == len(climb.trials)  # no setting twice
+    retrials = [t for t in climb.trials if t.retrial]
+    assert len(retrials) == 3  # the three best measured once more
+    assert len({t.setting for t in climb.trials}) == len(climb.trials) - 3
     assert len(climbing.calls) * 3 <= len(gridding.calls)
 
 
@@ -172,3 +174,25 @@ def test_a_bad_setting_names_the_field() -> None:
         "minWorkers": 2,
         "maxWorkers": 2,
     }
+
+
+def test_the_best_setting_is_ranked_by_its_mean_score_not_one_lucky_run() -> None:
+    runs = iter([300.0, 100.0])  # setting A: one lucky run, then a normal one
+
+    def noisy(setting: Setting, concurrency: int) -> Level:
+        rate = next(runs) if setting.batch_size == 4 else 150.0
+        return Level(concurrency, rate, 10.0)
+
+    flat = Objective(p95_ms=100, max_concurrency=1)
+    search = Search(noisy, flat)
+    a, b = Setting(4, 5, 1), Setting(8, 5, 1)
+    search.trial(a), search.trial(b)
+    assert search.best is not None and search.best.setting == a  # 300 > 150
+    search.retrial(a)
+    assert search.mean_score(a) == 200.0
+    search.retrial(b)
+    assert search.best.setting == a  # mean 200 > 150
+    runs = iter([100.0])
+    search.retrial(a)
+    assert search.mean_score(a) == 500 / 3 and search.best.setting == a
+    assert [t.retrial for t in search.trials] == [False, False, True, True, True]

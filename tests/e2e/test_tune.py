@@ -1,0 +1,137 @@
+"""scripts/tune.py and scripts/bench_compare.py end to end on real TorchServe servers.
+
+Iris keeps the tuner's runs short; the figures are checked for sense and for what they
+claim (every setting tried, the winner written into the spec), never for speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servekit.specs import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+pytestmark = pytest.mark.e2e
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPACE = ["--batch-sizes", "1,8", "--delays", "2,20", "--workers", "1,2"]
+SHORT = ["--max-concurrency", "8", "--level-seconds", "0.8", "--warmup", "0.2"]
+
+
+def tune(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--model", "iris",
+               "--spec", str(tmp_path / "iris.yml"), "--out", str(tmp_path / "tune.json"),
+               *SPACE, *SHORT, *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    path = tmp_path / "iris.yml"
+    shutil.copy(ROOT / "config" / "iris.yml", path)
+    return path
+
+
+def test_tune_climbs_runs_the_grid_and_writes_the_winner(
+    model_store: Path, tmp_path: Path, spec: Path
+) -> None:
+    done = tune(tmp_path, "--p95", "1000", "--grid")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    document = json.loads((tmp_path / "tune.json").read_text())
+    assert (tmp_path / "tune.png").read_bytes().startswith(PNG_MAGIC)
+    assert document["command"].startswith("python scripts/tune.py --model iris")
+
+    space = {(b, d, w) for b in (1, 8) for d in (2, 20) for w in (1, 2)}
+    grid = [tuple(t["setting"].values()) for t in document["grid"]["trials"]]
+    assert sorted(grid) == sorted(space)  # every setting once
+    climb = [tuple(t["setting"].values()) for t in document["climb"]["trials"]]
+    assert len(set(climb)) == len(climb) and set(climb) <= space
+    for trial in document["climb"]["trials"] + document["grid"]["trials"]:
+        levels = [lv["concurrency"] for lv in trial["levels"]]
+        assert levels == sorted(levels) and set(levels) <= {1, 2, 4, 8}
+        assert all(lv["errors"] == 0 and lv["count_503"] == 0 for lv in trial["levels"])
+        assert trial["score_rps"] > 0  # a 1 s objective: iris meets it everywhere
+
+    comparison = document["comparison"]
+    best = document["climb"]["best"]
+    assert comparison["climb_best"] == best["label"]
+    assert comparison["grid_best_rps"] == max(t["score_rps"] for t in document["grid"]["trials"])
+    assert comparison["trials"] == [len(climb), len(grid)]
+
+    written = load_spec(spec, ROOT).model_config
+    b, d, w = best["setting"].values()
+    assert (written["batchSize"], written["maxBatchDelay"]) == (b, d)
+    assert written["minWorkers"] == written["maxWorkers"] == w
+    assert "wrote {'model_config'" in done.stdout
+    assert "tuned " in spec.read_text()  # the note says where the values came from
+
+
+def test_tune_with_an_objective_nothing_meets_writes_nothing(
+    model_store: Path, tmp_path: Path, spec: Path
+) -> None:
+    before = spec.read_text()
+    done = tune(tmp_path, "--p95", "0.001", "--workers", "1", "--batch-sizes", "8")
+    assert done.returncode == 1
+    assert "no setting met p95 <= 0.001 ms; nothing written" in done.stderr
+    assert spec.read_text() == before
+    document = json.loads((tmp_path / "tune.json").read_text())
+    assert document["climb"]["best"]["score_rps"] == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "8,x"], "'8,x': expected integers separated by commas"),
+        (["--delays", "20,5"], "delays [20, 5]: give distinct values, ascending"),
+        (["--p95", "-1"], "p95 objective is -1.0 ms; give a positive number"),
+    ],
+)
+def test_tune_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--model", "iris", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_compare_runs_every_system_with_the_same_client(model_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare.json"
+    command = [sys.executable, str(ROOT / "scripts" / "bench_compare.py"), "--concurrency", "8",
+               "--batch-size", "4", "--duration", "3", "--warmup", "1",
+               "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    document = json.loads(out.read_text())
+    systems = document["systems"]
+    served = ["torchserve", "torchserve-bs1-w1", "torchserve-bs1-w2", "starlette", "litserve"]
+    assert set(systems) == {"limit", "torchserve-bs1", *served}
+    for name in served:
+        figures = systems[name]
+        assert figures["concurrency"] == 8 and figures["mode"] == "closed", name
+        assert figures["ok"] == figures["requests"] > 0, name
+        assert figures["errors"] == 0, name
+    assert systems["limit"]["batch_size"] == 4 and systems["limit"]["goodput_rps"] > 0
+    assert systems["torchserve"]["setting"] == {
+        "batch_size": 4,
+        "max_batch_delay": 10,
+        "workers": 1,
+    }
+    assert systems["torchserve-bs1-w2"]["torch_threads_per_worker"] * 2 <= max(
+        2, systems["torchserve-bs1-w1"]["torch_threads_per_worker"]
+    )
+    bs1 = systems["torchserve-bs1"]
+    assert bs1["chosen"] in ("torchserve-bs1-w1", "torchserve-bs1-w2")
+    assert bs1["goodput_rps"] == max(systems[k]["goodput_rps"] for k in bs1["best_of"])
+    assert [t["target"] for t in document["targets"]] == [
+        "served / in-process limit",
+        "served / TorchServe batchSize 1",
+        "served / seed-001 Starlette server",
+        "served / LitServe",
+    ]
+    table = out.with_suffix(".md").read_text()
+    assert "| torchserve |" in table and "| served / LitServe |" in table
+    assert out.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
