@@ -56,6 +56,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrency", type=int, default=64)
     parser.add_argument("--level-seconds", type=float, default=3.0, help="measured per level")
     parser.add_argument("--warmup", type=float, default=0.5, help="s left out of each level")
+    parser.add_argument(
+        "--setup-warmup", type=float, default=1.0, help="s of load after each registration (1)"
+    )
+    parser.add_argument(
+        "--server-warmup", type=float, default=3.0, help="more s on a fresh server (3)"
+    )
     parser.add_argument("--grid", action="store_true", help="also run the full grid, compare")
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
     parser.add_argument("--spec", type=Path, help="spec to write (default config/MODEL.yml)")
@@ -70,8 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.objective = tuner.Objective(args.p95, args.max_concurrency)
     except ToolkitError as err:
         parser.error(str(err))
-    if args.level_seconds <= 0 or args.warmup < 0:
-        parser.error("--level-seconds must be > 0 and --warmup >= 0")
+    if args.level_seconds <= 0 or min(args.warmup, args.setup_warmup, args.server_warmup) < 0:
+        parser.error("--level-seconds must be > 0 and the warmups >= 0")
     args.spec = args.spec or ROOT / "config" / f"{args.model}.yml"
     args.out = args.out or ROOT / "docs" / "bench" / f"tune-{args.model}.json"
     args.plot = args.plot or args.out.with_suffix(".png")
@@ -130,6 +136,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "settings": len(args.space),
         },
         "level_seconds": args.level_seconds,
+        "warmups_s": {
+            "level": args.warmup,
+            "after_registration": args.setup_warmup,
+            "fresh_server": args.server_warmup,
+        },
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
         "started_from": start.label,
     }
@@ -142,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             payload.content_type,
             args.level_seconds,
             args.warmup,
+            args.setup_warmup,
+            args.server_warmup,
         )
         try:
             climb = tuner.Search(measure, args.objective, on_trial=announce("climb"))

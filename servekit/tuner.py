@@ -321,8 +321,14 @@ class ServedTrials:
         content_type: str,
         duration: float = 3.0,
         warmup: float = 0.5,
+        setup_warmup: float = 1.0,
+        server_warmup: float = 3.0,
     ) -> None:
+        """``setup_warmup`` seconds of load after each registration and ``server_warmup`` more
+        on a fresh server are not measured: a cold JVM and first-seen tensor shapes made the
+        first trial on a new server read half its later figure."""
         self.config, self.workdir, self.model = config, workdir, model
+        self.setup_warmup, self.server_warmup = setup_warmup, server_warmup
         self.bodies, self.content_type = tuple(bodies), content_type
         self.duration, self.warmup = duration, warmup
         self.current: Setting | None = None
@@ -335,7 +341,8 @@ class ServedTrials:
 
         if setting == self.current:
             return
-        if self.current is not None and self.current.workers == setting.workers:
+        fresh = self.current is None or self.current.workers != setting.workers
+        if not fresh:
             settings.unregister(self.ts, self.model)
         else:
             self.close()
@@ -348,16 +355,21 @@ class ServedTrials:
         self.current = None
         settings.register(self.ts, self.model, setting)
         self.current = setting
+        warmup = self.setup_warmup + (self.server_warmup if fresh else 0.0)
+        if warmup > 0:
+            concurrency = 2 * setting.batch_size * setting.workers
+            loadgen.run(self.target(), loadgen.Load(concurrency=concurrency, duration=warmup))
+
+    def target(self) -> loadgen.Target:
+        url = f"{self.ts.inference_url}/predictions/{self.model}"
+        return loadgen.Target.post(url, self.bodies, self.content_type)
 
     def __call__(self, setting: Setting, concurrency: int) -> Level:
         self.apply(setting)
-        target = loadgen.Target.post(
-            f"{self.ts.inference_url}/predictions/{self.model}", self.bodies, self.content_type
-        )
         load = loadgen.Load(
             concurrency=concurrency, duration=self.duration + self.warmup, warmup=self.warmup
         )
-        return Level.of(loadgen.run(target, load))
+        return Level.of(loadgen.run(self.target(), load))
 
     def close(self) -> None:
         """Stop the current server (and so its model); safe to call twice."""

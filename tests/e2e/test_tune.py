@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.e2e
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPACE = ["--batch-sizes", "1,8", "--delays", "2,20", "--workers", "1,2"]
-SHORT = ["--max-concurrency", "8", "--level-seconds", "0.8", "--warmup", "0.2"]
+SHORT = ["--max-concurrency", "8", "--level-seconds", "0.8", "--warmup", "0.2",
+         "--setup-warmup", "0.3", "--server-warmup", "0.5"]  # fmt: skip
 
 
 def tune(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
