@@ -6,11 +6,13 @@
 Systems, each alone on the machine in turn, each serving model_store/minilm.mar with the same
 handler code and torch threads (one per core, shared out between workers):
 
-  limit              the handler's batched forward in process, no server (servekit.baselines.limit)
-  torchserve         TorchServe, batchSize B, maxBatchDelay D, one worker
+  limit              the handler's batched forward in process, no server (servekit.baselines.limit);
+                     with W workers, W such processes at once, cores / W threads each
+  torchserve         TorchServe, batchSize B, maxBatchDelay D, W workers (cores / W threads)
   torchserve-bs1-wN  TorchServe, batchSize 1, N workers (1 and 2; the best is the baseline)
-  starlette          the seed-001 design: one asyncio queue, one deadline, max batch B
-  litserve           LitServe with its own batching, max batch B, timeout D
+  starlette          the seed-001 design: one asyncio queue, one deadline, max batch B (one
+                     process by design: all cores' threads in it)
+  litserve           LitServe with its own batching, max batch B, timeout D, W workers
 
 The same closed-loop client (servekit.loadgen) drives each at concurrency C. Writes the
 figures as JSON, a Markdown table and a PNG (default docs/bench/compare-minilm.*), with the
@@ -56,6 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16, help="B for every batching system")
     parser.add_argument("--delay", type=int, default=10, help="D: batch deadline, ms (10)")
+    parser.add_argument("--workers", type=int, default=1, help="W: TorchServe and LitServe (1)")
     parser.add_argument("--duration", type=float, default=20.0, help="s per system, warmup incl.")
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument(
@@ -67,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.duration <= args.warmup or args.warmup < 0:
         parser.error("--duration must be longer than --warmup (>= 0)")
     try:
-        Setting(args.batch_size, args.delay, 1)
+        Setting(args.batch_size, args.delay, args.workers)
     except ToolkitError as err:
         parser.error(str(err))
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -91,11 +94,14 @@ def limit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The in-process limit in a fresh interpreter (as a worker would be), no server."""
     command = [sys.executable, "-m", "servekit.baselines.limit", "--mar", str(mar(args))]
     command += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
+    command += ["--processes", str(args.workers)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise ToolkitError(f"limit failed ({done.returncode}):\n{done.stderr[-2000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"kind": "in-process", **figures, "goodput_rps": figures["items_per_s"]}
+    return {"kind": "in-process", "processes": args.workers, **figures} | {
+        "goodput_rps": figures["items_per_s"]
+    }
 
 
 def torchserve(setting: Setting) -> Callable[[argparse.Namespace, Path], dict[str, Any]]:
@@ -120,16 +126,16 @@ def baseline(kind: str, flags: Callable[[argparse.Namespace], list[str]]) -> Any
 
 
 def systems(args: argparse.Namespace) -> dict[str, Callable[[argparse.Namespace, Path], Any]]:
-    b, d = str(args.batch_size), str(args.delay)
+    b, d, w = str(args.batch_size), str(args.delay), str(args.workers)
+    threads = str(threads_per_worker(args.workers))
+    lit = ["--max-batch-size", b, "--batch-timeout-ms", d, "--workers", w, "--threads", threads]
     return {
         "limit": limit,
-        "torchserve": torchserve(Setting(args.batch_size, args.delay, 1)),
+        "torchserve": torchserve(Setting(args.batch_size, args.delay, args.workers)),
         "torchserve-bs1-w1": torchserve(Setting(1, args.delay, 1)),
         "torchserve-bs1-w2": torchserve(Setting(1, args.delay, 2)),
         "starlette": baseline("starlette", lambda a: ["--max-batch-size", b, "--max-delay-ms", d]),
-        "litserve": baseline(
-            "litserve", lambda a: ["--max-batch-size", b, "--batch-timeout-ms", d]
-        ),
+        "litserve": baseline("litserve", lambda a: lit),
     }
 
 
@@ -166,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
         "delay_ms": args.delay,
+        "workers": args.workers,
         "seconds_per_system": args.duration,
         "warmup_s": args.warmup,
         "machine": {
@@ -217,7 +224,8 @@ def markdown(document: dict[str, Any]) -> str:
         f"MiniLM (all-MiniLM-L6-v2), {document['payload']}; closed loop at concurrency "
         f"{document['concurrency']}, {document['seconds_per_system']:g} s per system "
         f"({document['warmup_s']:g} s warmup left out), batch size {document['batch_size']}, "
-        f"deadline {document['delay_ms']} ms; {document['machine']['cpus']} cores; "
+        f"deadline {document['delay_ms']} ms, {document['workers']} worker(s) for TorchServe, "
+        f"LitServe and the limit; {document['machine']['cpus']} cores; "
         f"{document['date']}.",
         "",
         f"Command: `{document['command']}`",
@@ -229,7 +237,8 @@ def markdown(document: dict[str, Any]) -> str:
         if name == "torchserve-bs1":
             continue
         if f["kind"] == "in-process":
-            rows.append(f"| {name} (batch {f['batch_size']}) | {f['goodput_rps']:.1f} | | | | | |")
+            label = f"{name} (batch {f['batch_size']}, {f['processes']} process(es))"
+            rows.append(f"| {label} | {f['goodput_rps']:.1f} | | | | | |")
             continue
         lat = f["latency_ms"]
         rows.append(

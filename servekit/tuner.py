@@ -10,12 +10,14 @@ requests in flight only wait longer).
 Two searches share that measure:
 
 * :func:`grid` tries every setting, each ramp from concurrency 1: the reference.
-* :func:`hill_climb` starts from the model's archived setting (or the middle of the grid) and
-  moves to the first neighbour (one step along one axis) that scores ``min_gain`` better,
-  trying first the direction that paid last; it stops when no untried neighbour is better.
-  Its ramps start at the concurrency where the incumbent peaked, so most trials need two or
-  three levels. Then it measures its best three settings once more and ranks them by their
-  mean score: on a shared machine one run can be 10-20 % off.
+* :func:`hill_climb` climbs batch size and delay for each worker count: from the model's
+  archived setting (or the middle of the grid) it moves to the first neighbour (one step
+  along one axis) that scores ``min_gain`` better, trying first the direction that paid
+  last, and stops when no untried neighbour is better. The next worker count starts from
+  the best so far with the batch size scaled down by the worker ratio. Its ramps start at
+  the concurrency where the incumbent peaked, so most trials need two or three levels. Then
+  it measures its best three settings once more and ranks them by their mean score: on a
+  shared machine one run can be 10-20 % off.
 
 The measure is a callable, so the searches run as well on a real TorchServe
 (:class:`ServedTrials`) as on a recorded landscape in the unit tests.
@@ -282,14 +284,47 @@ def hill_climb(
     min_gain: float = 0.02,
     confirm: int = 3,
 ) -> Trial | None:
-    """First-improvement climb over one-step neighbours, then the ``confirm`` best settings
-    measured once more and ranked by their mean (one lucky run must not win); see the
-    module's docstring."""
-    current = search.trial(start or space.middle(), start=4)
+    """A climb over batch size and delay for each worker count, then the ``confirm`` best
+    settings measured once more and ranked by their mean (one lucky run must not win).
+
+    The worker count is not climbed like the other two axes: with twice the workers each one
+    gets half the load and half the threads, so its best batch size moves down. Each worker
+    count's climb therefore starts from the best setting so far with its batch size divided
+    by the ratio of worker counts (snapped to the grid)."""
+    first = start or space.middle()
+    order = sorted(space.workers, key=lambda w: (abs(w - first.workers), w))
+    best: Trial | None = None
+    for workers in order:
+        if best is None:
+            origin = Setting(first.batch_size, first.max_batch_delay, workers)
+        else:
+            scaled = best.setting.batch_size * best.setting.workers / workers
+            batch = min(space.batch_sizes, key=lambda b: abs(math.log2(b / scaled)))
+            origin = Setting(batch, best.setting.max_batch_delay, workers)
+        warm = best.best.concurrency if best is not None and best.best is not None else 4
+        found = _climb_plane(search, space, origin, warm, min_gain)
+        if best is None or found.score > best.score:
+            best = found
+    ranked = sorted({t.setting for t in search.trials}, key=search.mean_score, reverse=True)
+    for setting in ranked[:confirm]:
+        if search.mean_score(setting) > 0:
+            search.retrial(setting)
+    return search.best
+
+
+def _climb_plane(
+    search: Search, space: Space, origin: Setting, warm: int, min_gain: float
+) -> Trial:
+    """First-improvement climb over batch size and delay at ``origin``'s worker count."""
+    current = search.trial(origin, start=warm)
     tried = {current.setting}
     last_move: tuple[int, int] | None = None
     while True:
-        candidates = [(m, s) for m, s in space.neighbours(current.setting) if s not in tried]
+        candidates = [
+            (move, setting)
+            for move, setting in space.neighbours(current.setting)
+            if move[0] != 2 and setting not in tried  # axis 2, the workers, is not climbed
+        ]
         if last_move is not None:  # the direction that paid last goes first
             candidates.sort(key=lambda ms: ms[0] != last_move)
         warm = current.best.concurrency if current.best is not None else 1
@@ -300,12 +335,7 @@ def hill_climb(
                 current, last_move = trial, move
                 break
         else:
-            break
-    ranked = sorted({t.setting for t in search.trials}, key=search.mean_score, reverse=True)
-    for setting in ranked[:confirm]:
-        if search.mean_score(setting) > 0:
-            search.retrial(setting)
-    return search.best
+            return current
 
 
 class ServedTrials:

@@ -5,6 +5,11 @@ go through ``LocalModel.predict``: TorchServe's own worker code and the archived
 tokenization, padding, forward and pooling included, with no HTTP and no queue.
 
     python -m servekit.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 5
+    python -m servekit.baselines.limit --batch-size 16 --processes 2   # 2 x 1 thread, summed
+
+With ``--processes N`` it runs N such loops at once in separate processes, each with
+cores / N torch threads (as N TorchServe workers get here), and reports their sum: the limit
+for N workers.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,13 +94,42 @@ def _serve(model: LocalModel, batch: list[Request]) -> None:
         raise RuntimeError(f"{model.name}: {len(failed)} of {len(batch)} requests failed: {failed}")
 
 
+def in_processes(mar: Path, batch_size: int, duration: float, processes: int) -> dict[str, Any]:
+    """``processes`` limit loops at once, cores / processes threads each; their sum."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    command = [sys.executable, "-m", "servekit.baselines.limit", "--mar", str(mar)]
+    command += ["--batch-size", str(batch_size), "--duration", str(duration)]
+    command += ["--threads", str(threads)]
+    running = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for _ in range(processes)
+    ]
+    outputs = [p.communicate(timeout=duration + 600)[0] for p in running]
+    if any(p.returncode != 0 for p in running):
+        raise RuntimeError(f"a limit process failed: {[p.returncode for p in running]}")
+    each = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    return {
+        "batch_size": batch_size,
+        "processes": processes,
+        "threads": threads,
+        "items_per_s": round(sum(r["items_per_s"] for r in each), 2),
+        "each": each,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mar", type=Path, default=Path("model_store/minilm.mar"))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of batches (5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--processes", type=int, default=1, help="loops in parallel (1)")
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes is {args.processes}; it must be >= 1")
+    if args.processes > 1:
+        print(json.dumps(in_processes(args.mar, args.batch_size, args.duration, args.processes)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     with LocalModel.from_mar(args.mar) as model:

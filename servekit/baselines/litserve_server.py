@@ -66,12 +66,16 @@ class MiniLMAPI(ls.LitAPI):
 
 
 def server(
-    mar: Path, max_batch_size: int = 16, batch_timeout: float = 0.01, threads: int = 0
+    mar: Path,
+    max_batch_size: int = 16,
+    batch_timeout: float = 0.01,
+    threads: int = 0,
+    workers: int = 1,
 ) -> ls.LitServer:
-    """One CPU inference worker (as TorchServe's 1 worker) on ``/predictions/<model>``."""
+    """``workers`` CPU inference workers (as TorchServe's) on ``/predictions/<model>``."""
     api = MiniLMAPI(mar, max_batch_size, batch_timeout, api_path=f"/predictions/{mar.stem}")
     api.threads = threads
-    return ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
+    return ls.LitServer(api, accelerator="cpu", workers_per_device=workers, timeout=60)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,11 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout-ms", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    parser.add_argument("--workers", type=int, default=1, help="inference worker processes")
     args = parser.parse_args(argv)
     if not args.mar.is_file():
         parser.error(f"archive {args.mar} does not exist; build it with 'make archive'")
     lit = server(
-        args.mar.resolve(), args.max_batch_size, args.batch_timeout_ms / 1000, args.threads
+        args.mar.resolve(),
+        args.max_batch_size,
+        args.batch_timeout_ms / 1000,
+        args.threads,
+        args.workers,
     )
     print(json.dumps({"serving": f"http://{args.host}:{args.port}/predictions/{args.mar.stem}"}))
     lit.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False)

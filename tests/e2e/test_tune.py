@@ -116,6 +116,7 @@ def test_compare_runs_every_system_with_the_same_client(model_store: Path, tmp_p
         assert figures["ok"] == figures["requests"] > 0, name
         assert figures["errors"] == 0, name
     assert systems["limit"]["batch_size"] == 4 and systems["limit"]["goodput_rps"] > 0
+    assert systems["limit"]["processes"] == 1 and document["workers"] == 1
     assert systems["torchserve"]["setting"] == {
         "batch_size": 4,
         "max_batch_delay": 10,

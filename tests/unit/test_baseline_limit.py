@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,16 @@ def test_measure_counts_whole_batches() -> None:
     assert result.threads >= 1
     assert 0 < result.batch_ms_p50 <= result.seconds * 1000
     assert result.to_dict()["items_per_s"] == round(result.items_per_s, 2)
+
+
+def test_processes_run_at_once_with_the_cores_shared_and_are_summed() -> None:
+    if not MAR.exists():
+        pytest.skip("model_store/minilm.mar missing: run make archive")
+    from servekit.baselines.limit import in_processes
+
+    result = in_processes(MAR, batch_size=2, duration=0.3, processes=2)
+    assert result["processes"] == 2 and len(result["each"]) == 2
+    assert result["threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert all(each["threads"] == result["threads"] for each in result["each"])
+    total = sum(each["items_per_s"] for each in result["each"])
+    assert result["items_per_s"] == pytest.approx(total, abs=0.01)
