@@ -210,3 +210,30 @@ def test_the_best_setting_is_ranked_by_its_mean_score_not_one_lucky_run() -> Non
     search.retrial(a)
     assert search.mean_score(a) == 500 / 3 and search.best.setting == a
     assert [t.retrial for t in search.trials] == [False, False, True, True, True]
+
+
+def test_a_miss_before_the_batches_can_fill_does_not_end_the_ramp() -> None:
+    def batching(setting: Setting, concurrency: int) -> Level:
+        # half-empty batches wait out the delay: slow until batch_size x workers are in flight
+        filled = concurrency >= setting.batch_size * setting.workers
+        return Level(concurrency, 20.0 * concurrency, 60.0 if filled else 150.0)
+
+    levels = tuner.ramp(batching, Setting(4, 50, 2), OBJECTIVE, start=2)
+    assert [lv.concurrency for lv in levels][:4] == [2, 3, 4, 6]
+    best = tuner.Trial(Setting(4, 50, 2), levels, OBJECTIVE).best
+    assert best is not None and best.concurrency >= 8
+
+
+def test_the_climb_walks_across_a_flat_step_to_a_higher_batch_size() -> None:
+    plateau = {32: 86.0, 16: 86.0, 8: 87.0, 4: 170.0, 2: 150.0, 1: 110.0}
+
+    def flat_then_up(setting: Setting, concurrency: int) -> Level:
+        return Level(concurrency, plateau[setting.batch_size], 50.0)
+
+    space = Space((1, 2, 4, 8, 16, 32), (5,), (1,))
+    climb = Search(flat_then_up, Objective(100, max_concurrency=1))
+    found = tuner.hill_climb(climb, space, Setting(32, 5, 1))
+    assert found is not None and found.setting == Setting(4, 5, 1)
+    without = Search(flat_then_up, Objective(100, max_concurrency=1))
+    stuck = tuner._climb_plane(without, space, Setting(32, 5, 1), 1, 0.02, plateau=0)
+    assert stuck.setting in (Setting(32, 5, 1), Setting(16, 5, 1))  # what a plain climb finds
