@@ -107,7 +107,7 @@ bench: install archive ## minilm: TorchServe at concurrency 1-64, then vs the in
 	$(BIN)/python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 \
 	  --concurrency 32 --concurrency 64 --duration 10 --warmup 2 \
 	  --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png $(BENCH_ARGS)
-	$(BIN)/python scripts/bench_compare.py $(COMPARE_ARGS)
+	$(BIN)/python scripts/bench_compare.py $(or $(COMPARE_ARGS),--batch-size 8 --workers 2)
 
 tune: install archive ## best batchSize x maxBatchDelay x workers for NAME (minilm) under p95 <= P95 ms (100); writes config/NAME.yml
 	$(BIN)/python scripts/tune.py --model $(or $(NAME),minilm) --p95 $(or $(P95),100) $(TUNE_ARGS)

@@ -139,9 +139,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         runner.join()
         if done.returncode != 0 or not raw.exists():
             raise ToolkitError(f"py-spy failed ({done.returncode}): {done.stderr[-1500:]}")
+        stages = read_collapsed(raw)
     result: loadgen.LoadResult = outcome["result"]
     served = result.goodput_rps * args.duration
-    stages = read_collapsed(raw)
     total = sum(stages.values()) or 1
     frontend = after[java.pid] - before[java.pid]
     worker_cpu = sum(after[p.pid] - before[p.pid] for p in workers)

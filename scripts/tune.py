@@ -62,7 +62,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--server-warmup", type=float, default=3.0, help="more s on a fresh server (3)"
     )
-    parser.add_argument("--grid", action="store_true", help="also run the full grid, compare")
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--grid", action="store_true", help="also run the full grid, compare")
+    grid.add_argument(
+        "--grid-from",
+        type=Path,
+        help="compare with the grid of an earlier --grid run (its JSON; same objective, space)",
+    )
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
     parser.add_argument("--spec", type=Path, help="spec to write (default config/MODEL.yml)")
     parser.add_argument("--no-write", action="store_true", help="do not write the spec")
@@ -159,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             climb = tuner.Search(measure, args.objective, on_trial=announce("climb"))
             tuner.hill_climb(climb, args.space, start)
+            climb.recorded_seconds = climb.elapsed  # the climb's time stops here
             document["climb"] = search_summary(climb, climb.elapsed)
             if args.grid:
                 measure.close()  # the grid starts from scratch, as the climb did
@@ -166,9 +173,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tuner.grid(full, args.space)
                 document["grid"] = search_summary(full, full.elapsed)
                 document["comparison"] = compare(climb, full)
+            elif args.grid_from:
+                earlier = recorded_grid(args.grid_from, document)
+                full = tuner.Search.from_record(earlier["grid"], args.objective)
+                document["grid"] = earlier["grid"] | {"from": str(args.grid_from.name)}
+                document["grid_command"] = earlier["command"]
+                document["comparison"] = compare(climb, full)
         finally:
             measure.close()
     return document
+
+
+def recorded_grid(path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """An earlier run's JSON with a grid of the same objective and space as this run."""
+    try:
+        earlier: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ToolkitError(f"--grid-from {path}: cannot read it ({err})") from None
+    if "grid" not in earlier:
+        raise ToolkitError(f"--grid-from {path}: it holds no grid (run with --grid)")
+    for key in ("model", "objective", "space"):
+        if earlier.get(key) != document[key]:
+            raise ToolkitError(
+                f"--grid-from {path}: its {key} is {earlier.get(key)}, this run's {document[key]}"
+            )
+    return earlier
 
 
 def compare(climb: tuner.Search, full: tuner.Search) -> dict[str, Any]:
@@ -224,7 +253,11 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
         sections = {"model_config": winner.model_config()}
         if winner.workers > 1:  # the workers must share the cores, as they did here
             sections["handler_options"] = {"torch_threads": threads_per_worker(winner.workers)}
-        write_sections(args.spec, sections, note)
+        try:
+            write_sections(args.spec, sections, note)
+        except ToolkitError as err:
+            print(f"tune: {err}", file=sys.stderr)
+            return 1
         print(f"wrote {sections} into {args.spec}")
     return 0
 

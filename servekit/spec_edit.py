@@ -37,7 +37,13 @@ def set_section(text: str, section: str, values: Mapping[str, int], note: str) -
     if section not in SECTIONS:
         raise ConfigError(f"section {section!r}: only {', '.join(SECTIONS)} can be edited")
     header = re.compile(rf"^{section}:\s*(#.*)?$")
-    lines = text.splitlines()
+    empty = re.compile(rf"^{section}:\s*(\{{\}}|null|~)?\s*(#.*)?$")  # an empty mapping
+    lines = [
+        f"{section}:" + (f"  {m.group(2)}" if m.group(2) else "")
+        if (m := empty.match(line))
+        else line
+        for line in text.splitlines()
+    ]
     start = next((i for i, line in enumerate(lines) if header.match(line)), None)
     if start is None:
         if any(line.startswith(f"{section}:") for line in lines):

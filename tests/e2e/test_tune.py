@@ -7,6 +7,7 @@ claim (every setting tried, the winner written into the spec), never for speed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -51,10 +52,12 @@ def test_tune_climbs_runs_the_grid_and_writes_the_winner(
     grid = [tuple(t["setting"].values()) for t in document["grid"]["trials"]]
     assert sorted(grid) == sorted(space)  # every setting once
     climb = [tuple(t["setting"].values()) for t in document["climb"]["trials"]]
-    assert len(set(climb)) == len(climb) and set(climb) <= space
+    first = [s for s, t in zip(climb, document["climb"]["trials"], strict=True) if not t["retrial"]]
+    assert len(set(first)) == len(first) and set(climb) <= space  # again only as a retrial
+    assert len(climb) - len(first) == 2  # the two best measured once more
     for trial in document["climb"]["trials"] + document["grid"]["trials"]:
         levels = [lv["concurrency"] for lv in trial["levels"]]
-        assert levels == sorted(levels) and set(levels) <= {1, 2, 4, 8}
+        assert levels == sorted(levels) and set(levels) <= {1, 2, 3, 4, 6, 8}
         assert all(lv["errors"] == 0 and lv["count_503"] == 0 for lv in trial["levels"])
         assert trial["score_rps"] > 0  # a 1 s objective: iris meets it everywhere
 
@@ -63,6 +66,9 @@ def test_tune_climbs_runs_the_grid_and_writes_the_winner(
     assert comparison["climb_best"] == best["label"]
     assert comparison["grid_best_rps"] == max(t["score_rps"] for t in document["grid"]["trials"])
     assert comparison["trials"] == [len(climb), len(grid)]
+    assert comparison["time_ratio_climb_to_grid"] == pytest.approx(
+        document["climb"]["seconds"] / document["grid"]["seconds"], abs=0.002
+    )
 
     written = load_spec(spec, ROOT).model_config
     b, d, w = best["setting"].values()
@@ -70,6 +76,8 @@ def test_tune_climbs_runs_the_grid_and_writes_the_winner(
     assert written["minWorkers"] == written["maxWorkers"] == w
     assert "wrote {'model_config'" in done.stdout
     assert "tuned " in spec.read_text()  # the note says where the values came from
+    threads = load_spec(spec, ROOT).handler_options.get("torch_threads")
+    assert threads == (max(1, (os.cpu_count() or 1) // w) if w > 1 else None)
 
 
 def test_tune_with_an_objective_nothing_meets_writes_nothing(

@@ -92,3 +92,22 @@ def test_handler_options_are_set_like_model_config() -> None:
         "handler_options": {"group_size": 8, "torch_threads": 1},
         "model_config": {"batchSize": 4},
     }
+
+
+@pytest.mark.parametrize("empty", ["{}", "null", "~", ""])
+def test_an_empty_section_becomes_a_block(empty: str) -> None:
+    text = f"name: m\nhandler_options: {empty}   # the handler: section\nversion: '1'\n"
+    edited = set_section(text, "handler_options", {"torch_threads": 1}, "n")
+    assert edited.splitlines()[1:3] == [
+        "handler_options:  # the handler: section",
+        "  torch_threads: 1  # n",
+    ]
+    assert yaml.safe_load(edited)["handler_options"] == {"torch_threads": 1}
+
+
+def test_the_project_iris_spec_takes_torch_threads(tmp_path: Path) -> None:
+    spec_path = tmp_path / "iris.yml"
+    shutil.copy(ROOT / "config" / "iris.yml", spec_path)
+    write_sections(spec_path, {"handler_options": {"torch_threads": 1}}, "tuned")
+    assert load_spec(spec_path, ROOT).handler_options == {"torch_threads": 1}
+    assert not has_errors(validate_paths([spec_path], ROOT))
