@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from servekit import bench_payloads, loadgen  # noqa: E402
 from servekit.baselines.runner import running_baseline  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
+from servekit.processes import exit_on_sigterm  # noqa: E402
 from servekit.settings import Setting, batch_server, registered, threads_per_worker  # noqa: E402
 
 MODEL = "minilm"
@@ -289,7 +289,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     try:
         document = run(args)
     except ToolkitError as err:

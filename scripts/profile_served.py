@@ -23,7 +23,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from servekit import bench_payloads, loadgen  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
+from servekit.processes import exit_on_sigterm  # noqa: E402
 from servekit.settings import Setting, batch_server, registered  # noqa: E402
 
 # (stage, substrings of a collapsed stack): the first stage whose pattern occurs wins, so the
@@ -191,7 +191,7 @@ def table(document: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     try:
         document = profile(args)
     except ToolkitError as err:

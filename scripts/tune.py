@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import shlex
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from servekit import bench_payloads, tuner  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
+from servekit.processes import exit_on_sigterm  # noqa: E402
 from servekit.settings import Setting, archived_setting, threads_per_worker  # noqa: E402
 from servekit.spec_edit import write_sections  # noqa: E402
 
@@ -264,8 +264,7 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the servers started here are stopped
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_sigterm()
     try:
         document = run(args)
     except ToolkitError as err:

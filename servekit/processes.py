@@ -1,4 +1,5 @@
-"""Stop a server started in its own process group, with everything it started."""
+"""Stop a server started in its own process group, with everything it started; make a
+script stop its servers when it is terminated."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 
 
 def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -18,3 +20,9 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (a CI timeout, ``kill``) unwind like Ctrl-C, through every ``with`` and
+    ``finally``, so the servers a script started are stopped; exit code 128 + 15."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -108,15 +108,8 @@ def register(ts: TorchServe, model: str, setting: Setting, timeout: float = 300.
         "initial_workers": setting.workers,
         "synchronous": "true",
     }
-    try:
-        reply = requests.post(f"{ts.management_url}/models", params=params, timeout=timeout)
-    except requests.RequestException as err:
-        raise ServerError(f"registering {model} ({setting.label}) failed: {err}") from err
-    if reply.status_code != 200:
-        raise ServerError(
-            f"registering {model} ({setting.label}): HTTP {reply.status_code} {reply.text.strip()}"
-            f"\n{ts.log_tail()}"
-        )
+    doing = f"registering {model} ({setting.label})"
+    _management(ts, "POST", "/models", params, doing, timeout, ok=(200,))
     # The archive's minWorkers/maxWorkers win over initial_workers: scale to the asked count.
     scale(ts, model, setting, timeout)
     return time.monotonic() - began
@@ -125,18 +118,33 @@ def register(ts: TorchServe, model: str, setting: Setting, timeout: float = 300.
 def scale(ts: TorchServe, model: str, setting: Setting, timeout: float = 300.0) -> None:
     """Scale a registered ``model`` to ``setting.workers`` READY workers (no more, no fewer)."""
     began = time.monotonic()
-    params: dict[str, Any] = {
-        "min_worker": setting.workers,
-        "max_worker": setting.workers,
-        "synchronous": "true",
-    }
-    try:
-        reply = requests.put(f"{ts.management_url}/models/{model}", params=params, timeout=timeout)
-    except requests.RequestException as err:
-        raise ServerError(f"scaling {model} to {setting.workers} workers failed: {err}") from err
-    if reply.status_code not in (200, 202):
-        raise ServerError(f"scaling {model}: HTTP {reply.status_code} {reply.text.strip()}")
+    params = {"min_worker": setting.workers, "max_worker": setting.workers, "synchronous": "true"}
+    doing = f"scaling {model} to {setting.workers} workers"
+    _management(ts, "PUT", f"/models/{model}", params, doing, timeout, ok=(200, 202))
     _wait_ready(ts, model, setting, began + timeout)
+
+
+def _management(
+    ts: TorchServe,
+    method: str,
+    path: str,
+    params: dict[str, Any],
+    doing: str,
+    timeout: float,
+    ok: tuple[int, ...],
+) -> None:
+    """One management API call; a transport error or a status not in ``ok`` raises
+    ``ServerError`` naming what was being done, with the end of the model log."""
+    try:
+        reply = requests.request(
+            method, f"{ts.management_url}{path}", params=params, timeout=timeout
+        )
+    except requests.RequestException as err:
+        raise ServerError(f"{doing} failed: {err}") from err
+    if reply.status_code not in ok:
+        raise ServerError(
+            f"{doing}: HTTP {reply.status_code} {reply.text.strip()}\n{ts.log_tail()}"
+        )
 
 
 def _wait_ready(ts: TorchServe, model: str, setting: Setting, deadline: float) -> None:
