@@ -7,9 +7,13 @@
 It starts its own TorchServe from config.properties (loopback, free ports, own temp dir; the
 model API switched on there only), registers the model's archive once per setting and
 ramps the concurrency of the same client as ``scripts/bench.py`` (servekit.loadgen). A
-setting's score is its best 2xx throughput at a level whose p95 meets the objective with no
-errors; see servekit/tuner.py for the search. The winner is written under ``model_config:``
-in config/<model>.yml (``make archive`` then bakes it in), unless ``--no-write``.
+setting's score is its goodput (2xx/s) where its p95 reaches the objective: the best level
+that meets it with no errors, interpolated towards the next level when that one misses on p95
+alone; see servekit/tuner.py for the search. With a grid (``--grid`` or ``--grid-from``) the
+climb's and the grid's winners are then measured side by side, alternating, and their means
+compared: the grid's best single reading is the luckiest of 48. The winner is written
+under ``model_config:`` in config/<model>.yml (``make archive`` then bakes it in), unless
+``--no-write``.
 
 Exit codes: 0 a setting met the objective, 1 none did (nothing written), 2 bad arguments.
 """
@@ -69,6 +73,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="compare with the grid of an earlier --grid run (its JSON; same objective, space)",
     )
+    parser.add_argument(
+        "--judge-rounds",
+        type=int,
+        default=3,
+        help="with a grid: measure the climb's and the grid's winners this many times each, "
+        "alternating, and compare their means (3; 0: no head-to-head)",
+    )
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
     parser.add_argument("--spec", type=Path, help="spec to write (default config/MODEL.yml)")
     parser.add_argument("--no-write", action="store_true", help="do not write the spec")
@@ -84,6 +95,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(err))
     if args.level_seconds <= 0 or min(args.warmup, args.setup_warmup, args.server_warmup) < 0:
         parser.error("--level-seconds must be > 0 and the warmups >= 0")
+    if args.judge_rounds < 0:
+        parser.error(f"--judge-rounds is {args.judge_rounds}; give 0 or more")
     args.spec = args.spec or ROOT / "config" / f"{args.model}.yml"
     args.out = args.out or ROOT / "docs" / "bench" / f"tune-{args.model}.json"
     args.plot = args.plot or args.out.with_suffix(".png")
@@ -95,7 +108,7 @@ def announce(name: str) -> Any:
     def show(trial: tuner.Trial) -> None:
         best = trial.best
         found = (
-            f"{trial.score:7.1f} req/s at c={best.concurrency} (p95 {best.p95_ms:.0f} ms)"
+            f"{trial.score:7.1f} req/s (best level c={best.concurrency}, p95 {best.p95_ms:.0f} ms)"
             if best
             else "   none meets the objective"
         )
@@ -179,6 +192,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 document["grid"] = earlier["grid"] | {"from": str(args.grid_from.name)}
                 document["grid_command"] = earlier["command"]
                 document["comparison"] = compare(climb, full)
+            if "comparison" in document and args.judge_rounds:
+                judge = tuner.Search(measure, args.objective, on_trial=announce("judge"))
+                document["comparison"]["head_to_head"] = head_to_head(
+                    judge, climb, full, args.judge_rounds
+                )
         finally:
             measure.close()
     return document
@@ -219,6 +237,25 @@ def compare(climb: tuner.Search, full: tuner.Search) -> dict[str, Any]:
     }
 
 
+def head_to_head(
+    judge: tuner.Search, climb: tuner.Search, full: tuner.Search, rounds: int
+) -> dict[str, Any]:
+    """The two winners measured side by side, ``rounds`` times each, alternating."""
+    picks = [climb.best, full.best]
+    assert picks[0] is not None and picks[1] is not None
+    starts = {t.setting: t.best.concurrency if t.best else 1 for t in picks}
+    means = tuner.head_to_head(judge, starts, rounds)
+    picked, top = means[picks[0].setting], means[picks[1].setting]
+    return {
+        "rounds": rounds,
+        "climb_best_rps": round(picked, 2),
+        "grid_best_rps": round(top, 2),
+        "ratio_climb_to_grid": round(picked / top, 3) if top else None,
+        "seconds": round(judge.elapsed, 1),
+        "trials": [t.to_dict() for t in judge.trials],
+    }
+
+
 def report(document: dict[str, Any], args: argparse.Namespace) -> int:
     best = document["climb"]["best"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +273,13 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
             f"climb/grid throughput {c['ratio_climb_to_grid']:.3f}, "
             f"time {c['time_ratio_climb_to_grid']:.3f}"
         )
+        if "head_to_head" in c:
+            h = c["head_to_head"]
+            print(
+                f"side by side, {h['rounds']} runs each: climb's pick {h['climb_best_rps']:.1f} "
+                f"req/s, grid's pick {h['grid_best_rps']:.1f} req/s: "
+                f"climb/grid {h['ratio_climb_to_grid']:.3f}"
+            )
     if best is None or best["mean_score_rps"] <= 0:
         print(f"tune: no setting met p95 <= {args.p95:g} ms; nothing written", file=sys.stderr)
         return 1

@@ -42,7 +42,7 @@ def spec(tmp_path: Path) -> Path:
 def test_tune_climbs_runs_the_grid_and_writes_the_winner(
     model_store: Path, tmp_path: Path, spec: Path
 ) -> None:
-    done = tune(tmp_path, "--p95", "1000", "--grid")
+    done = tune(tmp_path, "--p95", "1000", "--grid", "--judge-rounds", "2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     document = json.loads((tmp_path / "tune.json").read_text())
     assert (tmp_path / "tune.png").read_bytes().startswith(PNG_MAGIC)
@@ -69,6 +69,17 @@ def test_tune_climbs_runs_the_grid_and_writes_the_winner(
     assert comparison["time_ratio_climb_to_grid"] == pytest.approx(
         document["climb"]["seconds"] / document["grid"]["seconds"], abs=0.002
     )
+    judged = comparison["head_to_head"]  # both winners again, alternating, two runs each
+    picks = [comparison["climb_best"], comparison["grid_best"]]
+    runs = [t["label"] for t in judged["trials"]]
+    assert runs == (picks + picks[::-1] if picks[0] != picks[1] else picks)
+    means = [
+        sum(t["score_rps"] for t in judged["trials"] if t["label"] == pick) / runs.count(pick)
+        for pick in picks
+    ]
+    assert [judged["climb_best_rps"], judged["grid_best_rps"]] == pytest.approx(means, abs=0.01)
+    assert judged["ratio_climb_to_grid"] == pytest.approx(means[0] / means[1], abs=0.001)
+    assert "side by side, 2 runs each" in done.stdout
 
     written = load_spec(spec, ROOT).model_config
     b, d, w = best["setting"].values()
@@ -98,6 +109,7 @@ def test_tune_with_an_objective_nothing_meets_writes_nothing(
         (["--batch-sizes", "8,x"], "'8,x': expected integers separated by commas"),
         (["--delays", "20,5"], "delays [20, 5]: give distinct values, ascending"),
         (["--p95", "-1"], "p95 objective is -1.0 ms; give a positive number"),
+        (["--judge-rounds", "-1"], "--judge-rounds is -1; give 0 or more"),
     ],
 )
 def test_tune_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:

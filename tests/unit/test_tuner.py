@@ -219,9 +219,66 @@ def test_a_miss_before_the_batches_can_fill_does_not_end_the_ramp() -> None:
         return Level(concurrency, 20.0 * concurrency, 60.0 if filled else 150.0)
 
     levels = tuner.ramp(batching, Setting(4, 50, 2), OBJECTIVE, start=2)
-    assert [lv.concurrency for lv in levels][:4] == [2, 3, 4, 6]
+    assert [lv.concurrency for lv in levels][:3] == [2, 8, 12]  # 3, 4 and 6 would miss too
     best = tuner.Trial(Setting(4, 50, 2), levels, OBJECTIVE).best
     assert best is not None and best.concurrency >= 8
+
+
+def test_a_miss_at_the_top_level_ends_a_ramp_whose_batches_never_fill() -> None:
+    def slow(setting: Setting, concurrency: int) -> Level:
+        return Level(concurrency, 10.0 * concurrency, 150.0)
+
+    levels = tuner.ramp(slow, Setting(32, 50, 4), OBJECTIVE, start=4)  # fills at 128 > 64
+    assert [lv.concurrency for lv in levels] == [1, 2, 3, 4, 64]
+
+
+@pytest.mark.parametrize(
+    "above, score",
+    [
+        (Level(12, 180.0, 110.0), 170.0),  # halfway to 110 ms: halfway to 180 req/s
+        (Level(12, 180.0, 110.0, errors=1), 160.0),  # errors: no credit beyond the level
+        (Level(12, 150.0, 110.0), 160.0),  # less goodput above: the passing level stands
+        (Level(12, 180.0, 100.0), 180.0),  # meets the objective itself
+    ],
+)
+def test_the_score_is_the_goodput_interpolated_where_the_p95_crosses_the_objective(
+    above: Level, score: float
+) -> None:
+    levels = [Level(4, 100.0, 40.0), Level(8, 160.0, 90.0), above]
+    assert tuner.Trial(Setting(4, 5, 1), levels, OBJECTIVE).score == pytest.approx(score)
+
+
+def test_the_climb_fills_in_the_neighbours_of_its_best_settings() -> None:
+    # batch 4 reads low once; first-improvement leaves it for batch 2 and never comes back
+    rates = {(4, 10): iter([130.0]), (4, 20): iter([200.0, 200.0])}
+    plane = {1: 110.0, 2: 150.0, 4: 140.0, 8: 90.0, 16: 80.0, 32: 70.0}
+    delay = {5: 1.0, 10: 1.07, 20: 1.1, 50: 0.9}
+
+    def unlucky(setting: Setting, concurrency: int) -> Level:
+        key = (setting.batch_size, setting.max_batch_delay)
+        rate = next(rates[key]) if key in rates else plane[key[0]] * delay[key[1]]
+        return Level(concurrency, rate, 50.0)
+
+    space = Space((1, 2, 4, 8, 16, 32), (5, 10, 20, 50), (2,))
+    climb = Search(unlucky, Objective(100, max_concurrency=1))
+    found = tuner.hill_climb(climb, space, Setting(4, 10, 2))
+    assert found is not None and found.setting == Setting(4, 20, 2)
+    order = [t.setting for t in climb.trials]
+    assert order.index(Setting(2, 10, 2)) < order.index(Setting(4, 20, 2))  # left batch 4 first
+
+
+def test_head_to_head_alternates_the_settings_and_returns_their_means() -> None:
+    calls: list[Setting] = []
+
+    def drifting(setting: Setting, concurrency: int) -> Level:
+        calls.append(setting)
+        return Level(concurrency, 100.0 + len(calls), 50.0)  # the machine gets faster
+
+    a, b = Setting(4, 5, 2), Setting(2, 5, 2)
+    judge = Search(drifting, Objective(100, max_concurrency=1))
+    means = tuner.head_to_head(judge, {a: 1, b: 1}, rounds=4)
+    assert calls == [a, b, b, a, a, b, b, a]
+    assert means == {a: pytest.approx(104.5), b: pytest.approx(104.5)}
 
 
 def test_the_climb_walks_across_a_flat_step_to_a_higher_batch_size() -> None:
