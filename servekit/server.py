@@ -66,6 +66,22 @@ def rewrite_properties(text: str, overrides: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOG4J_OPTION = "-Dlog4j.configurationFile="
+
+
+def absolute_log_config(vmargs: str, base: Path) -> str:
+    """``vmargs`` with a relative ``-Dlog4j.configurationFile=`` path made absolute from
+    ``base`` (the config's directory): the JVM would resolve it from its working directory."""
+    words = []
+    for word in vmargs.split():
+        if word.startswith(LOG4J_OPTION):
+            path = word[len(LOG4J_OPTION) :]
+            if ":" not in path and not Path(path).is_absolute():  # not a URI, not absolute
+                word = LOG4J_OPTION + str((base / path).resolve())
+        words.append(word)
+    return " ".join(words)
+
+
 @dataclasses.dataclass
 class TorchServe:
     """One TorchServe process tree, isolated in ``workdir``; always stop it (or use ``with``)."""
@@ -102,6 +118,9 @@ class TorchServe:
         overrides = {key: f"http://127.0.0.1:{self.ports[key]}" for key in ADDRESS_KEYS}
         overrides |= {key: str(self.ports[key]) for key in GRPC_KEYS}
         overrides["model_store"] = str(self.model_store)
+        vmargs = read_properties(self.config.read_text()).get("vmargs")
+        if vmargs:
+            overrides["vmargs"] = absolute_log_config(vmargs, self.config.parent)
         if self.models is not None:
             overrides["load_models"] = ",".join(f"{m}.mar" for m in self.models) or "standalone"
         overrides |= dict(self.extra)
