@@ -56,7 +56,33 @@ def check_properties(path: Path, label: str) -> tuple[list[Finding], dict[str, s
         if not problems:
             findings += _check_entry(label, Entry(entry.key, resolved, entry.line))
     findings += _security(label, values, lines)
+    findings += _log_config(label, path.parent, values, lines)
     return findings, values
+
+
+def _log_config(
+    label: str, base: Path, values: Mapping[str, str], lines: Mapping[str, int]
+) -> list[Finding]:
+    """A ``-Dlog4j.configurationFile=`` in vmargs that names no file (relative: from ``base``)."""
+    option = "-Dlog4j.configurationFile="
+    for word in values.get("vmargs", "").split():
+        path = word[len(option) :] if word.startswith(option) else ""
+        if path and ":" not in path and not (base / path).is_file():
+            return [
+                Finding(
+                    ERROR,
+                    "missing-file",
+                    label,
+                    lines.get("vmargs"),
+                    "vmargs",
+                    word,
+                    f"a log4j2 config file (relative paths from {base.name or '.'}/)",
+                    "fix the path, or remove the option to keep TorchServe's default logging",
+                    f"{base / path} does not exist: log4j would log errors to the console "
+                    "only, with no ts_log.log, access or metrics logs",
+                )
+            ]
+    return []
 
 
 def _check_entry(label: str, entry: Entry) -> list[Finding]:

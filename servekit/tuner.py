@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -120,7 +121,7 @@ class Trial:
             return 0.0
         found = best.goodput_rps
         ordered = sorted(self.levels, key=lambda lv: lv.concurrency)
-        for low, high in zip(ordered, ordered[1:], strict=False):
+        for low, high in itertools.pairwise(ordered):
             if low.meets(self.objective) and _misses_on_latency_alone(high, low, self.objective):
                 share = (self.objective.p95_ms - low.p95_ms) / (high.p95_ms - low.p95_ms)
                 found = max(found, low.goodput_rps + share * (high.goodput_rps - low.goodput_rps))
@@ -402,7 +403,9 @@ def _fill_in(search: Search, space: Space, top: int, rounds: int = 3) -> None:
             return
 
 
-def head_to_head(search: Search, starts: dict[Setting, int], rounds: int = 3) -> dict[Setting, float]:
+def head_to_head(
+    search: Search, starts: dict[Setting, int], rounds: int = 3
+) -> dict[Setting, float]:
     """Each setting measured ``rounds`` times, in alternation (the order reversed every round,
     so neither always runs first), its ramp starting at ``starts[setting]``; their mean scores.
 

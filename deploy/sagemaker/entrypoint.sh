@@ -83,5 +83,8 @@ awk -v overrides="$overrides" '
 cd "$workdir"
 echo "entrypoint: serving $model on $host:$port (/ping, /invocations); config $workdir/config.properties" >&2
 # exec: TorchServe replaces this shell, so the container's init (tini) signals it directly.
+# The project's log4j2.xml, by absolute path: config.properties names it relative to $home.
+log_config=()
+[[ -f "$home/config/log4j2.xml" ]] && log_config=(--log-config "$home/config/log4j2.xml")
 exec "$torchserve" --start --foreground --ncs \
-    --ts-config "$workdir/config.properties" --model-store "$store"
+    --ts-config "$workdir/config.properties" --model-store "$store" "${log_config[@]}"

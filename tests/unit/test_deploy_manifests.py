@@ -139,6 +139,9 @@ def test_pod_config_keys_the_probes_and_image_rely_on() -> None:
     args = container["args"]
     assert args[args.index("--model-store") + 1] == config["model_store"]
     assert args[args.index("--ts-config") + 1] == "/etc/servekit/config.properties"
+    # the image's copy of config/log4j2.xml; --log-config replaces vmargs' relative path
+    assert args[args.index("--log-config") + 1] == f"{APP}/config/log4j2.xml"
+    assert config["vmargs"] == "-Dlog4j.configurationFile=config/log4j2.xml"
     for archive in config["load_models"].split(","):
         assert (ROOT / "config" / archive.replace(".mar", ".yml")).is_file(), archive
 

@@ -111,3 +111,11 @@ def test_queue_size_of_properties_applies_to_model_configs(tmp_path: Path) -> No
         "batchSize",
         str(config),
     )
+
+
+def test_the_projects_log_config_is_found_from_the_configs_directory() -> None:
+    from servekit.check_properties import check_properties
+
+    findings, values = check_properties(ROOT / "config.properties", "config.properties")
+    assert "-Dlog4j.configurationFile=config/log4j2.xml" in values["vmargs"]
+    assert not [f for f in findings if f.key == "vmargs"]
