@@ -38,6 +38,7 @@ from servekit import bench_payloads, loadgen  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
 from servekit.health import Target as HealthTarget  # noqa: E402
 from servekit.health import probe, wait_until_healthy  # noqa: E402
+from servekit.processes import exit_on_sigterm  # noqa: E402
 from servekit.server import running  # noqa: E402
 from servekit.settings import archived_setting, batch_server, registered  # noqa: E402
 
@@ -247,6 +248,7 @@ def write(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_sigterm()  # a TERM stops the server it started, as Ctrl-C does
     try:
         document, results = bench(args)
     except ToolkitError as err:
