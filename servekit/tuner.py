@@ -351,10 +351,13 @@ def hill_climb(
     """A climb over batch size and delay for each worker count, then the ``confirm`` best
     settings measured once more and ranked by their mean (one lucky run must not win).
 
+    The first worker count's climb starts from the best of a line through every batch size,
+    then every delay at the best of those: a climb from one end of the batch axis stopped at
+    the first flat stretch, and the first worker count's peak places all the others.
     The worker count is not climbed like the other two axes: with twice the workers each one
-    gets half the load and half the threads, so its best batch size moves down. Each worker
-    count's climb therefore starts from the best setting so far with its batch size divided
-    by the ratio of worker counts (snapped to the grid).
+    gets half the load and half the threads, so its best batch size moves down. Each further
+    worker count's climb therefore starts from the best setting so far with its batch size
+    divided by the ratio of worker counts (snapped to the grid).
 
     ``min_gain`` is 5 %, about the noise of one 3 s level on a shared 2-core machine: with 2 %
     the climb drifted along maxBatchDelay (10 -> 20 -> 50 ms) on noise alone."""
@@ -369,6 +372,9 @@ def hill_climb(
             batch = min(space.batch_sizes, key=lambda b: abs(math.log2(b / scaled)))
             origin = Setting(batch, best.setting.max_batch_delay, workers)
         warm = best.best.concurrency if best is not None and best.best is not None else 4
+        if best is None:  # the first worker count: every batch size, then every delay
+            origin = _scan(search, space, origin, 0, warm).setting
+            origin = _scan(search, space, origin, 1, warm).setting
         found = _climb_plane(search, space, origin, warm, min_gain)
         if best is None or found.score > best.score:
             best = found
@@ -377,6 +383,20 @@ def hill_climb(
         if search.mean_score(setting) > 0:
             search.retrial(setting)
     return search.best
+
+
+def _scan(search: Search, space: Space, origin: Setting, axis: int, warm: int) -> Trial:
+    """Every value of ``axis`` (0 batch size, 1 delay) at ``origin``'s other values, nearest
+    first, each ramp starting where the last one peaked; the best trial of the line."""
+    index = space.index(origin)
+    values = space.axes[axis]
+    order = sorted(range(len(values)), key=lambda i: (abs(i - index[axis]), i))
+    line = []
+    for i in order:
+        setting = space.at([*index[:axis], i, *index[axis + 1 :]])
+        line.append(search.trial(setting, start=warm))
+        warm = line[-1].best.concurrency if line[-1].best is not None else warm
+    return max(line, key=lambda t: t.score)
 
 
 def _ranked(search: Search) -> list[Setting]:

@@ -294,3 +294,12 @@ def test_the_climb_walks_across_a_flat_step_to_a_higher_batch_size() -> None:
     without = Search(flat_then_up, Objective(100, max_concurrency=1))
     stuck = tuner._climb_plane(without, space, Setting(32, 5, 1), 1, 0.02, plateau=0)
     assert stuck.setting in (Setting(32, 5, 1), Setting(16, 5, 1))  # what a plain climb finds
+
+
+def test_the_first_worker_count_scans_every_batch_size_then_every_delay() -> None:
+    climb = search(Landscape())
+    tuner.hill_climb(climb, SPACE, Setting(16, 10, 1))
+    first = [t.setting for t in climb.trials[:9]]
+    assert first[:6] == [Setting(b, 10, 1) for b in (16, 8, 32, 4, 2, 1)]  # nearest first
+    assert first[6:] == [Setting(8, d, 1) for d in (5, 20, 50)]  # at the line's best batch
+    assert all(t.setting.workers == 2 for t in climb.trials[9:] if not t.retrial)
