@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--setup-warmup", type=float, default=1.0, help="s of load after each registration (1)"
     )
     parser.add_argument(
-        "--server-warmup", type=float, default=3.0, help="more s on a fresh server (3)"
+        "--server-warmup", type=float, default=8.0, help="more s on a fresh server (8)"
     )
     grid = parser.add_mutually_exclusive_group()
     grid.add_argument("--grid", action="store_true", help="also run the full grid, compare")

@@ -491,11 +491,12 @@ class ServedTrials:
         duration: float = 3.0,
         warmup: float = 0.5,
         setup_warmup: float = 1.0,
-        server_warmup: float = 3.0,
+        server_warmup: float = 8.0,
     ) -> None:
         """``setup_warmup`` seconds of load after each registration and ``server_warmup`` more
-        on a fresh server are not measured: a cold JVM and first-seen tensor shapes made the
-        first trial on a new server read half its later figure."""
+        on a fresh server are not measured: a cold JVM made the first trial on a new server
+        read half what its neighbours read later (3 s of warmup: minilm batch 4, delay 5, first
+        on a two-worker server, 68 req/s; delays 10 and 20 later 129 and 145)."""
         self.config, self.workdir, self.model = config, workdir, model
         self.setup_warmup, self.server_warmup = setup_warmup, server_warmup
         self.bodies, self.content_type = tuple(bodies), content_type
