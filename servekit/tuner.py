@@ -217,8 +217,12 @@ class Space:
         return found
 
 
-def ramp(measure: Measure, setting: Setting, objective: Objective, start: int = 1) -> list[Level]:
-    """The levels of one trial: up from ``start`` while they pass and pay; down if none passed.
+def ramp(
+    measure: Measure, setting: Setting, objective: Objective, start: int = 1, floor: float = 0.0
+) -> list[Level]:
+    """The levels of one trial: up from ``start`` while they pass and pay; down if none passed
+    and the levels tried served at least ``floor`` (lower levels serve less: below the score to
+    beat, walking down could only find a score that loses anyway).
 
     Below ``batch_size x workers`` requests in flight the workers' batches cannot fill and
     wait out the delay, so a miss there does not end the climb: it jumps to the first level
@@ -241,7 +245,7 @@ def ramp(measure: Measure, setting: Setting, objective: Objective, start: int = 
         elif k >= filled:
             break
         k = k + 1 if level.meets(objective) else filled
-    if not best:
+    if not best and max(lv.goodput_rps for lv in tried) >= floor:
         for k in range(first - 1, -1, -1):
             level = measure(setting, levels[k])
             tried.append(level)
@@ -289,22 +293,22 @@ class Search:
         search.recorded_seconds = float(record["seconds"])
         return search
 
-    def trial(self, setting: Setting, start: int = 1) -> Trial:
+    def trial(self, setting: Setting, start: int = 1, floor: float = 0.0) -> Trial:
         """``setting``'s trial: measured now, or the one already measured."""
         for done in self.trials:
             if done.setting == setting:
                 return done
-        return self.measure_from(setting, start)
+        return self.measure_from(setting, start, floor)
 
     def retrial(self, setting: Setting) -> Trial:
         """Measure ``setting`` once more, its ramp starting where it peaked the last time."""
         last = [t for t in self.trials if t.setting == setting][-1]
         return self.measure_from(setting, last.best.concurrency if last.best else 1)
 
-    def measure_from(self, setting: Setting, start: int) -> Trial:
+    def measure_from(self, setting: Setting, start: int, floor: float = 0.0) -> Trial:
         """A new trial of ``setting``, its ramp starting at concurrency ``start``."""
         started = self.clock()
-        levels = ramp(self.measure, setting, self.objective, start)
+        levels = ramp(self.measure, setting, self.objective, start, floor)
         again = any(t.setting == setting for t in self.trials)
         trial = Trial(
             setting, levels, self.objective, started - self.began, self.clock() - started, again
@@ -373,29 +377,40 @@ def hill_climb(
             origin = Setting(batch, best.setting.max_batch_delay, workers)
         warm = best.best.concurrency if best is not None and best.best is not None else 4
         if best is None:  # the first worker count: every batch size, then every delay
-            origin = _scan(search, space, origin, 0, warm).setting
-            origin = _scan(search, space, origin, 1, warm).setting
+            origin = _scan(search, space, origin, 0, warm, 2 * min_gain).setting
+            origin = _scan(search, space, origin, 1, warm, 2 * min_gain).setting
         found = _climb_plane(search, space, origin, warm, min_gain)
         if best is None or found.score > best.score:
             best = found
-    _fill_in(search, space, confirm)
+    _fill_in(search, space, confirm, min_gain)
     for setting in _ranked(search)[:confirm]:
         if search.mean_score(setting) > 0:
             search.retrial(setting)
     return search.best
 
 
-def _scan(search: Search, space: Space, origin: Setting, axis: int, warm: int) -> Trial:
-    """Every value of ``axis`` (0 batch size, 1 delay) at ``origin``'s other values, nearest
-    first, each ramp starting where the last one peaked; the best trial of the line."""
+def _scan(
+    search: Search, space: Space, origin: Setting, axis: int, warm: int, drop: float
+) -> Trial:
+    """The values of ``axis`` (0 batch size, 1 delay) at ``origin``'s other values, nearest
+    first, each ramp starting where the last one peaked; the best trial of the line. A
+    direction ends at a value ``drop`` below the line's best (the line is one-peaked: past
+    the peak it only falls)."""
     index = space.index(origin)
     values = space.axes[axis]
     order = sorted(range(len(values)), key=lambda i: (abs(i - index[axis]), i))
-    line = []
+    line: list[Trial] = []
+    ended: set[bool] = set()
     for i in order:
+        upward = i > index[axis]
+        if i != index[axis] and upward in ended:
+            continue
+        top = max((t.score for t in line), default=0.0)
         setting = space.at([*index[:axis], i, *index[axis + 1 :]])
-        line.append(search.trial(setting, start=warm))
+        line.append(search.trial(setting, start=warm, floor=top * (1 - drop)))
         warm = line[-1].best.concurrency if line[-1].best is not None else warm
+        if line[-1].score < max(top, line[-1].score) * (1 - drop):
+            ended.add(upward)
     return max(line, key=lambda t: t.score)
 
 
@@ -405,7 +420,7 @@ def _ranked(search: Search) -> list[Setting]:
     return sorted(tried, key=search.mean_score, reverse=True)
 
 
-def _fill_in(search: Search, space: Space, top: int, rounds: int = 3) -> None:
+def _fill_in(search: Search, space: Space, top: int, min_gain: float, rounds: int = 3) -> None:
     """Measure the untried batch-size and delay neighbours of the ``top`` best settings,
     again while that brings a new best (at most ``rounds`` times).
 
@@ -418,7 +433,8 @@ def _fill_in(search: Search, space: Space, top: int, rounds: int = 3) -> None:
             peak = [t for t in search.trials if t.setting == setting][-1].best
             for (axis, _step), near in space.neighbours(setting):
                 if axis != 2:
-                    search.trial(near, start=peak.concurrency if peak else 1)
+                    floor = search.best.score * (1 - min_gain) if search.best else 0.0
+                    search.trial(near, start=peak.concurrency if peak else 1, floor=floor)
         if search.best is None or leader is None or search.best.setting == leader.setting:
             return
 
@@ -463,7 +479,7 @@ def _climb_plane(
         level: list[tuple[tuple[int, int], Trial]] = []
         for move, setting in candidates:
             tried.add(setting)
-            trial = search.trial(setting, start=warm)
+            trial = search.trial(setting, start=warm, floor=current.score * (1 - min_gain))
             if trial.score > current.score * (1 + min_gain):
                 current, last_move, flat_steps = trial, move, 0
                 break

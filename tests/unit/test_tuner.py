@@ -296,10 +296,20 @@ def test_the_climb_walks_across_a_flat_step_to_a_higher_batch_size() -> None:
     assert stuck.setting in (Setting(32, 5, 1), Setting(16, 5, 1))  # what a plain climb finds
 
 
-def test_the_first_worker_count_scans_every_batch_size_then_every_delay() -> None:
+def test_the_first_worker_count_scans_batch_sizes_then_delays_until_past_the_peak() -> None:
     climb = search(Landscape())
     tuner.hill_climb(climb, SPACE, Setting(16, 10, 1))
-    first = [t.setting for t in climb.trials[:9]]
-    assert first[:6] == [Setting(b, 10, 1) for b in (16, 8, 32, 4, 2, 1)]  # nearest first
-    assert first[6:] == [Setting(8, d, 1) for d in (5, 20, 50)]  # at the line's best batch
-    assert all(t.setting.workers == 2 for t in climb.trials[9:] if not t.retrial)
+    first = [t.setting for t in climb.trials[:7]]
+    # nearest first; 32 (94 req/s) and 4 (116) are 10 % below 8 (147): no 2 or 1
+    assert first[:4] == [Setting(b, 10, 1) for b in (16, 8, 32, 4)]
+    assert first[4:] == [Setting(8, d, 1) for d in (5, 20, 50)]  # at the line's best batch
+    assert Setting(2, 10, 1) not in {t.setting for t in climb.trials}
+    assert all(t.setting.workers == 2 for t in climb.trials[7:] if not t.retrial)
+
+
+def test_a_ramp_that_cannot_reach_the_score_to_beat_does_not_walk_down() -> None:
+    landscape = Landscape()  # batch 8, delay 10: 147 req/s at most; p95 98 ms at 12
+    levels = tuner.ramp(landscape, Setting(8, 10, 1), OBJECTIVE, start=32, floor=150.0)
+    assert [lv.concurrency for lv in levels] == [32]  # misses, and serves < 150 anyway
+    walked = tuner.ramp(landscape, Setting(8, 10, 1), OBJECTIVE, start=32, floor=100.0)
+    assert [lv.concurrency for lv in walked] == [12, 16, 24, 32]
