@@ -87,7 +87,7 @@ def plot_tuning(document: dict[str, Any], path: Path) -> None:
             best = max(best, trial["score_rps"])
             xs.append(trial["started_s"] + trial["seconds"])
             ys.append(best)
-        axes[0].step(xs, ys, where="post", label=f"{name}: {len(run['trials'])} settings")
+        axes[0].step(xs, ys, where="post", label=f"{name}: {len(run['trials'])} trials")
     if "grid" in document:
         top = document["grid"]["best"]["score_rps"]
         axes[0].axhline(0.95 * top, color="grey", linestyle=":", label="95 % of the grid's best")
