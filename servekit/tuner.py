@@ -14,7 +14,8 @@ Two searches share that measure:
 
 * :func:`grid` tries every setting, each ramp from concurrency 1: the reference.
 * :func:`hill_climb` climbs batch size and delay for each worker count: from the model's
-  archived setting (or the middle of the grid) it moves to the first neighbour (one step
+  archived setting (or the middle of the grid), after a line through the batch sizes and one
+  through the delays on that worker count, it moves to the first neighbour (one step
   along one axis) that scores ``min_gain`` better, trying first the direction that paid
   last, and stops when no untried neighbour is better. The next worker count starts from
   the best so far with the batch size scaled down by the worker ratio. Its ramps start at
@@ -355,9 +356,10 @@ def hill_climb(
     """A climb over batch size and delay for each worker count, then the ``confirm`` best
     settings measured once more and ranked by their mean (one lucky run must not win).
 
-    The first worker count's climb starts from the best of a line through every batch size,
-    then every delay at the best of those: a climb from one end of the batch axis stopped at
-    the first flat stretch, and the first worker count's peak places all the others.
+    The first worker count's climb starts from the best of a line through the batch sizes,
+    then of one through the delays at the best batch (each direction until 10 % past the
+    peak): a climb from batch 16 walked to 32 on noise and never saw 8, and the first worker
+    count's peak places all the others.
     The worker count is not climbed like the other two axes: with twice the workers each one
     gets half the load and half the threads, so its best batch size moves down. Each further
     worker count's climb therefore starts from the best setting so far with its batch size
@@ -376,7 +378,7 @@ def hill_climb(
             batch = min(space.batch_sizes, key=lambda b: abs(math.log2(b / scaled)))
             origin = Setting(batch, best.setting.max_batch_delay, workers)
         warm = best.best.concurrency if best is not None and best.best is not None else 4
-        if best is None:  # the first worker count: every batch size, then every delay
+        if best is None:  # the first worker count: batch sizes, then delays, past the peak
             origin = _scan(search, space, origin, 0, warm, 2 * min_gain).setting
             origin = _scan(search, space, origin, 1, warm, 2 * min_gain).setting
         found = _climb_plane(search, space, origin, warm, min_gain)
