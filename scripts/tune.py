@@ -241,11 +241,11 @@ def head_to_head(
     judge: tuner.Search, climb: tuner.Search, full: tuner.Search, rounds: int
 ) -> dict[str, Any]:
     """The two winners measured side by side, ``rounds`` times each, alternating."""
-    picks = [climb.best, full.best]
-    assert picks[0] is not None and picks[1] is not None
-    starts = {t.setting: t.best.concurrency if t.best else 1 for t in picks}
+    mine, theirs = climb.best, full.best
+    assert mine is not None and theirs is not None
+    starts = {t.setting: t.best.concurrency if t.best else 1 for t in (mine, theirs)}
     means = tuner.head_to_head(judge, starts, rounds)
-    picked, top = means[picks[0].setting], means[picks[1].setting]
+    picked, top = means[mine.setting], means[theirs.setting]
     return {
         "rounds": rounds,
         "climb_best_rps": round(picked, 2),
