@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from servekit import schema
 from servekit.errors import ConfigError
 from servekit.findings import ERROR, WARNING, Finding, did_you_mean, show
-from servekit.properties import Entry, parse_properties
+from servekit.properties import Entry, log_config_file, parse_properties
 from servekit.schema import Key
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -64,10 +64,9 @@ def _log_config(
     label: str, base: Path, values: Mapping[str, str], lines: Mapping[str, int]
 ) -> list[Finding]:
     """A ``-Dlog4j.configurationFile=`` in vmargs that names no file (relative: from ``base``)."""
-    option = "-Dlog4j.configurationFile="
     for word in values.get("vmargs", "").split():
-        path = word[len(option) :] if word.startswith(option) else ""
-        if path and ":" not in path and not (base / path).is_file():
+        path = log_config_file(word)
+        if path is not None and not (base / path).is_file():
             return [
                 Finding(
                     ERROR,

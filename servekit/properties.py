@@ -102,3 +102,16 @@ def _unescape(raw: str, line_no: int) -> str:
         out.append(_ESCAPES.get(nxt, nxt))
         index += 2
     return "".join(out)
+
+
+LOG4J_OPTION = "-Dlog4j.configurationFile="
+
+
+def log_config_file(word: str) -> str | None:
+    """The local file (not a URI) that one vmargs word ``-Dlog4j.configurationFile=...`` names.
+
+    >>> log_config_file("-Dlog4j.configurationFile=config/log4j2.xml"), log_config_file("-Xmx2g")
+    ('config/log4j2.xml', None)
+    """
+    path = word.removeprefix(LOG4J_OPTION) if word.startswith(LOG4J_OPTION) else ""
+    return path if path and ":" not in path else None

@@ -27,6 +27,7 @@ import requests
 
 from servekit.errors import ServerError
 from servekit.processes import stop_group
+from servekit.properties import LOG4J_OPTION, log_config_file
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
@@ -66,18 +67,14 @@ def rewrite_properties(text: str, overrides: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-LOG4J_OPTION = "-Dlog4j.configurationFile="
-
-
 def absolute_log_config(vmargs: str, base: Path) -> str:
     """``vmargs`` with a relative ``-Dlog4j.configurationFile=`` path made absolute from
     ``base`` (the config's directory): the JVM would resolve it from its working directory."""
     words = []
     for word in vmargs.split():
-        if word.startswith(LOG4J_OPTION):
-            path = word[len(LOG4J_OPTION) :]
-            if ":" not in path and not Path(path).is_absolute():  # not a URI, not absolute
-                word = LOG4J_OPTION + str((base / path).resolve())
+        path = log_config_file(word)
+        if path is not None and not Path(path).is_absolute():
+            word = LOG4J_OPTION + str((base / path).resolve())
         words.append(word)
     return " ".join(words)
 
@@ -118,14 +115,15 @@ class TorchServe:
         overrides = {key: f"http://127.0.0.1:{self.ports[key]}" for key in ADDRESS_KEYS}
         overrides |= {key: str(self.ports[key]) for key in GRPC_KEYS}
         overrides["model_store"] = str(self.model_store)
-        vmargs = read_properties(self.config.read_text()).get("vmargs")
+        text = self.config.read_text()
+        vmargs = read_properties(text).get("vmargs")
         if vmargs:
             overrides["vmargs"] = absolute_log_config(vmargs, self.config.parent)
         if self.models is not None:
             overrides["load_models"] = ",".join(f"{m}.mar" for m in self.models) or "standalone"
         overrides |= dict(self.extra)
         path = self.workdir / "config.properties"
-        path.write_text(rewrite_properties(self.config.read_text(), overrides))
+        path.write_text(rewrite_properties(text, overrides))
         return path
 
     def env(self) -> dict[str, str]:
