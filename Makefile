@@ -17,7 +17,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-unit test-e2e lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune
+.PHONY: help install models-local java archive serve stop health test test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,9 @@ test: install archive brokers ## run every test: unit (in-process) and end-to-en
 
 test-unit: install ## run the fast in-process tests only
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+fuzz: install ## property-based tests of every untrusted-input parser, long budget (FUZZ_EXAMPLES=3000 per target)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/fuzz -m fuzz $(PYTEST_ARGS)
 
 test-e2e: install archive brokers ## run the end-to-end tests only
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
