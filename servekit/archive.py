@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from servekit.errors import ArchiveError
-from servekit.reproducible import normalize_mar
+from servekit.reproducible import make_public, normalize_mar, write_public
 from servekit.specs import ModelSpec, effective_config
 
 HANDLER_PACKAGE = "handlers"
@@ -58,7 +58,12 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's sha256, read in chunks (weights files are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def build(
@@ -69,14 +74,18 @@ def build(
     mar = store / f"{spec.name}.mar"
     stamp = store / f"{spec.name}.mar.inputs"
     digest = inputs_digest(spec, config, root)
+    sha = store / f"{spec.name}.mar.sha256"
     if not force and mar.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        for path in (mar, stamp, sha):
+            if path.is_file():
+                make_public(path)
         return BuildResult(spec.name, mar, rebuilt=False)
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"archive-{spec.name}-") as tmp:
         _archive(spec, config, root, store, Path(tmp))
     normalize_mar(mar)
-    stamp.write_text(digest + "\n")
-    (store / f"{spec.name}.mar.sha256").write_text(f"{file_sha256(mar)}  {mar.name}\n")
+    write_public(stamp, digest + "\n")
+    write_public(sha, f"{file_sha256(mar)}  {mar.name}\n")
     return BuildResult(spec.name, mar, rebuilt=True)
 
 

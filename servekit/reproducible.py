@@ -19,6 +19,7 @@ MANIFEST = "MAR-INF/MANIFEST.json"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 CREATED_ON = "01/01/1980 00:00:00"  # the archiver's format: dd/MM/yyyy HH:mm:ss
 FILE_MODE = 0o100644
+PUBLIC_MODE = 0o644  # on disk: the images copy archives as root and serve them as uid 1000
 _CREATED_ON = re.compile(rb'("createdOn"\s*:\s*)"[^"]*"')
 
 
@@ -34,10 +35,30 @@ def normalize_mar(path: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as target:
             for name, data in entries:
                 target.writestr(_entry(name), _canonical(name, data))
+        os.chmod(tmp, PUBLIC_MODE)  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_public(path: Path, text: str) -> None:
+    """Write ``path`` atomically, mode 0644 whatever the umask (a side file of an archive)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, PUBLIC_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def make_public(path: Path) -> None:
+    """Give an existing file mode 0644 (archives built before modes were fixed were 0600)."""
+    if path.stat().st_mode & 0o777 != PUBLIC_MODE:
+        os.chmod(path, PUBLIC_MODE)
 
 
 def _entry(name: str) -> zipfile.ZipInfo:

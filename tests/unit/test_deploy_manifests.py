@@ -286,3 +286,35 @@ def test_sagemaker_image_runs_the_entrypoint_with_serve() -> None:
     copied = shlex.split(steps["COPY"])[-1]
     assert entrypoint[-1] == copied and entrypoint[0] == "/usr/bin/tini"
     assert cmd == ["serve"]
+
+
+def copied_paths(source: str, dockerignore: Path) -> Iterator[Path]:
+    """Every file and directory a ``COPY source`` sends into the image."""
+    for top in ROOT.glob(source.rstrip("/")):
+        yield top
+        if top.is_dir():
+            for path in top.rglob("*"):
+                relative = str(path.relative_to(ROOT))
+                if "__pycache__" not in path.parts and included(relative, dockerignore):
+                    yield path
+
+
+@pytest.mark.parametrize("image", ["docker", "sagemaker"])
+def test_everything_the_images_copy_is_readable_by_uid_1000(image: str, model_store: Path) -> None:
+    # COPY keeps each file's mode and makes root its owner; the image runs as uid 1000, which
+    # reads only through the "other" bits (r for files, r-x for directories).
+    dockerfile = ROOT / "deploy" / image / "Dockerfile"
+    dockerignore = dockerfile.with_name("Dockerfile.dockerignore")
+    copies = [shlex.split(args)[:-1] for word, args in instructions(dockerfile) if word == "COPY"]
+    unreadable = []
+    checked = 0
+    for source in (s for sources in copies for s in sources):
+        for path in copied_paths(source, dockerignore):
+            need = 0o005 if path.is_dir() else 0o004
+            checked += 1
+            if path.stat().st_mode & need != need:
+                unreadable.append(f"{path.relative_to(ROOT)} {oct(path.stat().st_mode & 0o777)}")
+    assert checked
+    assert not unreadable, f"{dockerfile.relative_to(ROOT)} copies unreadable files: {unreadable}"
+    if image == "docker":
+        assert list(model_store.glob("*.mar")), "the archives are part of what is checked"
