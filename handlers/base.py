@@ -31,8 +31,15 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers import recycle
 from handlers.decoding import DEFAULT_FIELDS, Payload, select_payload
-from handlers.errors import InternalError, ModelLoadError, RequestError
+from handlers.errors import (
+    BadRequest,
+    InsufficientMemory,
+    InternalError,
+    ModelLoadError,
+    RequestError,
+)
 from handlers.options import HandlerOptions
+from handlers.readiness import Readiness
 from handlers.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -62,13 +69,16 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.batch_size = 1
         self.model_config: dict[str, Any] = {}
         self.warming = False
-        self.failures_in_a_row = 0
+        self.health = Readiness()
         self.publish_stats = False
 
     # ----- lifecycle ---------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         self._read_context(context)
         self.options = self.options_class.from_section(self.model_config.get("handler"))
+        self.health = Readiness(
+            self.options.degraded_after_errors, self.options.recheck_seconds
+        )
         if self.options.torch_threads:
             torch.set_num_threads(self.options.torch_threads)
         self.model = self.load_model()
@@ -102,22 +112,22 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             if items:
                 self._predict(items, dict.fromkeys(STAGES, 0.0))
             self.warmup_ms = round((time.perf_counter() - started) * 1000, 3)
-        except Exception:
+        except Exception as err:
             if not self.warming:
                 raise  # blocking warmup: initialize fails, as it should
             logger.exception("%s: background warmup failed", self.model_name)
+            self.health.fail(err)
         finally:
             self.warming = False
 
     @property
     def status(self) -> str:
-        """``initializing``, ``warming``, ``ready`` or ``degraded`` (internal errors in a row)."""
+        """``initializing``, ``warming``, ``ready`` or ``degraded`` (see ``handlers.readiness``)."""
         if not self.initialized:
             return "initializing"
         if self.warming:
             return "warming"
-        limit = self.options.degraded_after_errors
-        return "degraded" if limit and self.failures_in_a_row >= limit else "ready"
+        return "degraded" if self.health.degraded else "ready"
 
     # ----- hooks for subclasses ------------------------------------------------------------
     def load_model(self) -> Any:
@@ -178,18 +188,19 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
 
     # ----- the TorchServe entry point ------------------------------------------------------
     def handle(self, data: list[Any], context: Any) -> list[Any]:
-        if context.get_request_header(0, "describe") == "True":
+        if is_describe(data, context):
             if recycle.draining():
                 recycle.exit_for_recycling(self.model_name)
+            self.health.recheck(self._self_test)
             return [self.describe_handle()]
         results: list[Any] = [None] * len(data)
         good: list[int] = []
         items: list[ItemT] = []
         for idx, request in enumerate(data):
             try:
-                items.append(self.parse_request(self._payload(request, context, idx)))
+                items.append(self._parse(request, context, idx))
                 good.append(idx)
-            except Exception as err:
+            except RequestError as err:
                 results[idx] = self._error(context, idx, err)
         timings = dict.fromkeys(STAGES, 0.0)
         if items:
@@ -197,7 +208,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             for idx, result in zip(good, outcomes, strict=True):
                 results[idx] = self._reply(context, idx, result)
         statuses = [context.get_response_status(i)[0] for i in range(len(data))]
-        self._count_failures(statuses)
+        self.health.record(statuses, self._self_test)
         errors = sum(1 for code in statuses if code >= 400)
         self.stats.record_batch(len(data), errors, timings)
         if self.publish_stats:
@@ -205,13 +216,40 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self._emit_metrics(context, len(data), errors, timings)
         return results
 
-    def _count_failures(self, statuses: list[int]) -> None:
-        """Internal errors in a row; any success resets, client errors do not count."""
-        for code in statuses:
-            if code >= 500:
-                self.failures_in_a_row += 1
-            elif code < 400:
-                self.failures_in_a_row = 0
+    def _parse(self, request: Any, context: Any, idx: int) -> ItemT:
+        """One request's input, validated; whatever goes wrong here is the input's fault.
+
+        ``parse_request`` sees only the client's bytes, so an exception it did not expect
+        (a ``RecursionError`` from deep JSON, an ``OverflowError`` from a huge number, a
+        decoder's own error type) is still a 400: logged with its stack trace for the
+        handler's author, never a 500, never counted against the model's health.
+        """
+        try:
+            return self.parse_request(self._payload(request, context, idx))
+        except RequestError:
+            raise
+        except Exception as err:
+            logger.warning(
+                "%s: request %d of a batch: parse_request raised %s; answered 400",
+                self.model_name,
+                idx,
+                type(err).__name__,
+                exc_info=err,
+            )
+            raise BadRequest(
+                f"the input could not be read ({type(err).__name__}); "
+                "see the model's input_schema (GET /models/{name}?customized=true)"
+            ) from None
+
+    def _self_test(self) -> BaseException | None:
+        """Serve the handler's own known-good inputs: ``None`` if the model answers them."""
+        items = self.warmup_items(self.options.warmup_batch_size)
+        try:
+            self._predict(items, dict.fromkeys(STAGES, 0.0))
+        except Exception as err:
+            logger.error("%s: self-test on warmup inputs failed", self.model_name, exc_info=err)
+            return err
+        return None
 
     def _payload(self, request: Any, context: Any, idx: int) -> Payload:
         payload = select_payload(request, self.input_fields, allow_empty=self.accepts_empty)
@@ -258,7 +296,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     def _error(self, context: Any, idx: int, err: BaseException) -> dict[str, Any]:
         if not isinstance(err, RequestError):
             logger.error("request %d of a batch failed", idx, exc_info=err)
-            err = InternalError()
+            err = InsufficientMemory() if _out_of_memory(err) else InternalError()
         status = HTTPStatus(err.status)
         context.set_response_status(int(status), status.phrase, idx)
         context.set_response_content_type(idx, "application/json")
@@ -287,7 +325,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         cls = type(self)
         described: dict[str, Any] = {
             "status": self.status,
-            "failures_in_a_row": self.failures_in_a_row,
+            "failures_in_a_row": self.health.failures_in_a_row,
+            "self_test": self.health.as_dict(),
             "model": {"name": self.model_name, "version": self.model_version},
             "handler": f"{cls.__module__}.{cls.__qualname__}",
             "input_schema": self.input_schema,
@@ -318,6 +357,27 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         )
         settings = {k: self.model_config[k] for k in keys if k in self.model_config}
         return {"batchSize": self.batch_size, **settings}
+
+
+def is_describe(data: list[Any], context: Any) -> bool:
+    """True for a customized describe (``GET /models/{name}?customized=true``).
+
+    TorchServe sends it as a request with the header ``describe: True``, always alone in
+    its batch and with no input at all. A client can send the same header on a
+    prediction: that one carries a body (or form fields, or a form content type), so it
+    is served as the prediction it is, and its batch keeps one answer per request.
+    """
+    if len(data) != 1 or data[0] or context.get_request_header(0, "describe") != "True":
+        return False
+    headers = context.get_all_request_header(0) or {}
+    content_type = next(
+        (str(v) for k, v in headers.items() if str(k).lower() == "content-type"), ""
+    ).lower()
+    return not content_type.startswith(("multipart/", "application/x-www-form-urlencoded"))
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError))
 
 
 @contextmanager

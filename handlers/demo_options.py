@@ -14,6 +14,8 @@ class SlowOptions(HandlerOptions):
     """Time each batch takes, on purpose."""
     warmup_ms: int = 0
     """Extra time the warmup takes, to make the 'warming' status observable."""
+    outage_file: str = ""
+    """While this file (relative to TMPDIR) exists, every batch fails: an outage drill."""
 
     def check(self) -> None:
         super().check()

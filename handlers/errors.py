@@ -51,5 +51,14 @@ class InternalError(RequestError):
         super().__init__("Internal error while serving this request; see the server log.")
 
 
+class InsufficientMemory(InternalError):
+    """The model ran out of memory on this request (TorchServe's own code for it: 507)."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+
+    def __init__(self) -> None:
+        RequestError.__init__(self, "Out of memory while serving this request; see the server log.")
+
+
 class ModelLoadError(RuntimeError):
     """The handler cannot initialize: a missing or broken file, or a bad option."""

@@ -37,7 +37,12 @@ class HandlerOptions:
     """Warm up after initialize returns: the worker is READY at once, its status 'warming'."""
 
     degraded_after_errors: int = 5
-    """Status 'degraded' after this many internal errors in a row (0: never)."""
+    """After this many internal errors in a row, a self-test on the warmup inputs decides
+    whether the model is 'degraded' (0: never); client errors never count."""
+
+    recheck_seconds: float = 10.0
+    """At most one self-test per this many seconds; while degraded, the customized describe
+    (readiness probe) re-runs it, so a recovered model is 'ready' again without traffic."""
 
     recycle_on_sigusr1: bool = True
     """SIGUSR1 makes the worker exit at its next customized describe (recycle_workers.py)."""
@@ -77,6 +82,11 @@ class HandlerOptions:
             raise ModelLoadError(
                 f"handler option 'torch_threads' is {self.torch_threads}; "
                 "it must be >= 0 (0 keeps torch's default)"
+            )
+        if not 0 <= self.recheck_seconds <= 86_400:
+            raise ModelLoadError(
+                f"handler option 'recheck_seconds' is {self.recheck_seconds}; "
+                "it must be 0..86400 seconds"
             )
         if self.degraded_after_errors < 0:
             raise ModelLoadError(

@@ -1,13 +1,18 @@
 """``slow_model``: takes ``delay_ms`` per batch, on purpose; for queue overflow and status demos.
 
 ``{"value": 3}`` answers ``{"value": 3, "double": 6}``; ``{"value": 3, "fail": true}`` fails
-inside the model (a 500, counted towards the 'degraded' status).
+inside the model (a 500 that the self-test shows to be the input's: the status stays
+'ready'). While the file named by the option ``outage_file`` exists (relative to
+``TMPDIR``), every batch fails, self-tests included: an outage drill that makes the
+status 'degraded', and 'ready' again once the file is gone, without traffic.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from handlers.base import ToolkitHandler
@@ -39,6 +44,9 @@ class SlowHandler(ToolkitHandler[Item]):
 
     def inference(self, batch: list[Item]) -> list[Item]:
         time.sleep(self.options.delay_ms / 1000)
+        outage = self.options.outage_file
+        if outage and (Path(tempfile.gettempdir()) / outage).exists():
+            raise RuntimeError(f"slow_model outage drill: {outage} exists")
         if any(fail for _, fail in batch):
             raise RuntimeError("slow_model asked to fail")
         return batch

@@ -4,21 +4,50 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 PUBLISH_EVERY_SECONDS = 0.2
+_refused: set[Path] = set()  # directories already warned about, once each
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]|^\.")
 
 
-def stats_dir(model_name: str) -> Path:
-    """Where workers publish their counters: ``$TMPDIR/servekit/<model>/<pid>.json``.
+def stats_dir(model_name: str, tmpdir: Path | None = None) -> Path:
+    """Where workers publish their counters: ``$TMPDIR/servekit-<uid>/<model>/<pid>.json``.
 
     A TorchServe worker inherits the server's ``TMPDIR``; tools run with the same one.
+    The directory is this user's own (0700, checked before each write), so another user of
+    a shared temporary directory can neither plant a symlink nor read the counters.
     """
-    return Path(tempfile.gettempdir()) / "servekit" / model_name
+    safe = _UNSAFE_NAME.sub("_", model_name) or "_"
+    base = tmpdir if tmpdir is not None else Path(tempfile.gettempdir())
+    return base / f"servekit-{os.getuid()}" / safe
+
+
+def private_dir(directory: Path) -> bool:
+    """Create ``directory`` and its parent 0700; True only if both are real directories of
+    ours that nobody else can write (a planted symlink or a foreign directory is refused)."""
+    for path in (directory.parent, directory):
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if (
+            not stat.S_ISDIR(info.st_mode)
+            or info.st_uid != os.getuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            return False
+    return True
 
 
 @dataclasses.dataclass
@@ -54,19 +83,22 @@ class WorkerStats:
             return
         self.published_at = now
         directory = stats_dir(model_name)
+        if not private_dir(directory):
+            if directory not in _refused:
+                _refused.add(directory)
+                logger.warning("not publishing counters: %s is not a private directory", directory)
+            return
+        counters = {
+            "pid": os.getpid(),
+            "requests": self.requests,
+            "errors": self.errors,
+            "time": time.time(),
+        }
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / f".{os.getpid()}.json"
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "requests": self.requests,
-                        "errors": self.errors,
-                        "time": time.time(),
-                    }
-                )
-            )
+            # a fresh name (O_EXCL), then a rename: a symlink at either name is never followed
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.getpid()}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as out:
+                json.dump(counters, out)
             os.replace(tmp, directory / f"{os.getpid()}.json")
         except OSError:
             pass  # counters are best effort; serving must not fail over them

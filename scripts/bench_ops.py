@@ -25,6 +25,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from handlers.stats import stats_dir  # noqa: E402
 from servekit.archive import build  # noqa: E402
 from servekit.health import Target, probe  # noqa: E402
 from servekit.recycle import Limits, Recycler  # noqa: E402
@@ -111,7 +112,7 @@ def recycling(server: TorchServe) -> dict[str, Any]:
         thread.start()
     try:
         recycler = Recycler(
-            server.management_url, "leaky_model", server.tmpdir / "servekit" / "leaky_model"
+            server.management_url, "leaky_model", stats_dir("leaky_model", server.tmpdir)
         )
         done = recycler.run(Limits(max_memory_mb=1))
     finally:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
     parser.add_argument("--max-memory-mb", type=_positive(float), metavar="MB")
     parser.add_argument("--max-requests", type=_positive(int), metavar="N")
-    parser.add_argument("--stats-dir", type=Path, help="default: $TMPDIR/servekit/<model>")
+    parser.add_argument("--stats-dir", type=Path, help="default: $TMPDIR/servekit-<uid>/<model>")
     parser.add_argument(
         "--every",
         type=_positive(float),

@@ -144,8 +144,12 @@ class LocalModel:
         return decode_response(self.service.predict(batch))
 
     def describe(self) -> dict[str, Any]:
-        """The handler's custom metadata, as ``?customized=true`` shows it."""
-        request = Request((("data", "text/plain", b""),), (("describe", "True"),))
+        """The handler's custom metadata, as ``?customized=true`` shows it.
+
+        The frontend sends the describe as a request with no input at all, alone in its
+        batch, with the management request's headers and ``describe: True``.
+        """
+        request = Request((), (("describe", "True"),))
         reply = self.predict([request])[0]
         if reply.status != 200:
             raise RuntimeError(f"describe failed with {reply.status}: {reply.body!r}")

@@ -13,7 +13,7 @@ Gunicorn's ``max_requests`` for TorchServe, which has none. One worker at a time
 
 Memory is each worker's resident set (psutil; the describe API's ``memoryUsage`` when the
 process is not visible from here); requests come from the counters the handler publishes
-in ``$TMPDIR/servekit/<model>/<pid>.json`` (run with the server's ``TMPDIR``).
+in ``$TMPDIR/servekit-<uid>/<model>/<pid>.json`` (run with the server's ``TMPDIR``).
 """
 
 from __future__ import annotations

@@ -84,15 +84,34 @@ def test_health_check_follows_warming_then_ready(ops: OpsServer) -> None:
     assert report.exit_code == 0 and report.models[0].handler_status == "ready"
 
 
-def test_repeated_internal_errors_make_the_handler_degraded_then_ready(ops: OpsServer) -> None:
-    for _ in range(3):
+def test_inputs_that_fail_inside_the_model_do_not_move_readiness(ops: OpsServer) -> None:
+    for _ in range(6):
         assert ops.predict("slow_model", {"value": 1, "fail": True}).status_code == 500
     report = ops.check(customized=True, models=("slow_model",))
-    assert report.exit_code == 1
-    assert report.models[0].handler_status == "degraded"
-    assert report.models[0].reason == "1/1 workers READY, handler status degraded"
+    assert report.exit_code == 0 and report.models[0].handler_status == "ready"
+    assert customized(ops.server, "slow_model")["self_test"]["self_tests"] >= 1
+
+
+def test_an_outage_makes_the_handler_degraded_and_it_recovers_without_traffic(
+    ops: OpsServer,
+) -> None:
+    outage = ops.server.tmpdir / "slow_model.outage"
+    outage.touch()
+    try:
+        for _ in range(3):
+            assert ops.predict("slow_model", {"value": 1}).status_code == 500
+        report = ops.check(customized=True, models=("slow_model",))
+        assert report.exit_code == 1
+        assert report.models[0].handler_status == "degraded"
+        assert report.models[0].reason == "1/1 workers READY, handler status degraded"
+    finally:
+        outage.unlink()
+    # no inference request from here: the probe's own describes re-run the self-test
+    deadline = time.monotonic() + 30
+    while (report := ops.check(customized=True, models=("slow_model",))).exit_code != 0:
+        assert time.monotonic() < deadline, report.models[0].reason
+        time.sleep(0.2)
     assert ops.predict("slow_model", {"value": 2}).json() == {"value": 2.0, "double": 4.0}
-    assert ops.check(customized=True, models=("slow_model",)).exit_code == 0
 
 
 # ----- Q1 queue overflow ---------------------------------------------------------------------

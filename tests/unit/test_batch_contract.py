@@ -1,0 +1,145 @@
+"""The base handler's promises that no client can break: one answer per request, the
+describe path only for TorchServe's own describe, 4xx for whatever the input causes, and a
+readiness that client input cannot move (``handlers.readiness``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servekit.harness import LocalModel, Request
+
+MOODY = """
+import torch
+from pathlib import Path
+from handlers.base import ToolkitHandler
+from handlers.errors import BadRequest
+
+class Moody(ToolkitHandler):
+    def parse_request(self, payload):
+        value = payload.json()
+        if value == "deep":
+            raise RecursionError("maximum recursion depth exceeded")
+        if value == "digits":
+            return int("9" * 5000)  # ValueError: exceeds the int string conversion limit
+        if not isinstance(value, int):
+            raise BadRequest("send an integer")
+        return value
+
+    def inference(self, batch):
+        if (self.model_dir / "broken").exists():
+            raise RuntimeError("weights unreadable")
+        if 13 in batch:
+            raise RuntimeError("this input upsets the model")
+        if 99 in batch:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return [x * 2 for x in batch]
+
+    def warmup_items(self, n):
+        return [1] * n
+"""
+
+
+@pytest.fixture()
+def moody(tmp_path: Path) -> Iterator[LocalModel]:
+    (tmp_path / "moody.py").write_text(MOODY)
+    (tmp_path / "MAR-INF").mkdir()
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
+        '{"model": {"modelName": "moody", "modelVersion": "1", "handler": "moody.py",'
+        ' "configFile": "model-config.yml"}}'
+    )
+    (tmp_path / "model-config.yml").write_text(
+        "handler:\n  degraded_after_errors: 2\n  recheck_seconds: 0\n"
+    )
+    with LocalModel(tmp_path, batch_size=4) as model:
+        yield model
+
+
+def with_headers(value: object, headers: tuple[tuple[str, str], ...]) -> Request:
+    plain = Request.json(value)
+    return Request(plain.parameters, plain.headers + headers)
+
+
+def statuses(model: LocalModel, *values: object) -> list[int]:
+    return [r.status for r in model.predict([Request.json(v) for v in values])]
+
+
+# ----- the describe header ---------------------------------------------------------------------
+def test_a_describe_header_on_predictions_keeps_one_answer_per_request(moody: LocalModel) -> None:
+    replies = moody.predict([with_headers(v, (("describe", "True"),)) for v in (1, 2, 3)])
+    assert [(r.status, r.json()) for r in replies] == [(200, 2), (200, 4), (200, 6)]
+
+
+def test_a_describe_header_alone_with_a_body_is_a_prediction(moody: LocalModel) -> None:
+    reply = moody.predict([with_headers(5, (("describe", "True"),))])[0]
+    assert (reply.status, reply.json()) == (200, 10)
+
+
+def test_an_empty_form_with_a_describe_header_is_not_a_describe(moody: LocalModel) -> None:
+    form = Request((), (("describe", "True"), ("Content-Type", "multipart/form-data; b=x")))
+    reply = moody.predict([form])[0]
+    assert reply.status == 400 and "status" not in reply.json()
+
+
+def test_the_frontends_describe_gets_the_metadata(moody: LocalModel) -> None:
+    described = moody.describe()
+    assert described["status"] == "ready"
+    assert described["self_test"] == {"failing": None, "self_tests": 0, "recheck_seconds": 0.0}
+
+
+# ----- what the input causes is a 4xx ----------------------------------------------------------
+@pytest.mark.parametrize("value", ["deep", "digits"])
+def test_an_unexpected_error_while_parsing_is_the_inputs_fault(
+    moody: LocalModel, value: str
+) -> None:
+    replies = moody.predict([Request.json(value), Request.json(4)])
+    assert [r.status for r in replies] == [400, 200]
+    assert "could not be read" in replies[0].json()["message"]
+    assert moody.describe()["failures_in_a_row"] == 0
+
+
+def test_out_of_memory_is_507_with_a_generic_message(moody: LocalModel) -> None:
+    replies = moody.predict([Request.json(99), Request.json(4)])
+    assert [r.status for r in replies] == [507, 200]
+    assert "CUDA" not in replies[0].body.decode()
+
+
+# ----- readiness -------------------------------------------------------------------------------
+def test_inputs_that_make_the_model_fail_do_not_make_it_degraded(moody: LocalModel) -> None:
+    for _ in range(5):
+        assert statuses(moody, 13, 13, 13, 13) == [500] * 4
+    described = moody.describe()
+    assert described["status"] == "ready"
+    assert described["self_test"]["self_tests"] >= 1  # the question was asked, and answered
+
+
+def test_a_broken_model_is_degraded_and_recovers_without_traffic(moody: LocalModel) -> None:
+    broken = moody.model_dir / "broken"
+    broken.touch()
+    assert statuses(moody, 1, 2) == [500, 500]
+    described = moody.describe()
+    assert described["status"] == "degraded"
+    assert described["self_test"]["failing"] == "RuntimeError on the handler's own warmup inputs"
+    assert statuses(moody, 3) == [500]
+    broken.unlink()
+    assert moody.describe()["status"] == "ready"  # the describe itself re-ran the self-test
+
+
+def test_a_client_success_does_not_mark_a_broken_model_ready(tmp_path: Path) -> None:
+    (tmp_path / "moody.py").write_text(MOODY)
+    (tmp_path / "MAR-INF").mkdir()
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
+        '{"model": {"modelName": "moody", "modelVersion": "1", "handler": "moody.py",'
+        ' "configFile": "model-config.yml"}}'
+    )
+    (tmp_path / "model-config.yml").write_text(
+        "handler:\n  degraded_after_errors: 1\n  recheck_seconds: 3600\n"
+    )
+    with LocalModel(tmp_path, batch_size=4) as model:
+        (tmp_path / "broken").touch()
+        assert statuses(model, 1) == [500]
+        (tmp_path / "broken").unlink()
+        assert statuses(model, 2) == [200]
+        assert model.describe()["status"] == "degraded"  # only the self-test says ready
