@@ -16,6 +16,7 @@ A leaf handler only says what differs::
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -290,6 +291,10 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     def _reply(self, context: Any, idx: int, result: Any) -> Any:
         if isinstance(result, BaseException):
             return self._error(context, idx, result)
+        if not isinstance(result, (bytes, bytearray, str)) and not _valid_json(result):
+            # TorchServe would send NaN/Infinity as such (not JSON) or fail the whole batch
+            bad = ValueError(f"result is not strict JSON (NaN, Infinity, a type): {result!r:.200}")
+            return self._error(context, idx, bad)
         context.set_response_content_type(idx, "application/json")
         return result
 
@@ -374,6 +379,15 @@ def is_describe(data: list[Any], context: Any) -> bool:
         (str(v) for k, v in headers.items() if str(k).lower() == "content-type"), ""
     ).lower()
     return not content_type.startswith(("multipart/", "application/x-www-form-urlencoded"))
+
+
+def _valid_json(result: Any) -> bool:
+    """What TorchServe's ``json.dumps`` would send is strict JSON: no NaN, no Infinity."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -143,3 +143,29 @@ def test_a_client_success_does_not_mark_a_broken_model_ready(tmp_path: Path) -> 
         (tmp_path / "broken").unlink()
         assert statuses(model, 2) == [200]
         assert model.describe()["status"] == "degraded"  # only the self-test says ready
+
+
+# ----- an answer is always valid JSON ----------------------------------------------------------
+NAN = """
+from handlers.base import ToolkitHandler
+
+class Nan(ToolkitHandler):
+    def parse_request(self, payload):
+        return payload.json()
+
+    def inference(self, batch):
+        return [float(x) if x in ("nan", "inf") else x for x in batch]
+"""
+
+
+def test_a_non_json_result_is_an_internal_error_for_that_request_only(tmp_path: Path) -> None:
+    (tmp_path / "nan.py").write_text(NAN)
+    (tmp_path / "MAR-INF").mkdir()
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
+        '{"model": {"modelName": "nan", "modelVersion": "1", "handler": "nan.py"}}'
+    )
+    with LocalModel(tmp_path, batch_size=4) as model:
+        replies = model.predict([Request.json(v) for v in ("nan", 1.5, "inf", [2])])
+    assert [r.status for r in replies] == [500, 200, 500, 200]
+    assert [replies[1].json(), replies[3].json()] == [1.5, [2]]
+    assert replies[0].json()["message"].startswith("Internal error while serving")
