@@ -3,6 +3,10 @@
 TorchServe hands a handler one dict per request: the raw body under ``body``
 (or ``data``), multipart form fields by name, JSON already parsed (or left as
 bytes when it did not parse), ``text/*`` as ``str`` and everything else as bytes.
+
+Every input is untrusted: each step here is linear in the input's size (no
+backtracking regex), and every way a body can be wrong ends in a ``RequestError``
+that names the problem, never in another exception.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
+import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +24,17 @@ from handlers.errors import BadRequest, PayloadTooLarge
 
 DEFAULT_FIELDS = ("body", "data")
 BASE64_KEYS = ("b64", "base64")
-_BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
-_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+MAX_JSON_DEPTH = 64
+"""Arrays and objects nested deeper than this are refused (no model input needs more)."""
+MAX_INT_DIGITS = 4300
+"""Longer JSON integer literals are refused (Python's own default limit for ``int(str)``)."""
 _RAW_BINARY_TYPES = ("image/", "application/octet-stream", "audio/", "video/")
+_WHITESPACE = b" \t\r\n\x0b\x0c"  # what line-wrapped base64 (the `base64` tool: 76 columns) holds
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_BRIEF = 40
+
+# A JSON location as a linked list (parent, key), rendered only when an error names it.
+_Where = tuple["_Where", str | int] | None
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,19 @@ class Payload:
     content_type: str = ""
 
     def json(self) -> Any:
-        """The input as a JSON value; bytes and text are parsed here."""
+        """The input as a JSON value; bytes and text are parsed here.
+
+        Whatever parsed it, the value is checked: nesting at most ``MAX_JSON_DEPTH``,
+        finite numbers only, strings that are valid Unicode (no lone surrogates).
+        """
         if isinstance(self.value, (bytes, bytearray)):
-            return _parse_json(self._utf8(self.value))
-        if isinstance(self.value, str) and self.content_type != "application/json":
-            return _parse_json(self.value)
-        return self.value  # TorchServe already decoded application/json
+            value = _parse_json(self._utf8(self.value))
+        elif isinstance(self.value, str) and self.content_type != "application/json":
+            value = _parse_json(self.value)
+        else:
+            value = self.value  # TorchServe already decoded application/json
+        _check_json(value)
+        return value
 
     def raw_bytes(self, max_bytes: int | None = None) -> bytes:
         """The input as bytes: raw bodies as they are, base64 decoded wherever it is used."""
@@ -53,15 +73,16 @@ class Payload:
 
     def _to_bytes(self, value: Any) -> bytes:
         if isinstance(value, (bytes, bytearray)):
-            if self.content_type.startswith(_RAW_BINARY_TYPES) or not _BASE64_TEXT.match(value):
+            if self.content_type.startswith(_RAW_BINARY_TYPES) or not _looks_like_base64(value):
                 return bytes(value)
-            return _b64decode(value.decode("ascii"), self.field)
+            return _b64decode(bytes(value), self.field)
         if isinstance(value, str):
-            return _b64decode(value, self.field)
+            return _b64decode(_ascii(value, self.field), self.field)
         if isinstance(value, Mapping):
             for key in BASE64_KEYS:
                 if isinstance(value.get(key), str):
-                    return _b64decode(value[key], f"{self.field}.{key}")
+                    where = f"{self.field}.{key}"
+                    return _b64decode(_ascii(value[key], where), where)
             raise BadRequest(
                 f"JSON object in '{self.field}' has no base64 field; send raw bytes or "
                 f'{{"b64": "<base64>"}}'
@@ -91,7 +112,7 @@ def select_payload(
     name = next((f for f in fields if f in request), None)
     if name is None:
         if len(request) != 1:
-            listed = ", ".join(sorted(request)) or "none"
+            listed = brief_list(sorted(map(str, request))) or "none"
             raise BadRequest(
                 f"cannot tell which form field holds the input (fields: {listed}); "
                 f"name it one of: {', '.join(fields)}"
@@ -102,24 +123,125 @@ def select_payload(
         value is None or (isinstance(value, (bytes, bytearray, str)) and not value.strip())
     ):
         raise BadRequest("request body is empty; send the model input")
-    return Payload(value=value, field=name)
+    return Payload(value=value, field=str(name))
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, for error messages that echo input."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= _BRIEF else f"{text[: _BRIEF - 3]}..."
+
+
+def brief_list(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names, comma-separated, each cut short; ``(+N more)`` for the rest."""
+    shown = ", ".join(n if len(n) <= _BRIEF else f"{n[: _BRIEF - 3]}..." for n in names[:limit])
+    return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
 
 
 def _parse_json(text: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as err:
         raise BadRequest(
             f"body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from None
+    except RecursionError:  # the C scanner recurses once per level of nesting
+        raise _too_deep() from None
 
 
-def _b64decode(text: str, where: str) -> bytes:
-    text = _DATA_URL.sub("", text.strip(), count=1)
+def _json_int(literal: str) -> int:
+    digits = len(literal) - literal.startswith("-")
+    limit = min(MAX_INT_DIGITS, sys.get_int_max_str_digits() or MAX_INT_DIGITS)
+    if digits > limit:
+        raise BadRequest(
+            f"body holds a JSON integer of {digits} digits; at most {limit} are accepted"
+        )
+    return int(literal)
+
+
+def _check_json(value: Any) -> None:
+    """Walk a decoded JSON value without recursion: depth, finite numbers, valid strings."""
+    stack: list[tuple[Any, int, _Where]] = [(value, 0, None)]
+    while stack:
+        node, depth, where = stack.pop()
+        if isinstance(node, str):
+            _check_text(node, where)
+        elif isinstance(node, float) and not math.isfinite(node):
+            shown = "NaN" if math.isnan(node) else "Infinity (or beyond +-1.8e308)"
+            raise BadRequest(
+                f"JSON number at {_render(where)} is {shown}; numbers must be finite "
+                "(NaN and Infinity are not JSON)"
+            )
+        elif isinstance(node, (list, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                raise _too_deep()
+            if isinstance(node, dict):
+                for key, child in node.items():
+                    _check_text(str(key), where)
+                    stack.append((child, depth + 1, (where, str(key))))
+            else:
+                stack.extend((child, depth + 1, (where, i)) for i, child in enumerate(node))
+
+
+def _check_text(text: str, where: _Where) -> None:
+    if text.isascii():
+        return
     try:
-        data = base64.b64decode(text, validate=True)
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRequest(
+            f"JSON string at {_render(where)} holds a lone surrogate "
+            f"(\\u{ord(text[err.start]):04x} at character {err.start}); "
+            "escape characters outside the BMP as a surrogate pair, or send them as UTF-8"
+        ) from None
+
+
+def _render(where: _Where) -> str:
+    """``$``, ``$.features[2]``, ... (JSONPath) for a location kept as (parent, key) links."""
+    keys: list[str | int] = []
+    while where is not None:
+        where, key = where
+        keys.append(key)
+    parts = (f"[{k}]" if isinstance(k, int) else f".{k[:_BRIEF]}" for k in reversed(keys))
+    return "$" + "".join(parts)
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(
+        f"JSON nested too deep; at most {MAX_JSON_DEPTH} levels of arrays and objects"
+    )
+
+
+def _looks_like_base64(data: bytes | bytearray) -> bool:
+    """Base64 alphabet, optional ``=`` padding and whitespace only: linear, no regex."""
+    compact = bytes(data).translate(None, _WHITESPACE)
+    body = compact.rstrip(b"=")
+    return (
+        bool(body) and len(compact) - len(body) <= 2 and not body.translate(None, _BASE64_ALPHABET)
+    )
+
+
+def _ascii(text: str, where: str) -> bytes:
+    head, comma, rest = text.partition(",")
+    if comma and head[:5].lower() == "data:" and head.lower().endswith(";base64"):
+        text = rest  # a data URL: data:image/png;base64,<base64>
+    try:
+        return text.encode("ascii")
+    except UnicodeEncodeError as err:
+        raise BadRequest(
+            f"'{where}' is not valid base64 (non-ASCII character at {err.start})"
+        ) from None
+
+
+def _b64decode(data: bytes, where: str) -> bytes:
+    try:
+        decoded = base64.b64decode(data.translate(None, _WHITESPACE), validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"'{where}' is not valid base64") from None
-    if not data:
+    if not decoded:
         raise BadRequest(f"'{where}' decodes to no bytes")
-    return data
+    return decoded

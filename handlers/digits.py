@@ -11,8 +11,8 @@ from PIL import Image
 from handlers.base import ToolkitHandler
 from handlers.decoding import Payload
 from handlers.digits_options import DigitsOptions
-from handlers.images import open_image
-from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet
+from handlers.images import FORMATS, open_image
+from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet, check_finite
 
 
 class DigitsHandler(ToolkitHandler[np.ndarray]):
@@ -21,7 +21,7 @@ class DigitsHandler(ToolkitHandler[np.ndarray]):
     options_class = DigitsOptions
     options: DigitsOptions
     input_schema = {
-        "content_type": 'image/png, image/jpeg or any image PIL reads; raw, base64 or {"b64": ...}',
+        "content_type": f'{", ".join(FORMATS)} image; raw, base64 or {{"b64": ...}}',
         "image": "one digit, ideally square; light ink on dark or dark ink on light",
     }
     output_schema = {"digit": "int 0..9", "top_k": "list of {digit, probability}, best first"}
@@ -40,7 +40,7 @@ class DigitsHandler(ToolkitHandler[np.ndarray]):
         return torch.from_numpy(np.stack(items) / DIGIT_MAX).float().unsqueeze(1)
 
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
-        probabilities = torch.softmax(outputs, dim=1)
+        probabilities = torch.softmax(check_finite(outputs), dim=1)
         top = torch.topk(probabilities, self.options.top_k, dim=1)
         return [
             {

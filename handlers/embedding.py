@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
+from handlers.decoding import Payload, brief_list
 from handlers.embedding_options import EmbeddingOptions
 from handlers.errors import BadRequest, ModelLoadError, PayloadTooLarge
+from handlers.nets import check_finite
 from handlers.text_batching import LengthGroups, TextInput
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -32,7 +33,8 @@ class EmbeddingHandler(ToolkitHandler[TextInput]):
     input_schema = {
         "content_type": "application/json (or text/plain: the whole body is one string)",
         "oneOf": ["string", "list of strings", {"inputs": "string or list of strings"}],
-        "limits": "non-empty strings; max_tokens per string, max_strings_per_request per list",
+        "limits": "non-empty strings; max_chars and max_tokens per string, "
+        "max_strings_per_request per list",
     }
     output_schema = {
         "embedding": "list of 384 floats (for one string; L2-normalized by default)",
@@ -80,7 +82,20 @@ class EmbeddingHandler(ToolkitHandler[TextInput]):
 
     def parse_request(self, payload: Payload) -> TextInput:
         texts, single = _texts(payload, self.options.max_strings_per_request)
-        return TextInput(self._token_ids(texts), single)
+        bounded = [self._bounded(text, single, i) for i, text in enumerate(texts)]
+        return TextInput(self._token_ids(bounded), single)
+
+    def _bounded(self, text: str, single: bool, position: int) -> str:
+        """``text`` within ``max_chars``: cut when truncating, else a 413 before tokenizing."""
+        limit = self.options.max_chars
+        if len(text) <= limit:
+            return text
+        if self.options.truncate:
+            return text[:limit]
+        where = "the string" if single else f"string {position}"
+        raise PayloadTooLarge(
+            f"{where} has {len(text)} characters; the limit is {limit}: shorten or split it"
+        )
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         limit, truncate = self.options.max_tokens, self.options.truncate
@@ -117,6 +132,7 @@ class EmbeddingHandler(ToolkitHandler[TextInput]):
         results: list[dict[str, Any]] = []
         for item, rows in outputs:
             tokens = [len(ids) for ids in item.ids]
+            rows = check_finite(rows)
             if item.single:
                 results.append({"embedding": rows[0].tolist(), "tokens": tokens[0]})
             else:
@@ -138,7 +154,7 @@ def _texts(payload: Payload, max_strings: int) -> tuple[list[str], bool]:
         if key is None:
             raise BadRequest(
                 f"JSON object needs the key 'inputs' (a string or a list of strings); "
-                f"got keys: {', '.join(map(str, value)) or 'none'}"
+                f"got keys: {brief_list(list(map(str, value))) or 'none'}"
             )
         value = value[key]
     single = isinstance(value, str)

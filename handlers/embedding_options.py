@@ -16,6 +16,9 @@ class EmbeddingOptions(HandlerOptions):
     """Tokens per string, [CLS] and [SEP] included; longer strings get 413 (or see truncate)."""
     truncate: bool = False
     """Cut strings longer than max_tokens instead of rejecting them."""
+    max_chars: int = 8192
+    """Characters per string, looked at before tokenizing (about 1 s per million characters):
+    longer strings get 413, or with truncate are cut to this length first."""
     max_strings_per_request: int = 64
     """A request's list may hold this many strings; more get 413."""
     group_size: int = 8
@@ -34,7 +37,7 @@ class EmbeddingOptions(HandlerOptions):
                 f"handler option 'max_tokens' is {self.max_tokens}; "
                 f"it must be 3..{MODEL_MAX_TOKENS} ([CLS] and [SEP] count)"
             )
-        for name in ("max_strings_per_request", "group_size"):
+        for name in ("max_chars", "max_strings_per_request", "group_size"):
             if getattr(self, name) < 1:
                 raise ModelLoadError(
                     f"handler option '{name}' is {getattr(self, name)}; it must be >= 1"

@@ -17,7 +17,8 @@ from handlers.base import ToolkitHandler
 from handlers.decoding import Payload
 from handlers.errors import ModelLoadError
 from handlers.imagenet_options import CLASSES, ImagenetOptions
-from handlers.images import open_image
+from handlers.images import FORMATS, open_image
+from handlers.nets import check_finite
 
 SIDE = 224
 CROP_FRACTION = SIDE / (SIDE + 32)
@@ -31,7 +32,7 @@ class ImagenetHandler(ToolkitHandler[np.ndarray]):
     options_class = ImagenetOptions
     options: ImagenetOptions
     input_schema = {
-        "content_type": 'image/jpeg, image/png or any image PIL reads; raw, base64 or {"b64": ...}',
+        "content_type": f'{", ".join(FORMATS)} image; raw, base64 or {{"b64": ...}}',
         "image": "a photo; the centre square is classified",
     }
     output_schema = {
@@ -66,7 +67,7 @@ class ImagenetHandler(ToolkitHandler[np.ndarray]):
 
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         labels = self.labels or []
-        top = torch.topk(torch.softmax(outputs, dim=1), self.options.top_k, dim=1)
+        top = torch.topk(torch.softmax(check_finite(outputs), dim=1), self.options.top_k, dim=1)
         results = []
         for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             ranked = [

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import torch
 
 from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
+from handlers.decoding import Payload, brief, brief_list
 from handlers.errors import BadRequest
-from handlers.nets import IRIS_FEATURES, IrisNet
+from handlers.nets import IRIS_FEATURES, IrisNet, check_finite
 
 Features = list[float]
+MAX_CM = 1000.0
+"""The largest measurement accepted: far beyond any iris, far within what float32 computes
+(the model standardizes in float32: 3e38 cm is a finite float32 and still ends in NaN)."""
 
 
 class IrisHandler(ToolkitHandler[Features]):
@@ -45,7 +47,7 @@ class IrisHandler(ToolkitHandler[Features]):
 
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         labels = self.labels or []
-        probabilities = torch.softmax(outputs, dim=1).tolist()
+        probabilities = torch.softmax(check_finite(outputs), dim=1).tolist()
         return [
             {
                 "label": labels[max(range(len(row)), key=row.__getitem__)],
@@ -67,15 +69,20 @@ def _features(value: Any) -> Features:
         else:
             raise BadRequest(
                 f"JSON object needs 'features' or all of {', '.join(IRIS_FEATURES)}; "
-                f"got keys: {', '.join(map(str, value)) or 'none'}"
+                f"got keys: {brief_list(list(map(str, value))) or 'none'}"
             )
     if not isinstance(value, list) or len(value) != len(IRIS_FEATURES):
         shape = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
         raise BadRequest(f"features must be a list of {len(IRIS_FEATURES)} numbers; got {shape}")
-    for position, x in enumerate(value):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
-            raise BadRequest(
-                f"feature {position} ({IRIS_FEATURES[position]}) is {x!r}; "
-                "expected a finite number >= 0 (cm)"
-            )
-    return [float(x) for x in value]
+    return [_measurement(position, x) for position, x in enumerate(value)]
+
+
+def _measurement(position: int, x: Any) -> float:
+    """One feature in cm; compared as it came (a 400-digit int overflows float())."""
+    where = f"feature {position} ({IRIS_FEATURES[position]}) is {brief(x)}"
+    # "not x >= 0" is also true for NaN; int and float compare exactly, whatever their size.
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0:
+        raise BadRequest(f"{where}; expected a finite number >= 0 (cm)")
+    if x > MAX_CM:
+        raise BadRequest(f"{where}; expected at most {MAX_CM:g} (cm)")
+    return float(x)
