@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.handler_options import handler_class, options_class  # noqa: E402
+from servekit.handler_options import declared_options  # noqa: E402
+from servekit.limits import is_file  # noqa: E402
 from servekit.specs import ModelSpec, config_sources, load_spec, read_yaml  # noqa: E402
 from servekit.validate import has_errors, validate_paths  # noqa: E402
 
@@ -29,32 +30,42 @@ from servekit.validate import has_errors, validate_paths  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Show a model's effective config.")
     parser.add_argument("name", help="model name: a spec config/<name>.yml")
+    parser.add_argument(
+        "--import-handlers",
+        action="store_true",
+        help="import the handler to find its options (RUNS ITS CODE; default: read it)",
+    )
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     logging.getLogger("ts").setLevel(logging.ERROR)  # TorchServe's import-time notices
     spec_path = ROOT / "config" / f"{args.name}.yml"
-    if not spec_path.is_file():
+    if not is_file(spec_path):
         known = ", ".join(sorted(p.stem for p in (ROOT / "config").glob("*.yml")))
         parser.error(f"no spec config/{args.name}.yml (known: {known})")
     try:
         defaults_path = ROOT / "model-config.yml"
         spec = load_spec(spec_path, ROOT)
         sources = config_sources(spec, read_yaml(defaults_path) or {}, defaults_path)
-        sources = {**_handler_defaults(spec), **sources}
+        sources = {**_handler_defaults(spec, args.import_handlers), **sources}
     except ToolkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    width = max(len(key) for key in sources)
+    width = max((len(key) for key in sources), default=0)
     for key, (value, origin) in sorted(sources.items()):
-        print(f"{key:<{width}}  {json.dumps(value):<8}  {_relative(origin)}")
-    findings = validate_paths([defaults_path, spec_path], ROOT)
+        shown = json.dumps(value, default=str)  # YAML dates and the like print as written
+        print(f"{key:<{width}}  {shown:<8}  {_relative(origin)}")
+    findings = validate_paths([defaults_path, spec_path], ROOT, args.import_handlers)
     for finding in findings:
         print(finding.text())
     return 1 if has_errors(findings) else 0
 
 
-def _handler_defaults(spec: ModelSpec) -> dict[str, tuple[Any, str]]:
+def _handler_defaults(spec: ModelSpec, import_handler: bool) -> dict[str, tuple[Any, str]]:
     """Options the handler declares, at their defaults (overridden by what the files set)."""
-    options = options_class(handler_class(spec.handler, ROOT))
+    try:
+        options = declared_options(spec.handler, ROOT, import_handler)
+    except ToolkitError:  # the validator's findings below say what is wrong with the handler
+        return {}
     if options is None:
         return {}
     origin = f"{spec.handler} (handler default)"

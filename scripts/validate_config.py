@@ -2,9 +2,17 @@
 
     python scripts/validate_config.py config.properties model-config.yml config/*.yml
     python scripts/validate_config.py --json config.properties
+    python scripts/validate_config.py --import-handlers config/iris.yml   # runs the handler
 
-Reads ``.properties`` files, ``model-config.yml`` files and model specs
-(``config/<model>.yml``). Prints one line per finding: file, line, key, value,
+Reads ``.properties`` files (as ISO-8859-1, like Java), ``model-config.yml`` files and model
+specs (``config/<model>.yml``). A spec's handler file is read, never run: its options class is
+found in its source. ``--import-handlers`` imports the handler instead, which runs its code:
+use it only on handlers you trust, for options declared in ways reading cannot follow (the
+validator then warns ``options-unchecked``). Every file gets findings or a clean error,
+whatever it holds: files over 1 MiB, YAML alias bombs and recursive aliases, nesting deeper
+than 64 levels and integers of more than 4,000 digits are reported, not loaded.
+
+Prints one line per finding: file, line, key, value,
 what is wrong, what is expected and the fix. Exit codes: 0 no error (warnings
 allowed), 1 at least one error, 2 usage error.
 """
@@ -37,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=ROOT, help="what spec paths are relative to (the repo)"
     )
+    parser.add_argument(
+        "--import-handlers",
+        action="store_true",
+        help="import each spec's handler to find its options (RUNS ITS CODE; default: read it)",
+    )
     args = parser.parse_args(argv)
+    # Keys and values may hold lone surrogates or bytes that are not UTF-8: escape, never fail.
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     # Importing TorchServe's base handler logs optional-backend notices; they are not findings.
     logging.getLogger("ts").setLevel(logging.ERROR)
     for path in args.paths:
@@ -45,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{path}: not a .properties, .yml or .yaml file")
         if not path.is_file():
             parser.error(f"{path}: no such file")
-    findings = validate_paths(args.paths, args.root)
+    findings = validate_paths(args.paths, args.root, args.import_handlers)
     errors = sum(f.severity == "error" for f in findings)
     summary = f"{len(args.paths)} file(s): {errors} error(s), {len(findings) - errors} warning(s)"
     if args.json:

@@ -2,7 +2,9 @@
 
 Types follow how ``ConfigManager.java`` parses each key: ``Integer.parseInt``
 (digits only; a trailing blank stops the server), ``Boolean.parseBoolean``
-(anything but ``true`` silently reads as false), the ``ADDRESS_PATTERN`` regex.
+(anything but ``true`` silently reads as false), the ``ADDRESS_PATTERN`` regex. The file
+is read as ISO-8859-1, as ``Properties.load(InputStream)`` reads it (other characters are
+written as ``\\uXXXX``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import regex  # matching with a timeout: re cannot be stopped
+
 from servekit import schema
 from servekit.errors import ConfigError
 from servekit.findings import ERROR, WARNING, Finding, did_you_mean, show
+from servekit.limits import is_file, read_capped
 from servekit.properties import Entry, log_config_file, parse_properties
 from servekit.schema import Key
 
@@ -35,13 +40,15 @@ PROBE_URLS = (
     "file:///etc/passwd",
     "file:///tmp/evil.mar",
 )
+MATCH_SECONDS = 1.0  # a pattern that takes longer on a 40-character URL backtracks exponentially
+MAX_JAVA_INT_DIGITS = 19  # longer digit strings overflow even a Java long
 
 
 def check_properties(path: Path, label: str) -> tuple[list[Finding], dict[str, str]]:
     """Findings for one properties file, and its resolved ``key -> value`` map."""
     try:
-        entries = parse_properties(path.read_text(encoding="utf-8"))
-    except (ConfigError, UnicodeDecodeError) as err:
+        entries = parse_properties(read_capped(path).decode("iso-8859-1"))
+    except ConfigError as err:
         return [_malformed(label, str(err))], {}
     findings: list[Finding] = []
     values: dict[str, str] = {}
@@ -66,7 +73,7 @@ def _log_config(
     """A ``-Dlog4j.configurationFile=`` in vmargs that names no file (relative: from ``base``)."""
     for word in values.get("vmargs", "").split():
         path = log_config_file(word)
-        if path is not None and not (base / path).is_file():
+        if path is not None and not is_file(base / path):
             return [
                 Finding(
                     ERROR,
@@ -169,7 +176,10 @@ def _int_problem(key: Key, value: str) -> tuple[str, str, str] | None:
             f"{why}: Integer.parseInt fails and TorchServe does not start",
             "write digits only, e.g. " + str(key.default if key.default is not None else 1),
         )
-    number = int(value)
+    if len(value.lstrip("+-")) > MAX_JAVA_INT_DIGITS:
+        number = -(2**64) if value.startswith("-") else 2**64  # beyond any Java integer
+    else:
+        number = int(value)
     low, high = INT64 if key.kind == schema.LONG else INT32
     if not low <= number <= high:
         return (
@@ -188,8 +198,8 @@ def _regex_problem(key: Key, value: str) -> tuple[str, str, str] | None:
     patterns = value.split(",") if key.kind == schema.URL_PATTERNS else [value]
     for pattern in patterns:
         try:
-            re.compile(pattern)
-        except re.error as err:
+            _compile(pattern)
+        except PatternError as err:
             split = " (TorchServe splits allowed_urls on ',')" if len(patterns) > 1 else ""
             return (
                 "bad-value",
@@ -276,7 +286,11 @@ def _check_models(label: str, entry: Entry) -> list[Finding]:
 
     try:
         models = json.loads(entry.value)
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, a 5,000-digit number, depth
+        if isinstance(err, json.JSONDecodeError):
+            why = f"{err.msg} at column {err.colno}"
+        else:
+            why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         return [
             finding(
                 "malformed-json",
@@ -284,7 +298,7 @@ def _check_models(label: str, entry: Entry) -> list[Finding]:
                 entry.value,
                 "a JSON object",
                 "fix the JSON (double quotes, no trailing commas)",
-                f"malformed JSON ({err.msg} at column {err.colno}): TorchServe does not start",
+                f"malformed JSON ({why}): TorchServe does not start",
             )
         ]
     shape = 'a JSON object {"model": {"version": {"setting": value}}}'
@@ -390,8 +404,9 @@ def _security(label: str, values: Mapping[str, str], lines: Mapping[str, int]) -
             )
             for name in exposed
         ]
-    findings += _allowed_urls(values, finding)
-    if get("enable_model_api").lower() == "true":
+    model_api = get("enable_model_api").lower() == "true"
+    findings += _allowed_urls(values, finding, model_api)
+    if model_api:
         public = "management_address" in exposed or "grpc_management_address" in exposed
         findings.append(
             finding(
@@ -431,26 +446,62 @@ def _security(label: str, values: Mapping[str, str], lines: Mapping[str, int]) -
     return findings
 
 
-def _allowed_urls(values: Mapping[str, str], finding: Any) -> list[Finding]:
+def _allowed_urls(values: Mapping[str, str], finding: Any, model_api: bool) -> list[Finding]:
+    """Probe URLs the patterns admit: an error while the model API can register them, a
+    warning while it is off (only load_models at start, from the model store, loads models)."""
     patterns = values.get("allowed_urls", str(schema.PROPERTIES["allowed_urls"].default))
     compiled = []
     for pattern in patterns.split(","):
         try:
-            compiled.append(re.compile(pattern, re.IGNORECASE))
-        except re.error:
+            compiled.append(_compile(pattern))
+        except PatternError:
             return []  # reported as bad-value already
-    reached = [url for url in PROBE_URLS if any(p.fullmatch(url) for p in compiled)]
+    try:
+        reached = [url for url in PROBE_URLS if any(_matches(p, url) for p in compiled)]
+    except TimeoutError:
+        return [
+            finding(
+                ERROR,
+                "bad-value",
+                "allowed_urls",
+                "patterns that match a URL in linear time",
+                "remove nested or repeated quantifiers such as (a+)+ or .*.*.*",
+                f"matching a {len(PROBE_URLS[0])}-character URL took over {MATCH_SECONDS} s: "
+                "TorchServe would hang on each registration",
+            )
+        ]
     if not reached:
         return []
+    why = f"models may be loaded from {reached[0]}"
+    if len(reached) > 1:
+        why += f" (and {len(reached) - 1} more probe URLs)"
+    if not model_api:
+        why += " as soon as enable_model_api=true lets clients register models"
     return [
         finding(
-            ERROR,
+            ERROR if model_api else WARNING,
             "open-allowed-urls",
             "allowed_urls",
             "patterns that match only .mar files in the local model store",
             r"allowed_urls=file://.*/model_store/[A-Za-z0-9_-]+[.]mar",
-            f"models may be loaded from {reached[0]} (and {len(reached) - 1} more probe URLs)"
-            if len(reached) > 1
-            else f"models may be loaded from {reached[0]}",
+            why,
         )
     ]
+
+
+class PatternError(ValueError):
+    """A regex neither ``re`` nor ``regex`` takes (syntax, a huge repeat, deep nesting)."""
+
+
+def _compile(pattern: str) -> regex.Pattern[str]:
+    """``pattern`` compiled for matching with a timeout; ``re`` first, for its error text."""
+    try:
+        re.compile(pattern)
+        return regex.compile(pattern, regex.IGNORECASE)
+    except (re.error, regex.error, OverflowError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise PatternError(why) from None
+
+
+def _matches(pattern: regex.Pattern[str], url: str) -> bool:
+    return pattern.fullmatch(url, timeout=MATCH_SECONDS) is not None

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
 ERROR = "error"
 WARNING = "warning"
+MAX_SHOWN = 200  # characters of a value or key a finding repeats; the file holds the rest
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 4, 20, 20, MAX_SHOWN
+_SHORT.maxother = _SHORT.maxlong = MAX_SHOWN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +39,9 @@ expected a key TorchServe reads; fix: rename it to 'maxBatchDelay' [unknown-key]
 
     def text(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        value = f"={self.value}" if self.value else ""
+        value = f"={printable(self.value)}" if self.value else ""
         return (
-            f"{where}: {self.severity}: {self.key}{value}: {self.problem}; "
+            f"{where}: {self.severity}: {printable(self.key)}{value}: {self.problem}; "
             f"expected {self.expected}; fix: {self.fix} [{self.code}]"
         )
 
@@ -45,14 +50,29 @@ expected a key TorchServe reads; fix: rename it to 'maxBatchDelay' [unknown-key]
 
 
 def show(value: Any) -> str:
-    """A value as the user wrote it: YAML scalars keep their quotes so types are visible."""
+    """A value as the user wrote it: YAML scalars keep their quotes so types are visible.
+
+    Long values are cut and deep ones elided, so a finding stays one readable line.
+    """
     if isinstance(value, str):
-        return repr(value) if not value or value != value.strip() or value.isdigit() else value
+        if not value or value != value.strip() or value.isdigit():
+            return _SHORT.repr(value)
+        return value if len(value) <= MAX_SHOWN else f"{value[:MAX_SHOWN]}... ({len(value)} chars)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
-    return str(value)
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        return _SHORT.repr(value)
+    text = str(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} chars)"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped: one line, any terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str | None:
@@ -80,7 +100,11 @@ CODES: dict[str, tuple[str, str]] = {
     "unresolved-variable": (ERROR, "$$VAR$$ whose variable is not set: TorchServe fails at start"),
     "missing-key": (ERROR, "a required model spec key is missing"),
     "missing-file": (ERROR, "a model spec names a file that does not exist"),
-    "bad-handler": (ERROR, "the handler file cannot be imported or defines not exactly one class"),
+    "bad-handler": (ERROR, "the handler file is not Python or defines not exactly one class"),
+    "options-unchecked": (
+        WARNING,
+        "handler options declared in a way only running the handler tells (--import-handlers)",
+    ),
     "undeclared-option": (ERROR, "a handler option the handler does not declare"),
     "bad-option": (ERROR, "a handler option of the wrong type or out of range"),
     "max-below-min": (ERROR, "maxWorkers < minWorkers: TorchServe ignores both"),

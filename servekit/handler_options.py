@@ -2,8 +2,10 @@
 
 A toolkit handler declares its options as a frozen dataclass, ``options_class``
 (see ``handlers/options.py``); TorchServe loads the only class a handler file
-defines. This module finds that class without running TorchServe and reports
-undeclared, mistyped and out-of-range options as findings.
+defines. ``declared_options`` finds the options by reading the handler's source
+(``servekit.handler_source``), or, only when asked to (``import_handlers``), by
+importing the handler, which runs its code. ``check_options`` reports undeclared,
+mistyped and out-of-range options as findings.
 """
 
 from __future__ import annotations
@@ -20,8 +22,27 @@ from handlers.errors import ModelLoadError
 from handlers.options import HandlerOptions
 from servekit.errors import ConfigError
 from servekit.findings import ERROR, Finding, did_you_mean, show
+from servekit.handler_source import static_options
 
 Where = Callable[[str], tuple[str, int | None]]
+
+
+def declared_options(
+    handler: Path, root: Path, import_handlers: bool = False
+) -> type[HandlerOptions] | None:
+    """The handler's options: read from its source, or imported when ``import_handlers``.
+
+    ``ConfigError`` names what is wrong with the file; its subclass ``Unresolved`` means
+    only importing would tell.
+    """
+    if not import_handlers:
+        return static_options(handler, root)
+    try:
+        return options_class(handler_class(handler, root))
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as err:  # user code can raise anything, even exit
+        raise ConfigError(f"{handler}: cannot import: {type(err).__name__}: {err}") from None
 
 
 def handler_class(handler: Path, root: Path) -> type:
@@ -85,10 +106,9 @@ def check_options(
         )
     try:
         options.from_section(known)
-    except Exception as err:  # the options' own ModelLoadError, maybe from a second copy
-        if not _is_load_error(err):
-            raise
-        culprit = _named(str(err), known)
+    except Exception as err:  # ModelLoadError (maybe a second copy's), or an imported bug
+        why = str(err) if _is_load_error(err) else f"{type(err).__name__}: {err}"
+        culprit = _named(why, known)
         file, line = where(culprit or "")
         findings.append(
             Finding(
@@ -100,7 +120,7 @@ def check_options(
                 show(known.get(culprit)) if culprit else "",
                 f"options as {owner} declares them ({expected})",
                 "fix the value as the message says",
-                f"initialize would fail: {err}",
+                f"initialize would fail: {why}",
             )
         )
     return findings

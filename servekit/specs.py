@@ -16,6 +16,8 @@ import yaml
 
 from servekit import schema
 from servekit.errors import ConfigError
+from servekit.limits import is_file, read_capped
+from servekit.yamlpos import load_yaml
 
 SPEC_KEYS = tuple(schema.SPEC)  # one source of truth: servekit/schema.py
 REQUIRED = schema.SPEC_REQUIRED
@@ -42,14 +44,17 @@ class ModelSpec:
 
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; an error names the file and the line."""
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        return load_yaml(read_capped(path).decode("utf-8")).data
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: malformed YAML: {err}") from None
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}{where}: malformed YAML: {problem}") from None
 
 
 def load_spec(path: Path, root: Path) -> ModelSpec:
@@ -121,7 +126,7 @@ def _existing(spec: Path, root: Path, key: str, value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{spec}: key '{key}' must be a path string, got {value!r}")
     path = root / value
-    if not path.is_file():
+    if not is_file(path):
         raise ConfigError(f"{spec}: key '{key}' names '{value}', which does not exist")
     return path
 

@@ -14,6 +14,7 @@ expected and a fix.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from servekit.check_model_config import Where, check_effective, check_keys
 from servekit.check_properties import check_properties
 from servekit.errors import ConfigError
 from servekit.findings import ERROR, WARNING, Finding, did_you_mean, show
-from servekit.handler_options import check_options, handler_class, options_class
-from servekit.yamlpos import YamlDoc, load_yaml
+from servekit.handler_options import check_options, declared_options
+from servekit.handler_source import Unresolved
+from servekit.limits import is_file, read_capped
+from servekit.yamlpos import YamlDoc, YamlTooComplex, load_yaml
 
 PROPERTIES_SUFFIXES = (".properties",)
 YAML_SUFFIXES = (".yml", ".yaml")
@@ -46,8 +49,14 @@ class Loaded:
         return Where(self.label, self.doc.line(*path))
 
 
-def validate_paths(paths: Sequence[Path], root: Path) -> list[Finding]:
-    """Findings for every file, in file order; ``root`` is what spec paths are relative to."""
+def validate_paths(
+    paths: Sequence[Path], root: Path, import_handlers: bool = False
+) -> list[Finding]:
+    """Findings for every file, in file order; ``root`` is what spec paths are relative to.
+
+    A spec's handler file is read, not run; ``import_handlers`` imports it instead (which
+    runs its code) to check options declared in ways reading cannot follow.
+    """
     findings: list[Finding] = []
     queue = DEFAULT_QUEUE
     for path in paths:
@@ -67,7 +76,7 @@ def validate_paths(paths: Sequence[Path], root: Path) -> list[Finding]:
         if kind == "model-config":
             findings += _model_config(doc, queue)
         elif kind == "spec":
-            findings += _spec(path, doc, defaults, root, queue)
+            findings += _spec(path, doc, defaults, root, queue, import_handlers)
         else:
             findings.append(_not_a_mapping(doc))
     return list(dict.fromkeys(findings))
@@ -81,10 +90,30 @@ def has_errors(findings: Sequence[Finding]) -> bool:
 def _load(path: Path, findings: list[Finding]) -> Loaded | None:
     label = str(path)
     try:
-        doc = load_yaml(path.read_text(encoding="utf-8"))
+        doc = load_yaml(read_capped(path).decode("utf-8"))
+    except ConfigError as err:
+        findings.append(
+            Finding(
+                ERROR,
+                "malformed-file",
+                label,
+                None,
+                "(file)",
+                "",
+                "a small YAML file",
+                "check that this is the config you meant",
+                str(err),
+            )
+        )
+        return None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        fix = (
+            "write the values out: no alias that expands without bound or refers to itself"
+            if isinstance(err, YamlTooComplex)
+            else "fix the YAML syntax at that line (indentation, quotes, colons)"
+        )
         findings.append(
             Finding(
                 ERROR,
@@ -94,7 +123,7 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
                 "(file)",
                 "",
                 "valid YAML",
-                "fix the YAML syntax at that line (indentation, quotes, colons)",
+                fix,
                 f"malformed YAML: {problem}; TorchServe logs an error and loads the model "
                 "without its config",
             )
@@ -111,7 +140,7 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
                 "",
                 "UTF-8 text",
                 "save the file as UTF-8",
-                f"not UTF-8: {err}",
+                f"not UTF-8: {err.reason} at byte {err.start}",
             )
         )
         return None
@@ -148,7 +177,8 @@ def _root_defaults(root: Path) -> Loaded | None:
 
 
 def _queue_size(text: str | None, current: int) -> int:
-    return int(text) if text is not None and text.strip().isdigit() else current
+    valid = text is not None and re.fullmatch(r"[0-9]{1,10}", text) is not None
+    return int(str(text)) if valid else current
 
 
 def _not_a_mapping(doc: Loaded) -> Finding:
@@ -182,7 +212,7 @@ def _model_config(doc: Loaded, queue: int) -> list[Finding]:
 
 # ----- model specs --------------------------------------------------------------------------
 def _spec(
-    path: Path, doc: Loaded, defaults: Loaded | None, root: Path, queue: int
+    path: Path, doc: Loaded, defaults: Loaded | None, root: Path, queue: int, imports: bool
 ) -> list[Finding]:
     data: dict[str, Any] = doc.doc.data
     findings = _spec_keys(path, doc, root)
@@ -202,7 +232,7 @@ def _spec(
         return defaults.where(key)
 
     findings += check_effective(effective, locate, queue, "")
-    findings += _spec_options(data, doc, defaults, root)
+    findings += _spec_options(data, doc, defaults, root, imports)
     return findings
 
 
@@ -229,7 +259,7 @@ def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
     for key in schema.SPEC_REQUIRED:
         if not isinstance(data.get(key), str) or not data[key]:
             why = "missing" if key not in data else f"a {type(data[key]).__name__}, not a string"
-            fix = f'quote it: {key}: "{data[key]}"' if key in data else f"add {key}: ..."
+            fix = f'quote it: {key}: "{show(data[key])}"' if key in data else f"add {key}: ..."
             findings.append(
                 finding(
                     "missing-key" if key not in data else "wrong-type",
@@ -291,7 +321,7 @@ def _spec_files(doc: Loaded, root: Path) -> list[Finding]:
     ]
     findings = []
     for key, value, line in listed:
-        if not isinstance(value, str) or not (root / value).is_file():
+        if not isinstance(value, str) or not is_file(root / value):
             findings.append(
                 Finding(
                     ERROR,
@@ -309,33 +339,55 @@ def _spec_files(doc: Loaded, root: Path) -> list[Finding]:
 
 
 def _spec_options(
-    data: Mapping[str, Any], doc: Loaded, defaults: Loaded | None, root: Path
+    data: Mapping[str, Any], doc: Loaded, defaults: Loaded | None, root: Path, imports: bool
 ) -> list[Finding]:
     own = data.get("handler_options") or {}
     base = (defaults.doc.data.get("handler") if defaults is not None else None) or {}
     if not isinstance(own, dict) or not isinstance(base, dict):
         return []
     handler = data.get("handler")
-    if not isinstance(handler, str) or not (root / handler).is_file():
+    if not isinstance(handler, str) or not is_file(root / handler):
         return []
+
+    def finding(
+        sev: str, code: str, key: str, value: Any, expected: str, fix: str, why: str
+    ) -> Finding:
+        return Finding(
+            sev, code, doc.label, doc.doc.line(key), key, show(value), expected, fix, why
+        )
+
     try:
-        options = options_class(handler_class(root / handler, root))
-    except Exception as err:  # importing user code can raise anything; report it, never crash
-        if isinstance(err, ConfigError):  # imported, but not exactly one class
-            expected, fix, why = (
-                "a handler file with exactly one class",
-                "move helper classes to their own module",
+        options = declared_options(root / handler, root, imports)
+    except Unresolved as err:
+        if not {**base, **own}:
+            return []
+        return [
+            finding(
+                WARNING,
+                "options-unchecked",
+                "handler",
+                handler,
+                "an options_class readable without running the handler: a dataclass of "
+                "bool, int, float, str fields with literal defaults",
+                "validate with --import-handlers to import the handler (runs its code)",
+                f"handler options not checked: {err}",
+            )
+        ]
+    except ConfigError as err:  # not one class, not Python, or (imported) raised on import
+        one_class = "exactly one class" in str(err)
+        return [
+            finding(
+                ERROR,
+                "bad-handler",
+                "handler",
+                handler,
+                "a handler file with exactly one class"
+                if one_class
+                else "a readable Python handler file",
+                "move helper classes to their own module" if one_class else "fix the handler file",
                 str(err),
             )
-        else:
-            expected, fix, why = (
-                "an importable handler module",
-                "fix the import error",
-                f"cannot import: {type(err).__name__}: {err}",
-            )
-        line = doc.doc.line("handler")
-        return [Finding(ERROR, "bad-handler", doc.label, line, "handler", show(handler),
-                         expected, fix, why)]  # fmt: skip
+        ]
     section = {**base, **own}
     if options is None:
         if not own:

@@ -119,3 +119,92 @@ def test_the_projects_log_config_is_found_from_the_configs_directory() -> None:
     findings, values = check_properties(ROOT / "config.properties", "config.properties")
     assert "-Dlog4j.configurationFile=config/log4j2.xml" in values["vmargs"]
     assert not [f for f in findings if f.key == "vmargs"]
+
+
+NEVER_IMPORTED = ROOT / "tests" / "corpus" / "specs" / "spec_handler_never_imported.yml"
+
+
+def test_a_specs_handler_is_read_never_run(tmp_path: Path) -> None:
+    # The handler writes a marker into the working directory and exits when imported.
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--json", str(NEVER_IMPORTED)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert not (tmp_path / "IMPORTED-BY-THE-VALIDATOR").exists()
+    assert done.returncode == 1, done.stderr
+    (finding,) = json.loads(done.stdout)["findings"]
+    assert (finding["code"], finding["key"]) == ("undeclared-option", "handler.top_kk")
+    assert finding["fix"] == "did you mean 'top_k'?"
+
+
+def test_import_handlers_is_the_explicit_opt_in(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--import-handlers", "--json", str(NEVER_IMPORTED)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert (tmp_path / "IMPORTED-BY-THE-VALIDATOR").exists()  # it did run the handler
+    (finding,) = json.loads(done.stdout)["findings"]
+    assert finding["code"] == "bad-handler"
+    assert "cannot import: SystemExit" in finding["problem"]
+
+
+def test_import_handlers_keeps_the_range_checks() -> None:
+    spec = ROOT / "tests" / "corpus" / "specs" / "spec_option_range.yml"
+    for flags in ([], ["--import-handlers"]):
+        (finding,) = json.loads(run(*flags, "--json", spec).stdout)["findings"]
+        assert (finding["code"], finding["key"]) == ("bad-option", "handler.top_k")
+
+
+HOSTILE = {
+    "alias-bomb.yml": "a: &a [x,x,x,x,x,x,x,x,x]\n"
+    + "".join(
+        f"{c}: &{c} [{','.join([f'*{p}'] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+    "recursive.yml": "handler: &h {warmup: *h}\n",
+    "date.yml": "batchSize: 2024-02-30\n",
+    "digits.yml": "batchSize: " + "9" * 5000 + "\n",
+    "surrogate.yml": '"\\ud800": 1\n',
+    "deep.yml": "handler: " + "[" * 10_000 + "]" * 10_000 + "\n",
+    "models.properties": "models=" + "[" * 100_000 + "]" * 100_000 + "\n",
+    "digits.properties": "job_queue_size=" + "9" * 5000 + "\n",
+    "surrogate.properties": "\\ud800=1\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize("as_json", [False, True])
+def test_hostile_files_get_findings_within_bounded_memory(
+    tmp_path: Path, name: str, as_json: bool
+) -> None:
+    path = tmp_path / name
+    path.write_text(HOSTILE[name], encoding="utf-8", errors="surrogatepass")
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+    run_script = (
+        "import runpy, sys; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    flags = ["--json"] if as_json else []
+    done = subprocess.run(
+        [sys.executable, "-c", limit + run_script, str(SCRIPT), *flags, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    if as_json:
+        findings = json.loads(done.stdout)["findings"]
+        assert findings and all(f["file"] == str(path) for f in findings)
+    else:
+        assert f"{path}" in done.stdout

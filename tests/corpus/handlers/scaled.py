@@ -1,0 +1,9 @@
+"""Corpus: a handler with its own options class, in a sibling module."""
+
+from handlers.base import ToolkitHandler
+
+from .scaled_options import ScaledOptions
+
+
+class ScaledHandler(ToolkitHandler[object]):
+    options_class = ScaledOptions
