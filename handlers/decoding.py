@@ -129,11 +129,18 @@ def select_payload(
 def brief(value: Any) -> str:
     """``repr(value)`` cut to a few dozen characters, for error messages that echo input."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+        return f"an integer of {_digits(value)} digits"
     if isinstance(value, (list, dict)):
         return f"a JSON {'array' if isinstance(value, list) else 'object'} of {len(value)} items"
     text = repr(value)
     return text if len(text) <= _BRIEF else f"{text[: _BRIEF - 3]}..."
+
+
+def _digits(value: int) -> str:
+    try:
+        return str(len(str(abs(value))))
+    except ValueError:  # beyond sys.get_int_max_str_digits(): JSON cannot have sent it
+        return f"about {int(value.bit_length() * math.log10(2))}"
 
 
 def brief_list(names: list[str], limit: int = 10) -> str:

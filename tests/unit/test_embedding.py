@@ -29,6 +29,7 @@ SENTENCES = [
     "Le chat est assis dehors.",
 ]
 LONG = "word " * 300  # 302 tokens with [CLS] and [SEP]
+HUGE = "word " * 200_000  # a million characters: over max_chars (8192)
 BAD = [
     (Request.json(""), 400, "request body is empty"),
     (Request.json("   "), 400, "request body is empty"),
@@ -170,8 +171,11 @@ def test_truncation_small_groups_and_raw_vectors(
         normalize=False,
     )
     model = LocalModel(unpacked)
-    replies = model.predict([Request.json(SENTENCES[:5]), Request.json(LONG), Request.json("Hi")])
-    assert [r.status for r in replies] == [200, 200, 200]
+    replies = model.predict(
+        [Request.json(SENTENCES[:5]), Request.json(LONG), Request.json("Hi"), Request.json(HUGE)]
+    )
+    assert [r.status for r in replies] == [200, 200, 200, 200]
+    assert replies[3].json()["tokens"] == 8  # cut to max_chars first, then to max_tokens
     lists = replies[0].json()
     assert lists["tokens"] == [8, 8, 8, 8, 3]  # truncated to max_tokens=8
     assert replies[1].json()["tokens"] == 8
@@ -186,6 +190,7 @@ def test_truncation_small_groups_and_raw_vectors(
     [
         ({"max_tokens": 600}, "'max_tokens' is 600; it must be 3..512"),
         ({"group_size": 0}, "'group_size' is 0; it must be >= 1"),
+        ({"max_chars": 0}, "'max_chars' is 0; it must be >= 1"),
         ({"max_tokns": 10}, "did you mean 'max_tokens'?"),
         ({"truncate": "yes"}, "'truncate' in section 'handler' is 'yes' (str); expected bool"),
     ],
@@ -193,3 +198,23 @@ def test_truncation_small_groups_and_raw_vectors(
 def test_bad_options_fail_at_load(section: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ModelLoadError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         EmbeddingOptions.from_section(section)
+
+
+# ----- hostile strings (issue 11): their own 4xx, in bounded time -----------------------------
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b'"\\ud800"', 400, "lone surrogate (\\ud800 at character 0)"),
+        (b'["fine", "caf\\u00e9 \\udfff"]', 400, "JSON string at $[1] holds a lone surrogate"),
+        (b'{"inputs": ' * 70 + b'"x"' + b"}" * 70, 400, "nested too deep"),
+        (b'"' + b"word " * 1_000_000 + b'"', 413, "the string has 5000000 characters"),
+        (b'["a", "' + b"a" * 9000 + b'"]', 413, "string 1 has 9000 characters; the limit is 8192"),
+    ],
+)
+def test_hostile_strings_get_their_own_4xx(
+    minilm: LocalModel, singles: dict[str, np.ndarray], body: bytes, status: int, fragment: str
+) -> None:
+    replies = minilm.predict([Request.raw(body, "application/json"), Request.json(SENTENCES[0])])
+    assert_error(replies[0], status, fragment)
+    np.testing.assert_allclose(vector(replies[1]), singles[SENTENCES[0]], atol=1e-5)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import json
+import struct
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -299,3 +303,124 @@ def test_closing_a_model_forgets_its_archived_modules(model_store: Path) -> None
     import handlers.digits_options  # the repo's package again, not the deleted copy
 
     assert not Path(handlers.digits_options.__file__ or "").is_relative_to(archived)
+
+
+# ----- hostile clients (issue 11): their own 4xx, never a 500, never NaN in a 200 --------------
+def strict_json(body: bytes) -> Any:
+    def refuse(literal: str) -> object:
+        raise ValueError(f"{literal} is not JSON")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+IRIS_HOSTILE = [
+    (b'{"features": [1e39, 3, 1, 1]}', "feature 0 (sepal_length) is 1e+39; expected at most 1000"),
+    (b'{"features": [1, 3e38, 1, 1]}', "feature 1 (sepal_width) is 3e+38; expected at most 1000"),
+    (b"[1, 2, 3, " + b"7" * 400 + b"]", "feature 3 (petal_width) is an integer of 400 digits"),
+    (b"[1, 2, NaN, 4]", "JSON number at $[2] is NaN"),
+    (b"[" * 50_000 + b"]" * 50_000, "nested too deep"),
+    (b"[1, 2, 3, " + b"1" * 5000 + b"]", "JSON integer of 5000 digits"),
+]
+
+
+@pytest.mark.parametrize(("body", "fragment"), IRIS_HOSTILE)
+def test_iris_hostile_numbers_and_shapes_are_400s(
+    iris: LocalModel, body: bytes, fragment: str
+) -> None:
+    good = Request.json([6.7, 3.0, 5.2, 2.3])
+    replies = iris.predict([Request.raw(body, "application/json"), good])
+    assert_error(replies[0], 400, fragment)
+    assert replies[1].status == 200
+    assert strict_json(replies[1].body) == replies[1].json()
+    assert replies[1].json()["label"] == "virginica"
+
+
+def test_iris_largest_accepted_features_still_answer_strict_json(iris: LocalModel) -> None:
+    reply = iris.predict([Request.json([1000, 1000, 0, 1000])])[0]
+    assert reply.status == 200
+    assert sum(strict_json(reply.body)["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+
+
+def png_with_rows_missing(image: np.ndarray) -> bytes:
+    """A well-formed PNG (every CRC right) whose zlib stream holds only the first 2 rows."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    height, width = pixels.shape
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels[:2])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def tiff_with_text_strip_offsets() -> bytes:
+    """A TIFF whose StripOffsets tag (273) claims to be ASCII: PIL raised TypeError."""
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(out, format="TIFF")
+    data = bytearray(out.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0], 12):
+        if struct.unpack_from("<H", data, entry)[0] == 273:
+            struct.pack_into("<H", data, entry + 2, 2)
+    return bytes(data)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """Only a PNG header: PIL refuses it as a decompression bomb before any pixel."""
+    out = io.BytesIO()
+    Image.new("L", (1, 1)).save(out, format="PNG")
+    data = bytearray(out.getvalue())
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+DIGITS_HOSTILE = [
+    (
+        Request.raw(png_with_rows_missing(np.eye(64) * 255), "image/png"),
+        400,
+        "ends before the last",
+    ),
+    (Request.raw(tiff_with_text_strip_offsets(), "image/tiff"), 400, "TypeError"),
+    (Request.raw(png_declaring(20_000, 20_000), "image/png"), 413, "too large to decode"),
+    (Request.raw(b"%!PS-Adobe-3.0 EPSF-3.0\n", "image/x-eps"), 415, "JPEG, PNG, GIF"),
+]
+
+
+@pytest.mark.parametrize(("request_", "status", "fragment"), DIGITS_HOSTILE)
+def test_digits_hostile_images_get_their_own_4xx(
+    digits: LocalModel, request_: Request, status: int, fragment: str
+) -> None:
+    split = digits_split()
+    good = Request.raw(encode(split.x_test[3], "PNG"), "image/png")
+    replies = digits.predict([good, request_])
+    assert_error(replies[1], status, fragment)
+    assert replies[0].json()["digit"] == int(split.y_test[3])
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_digits_accept_base64_wrapped_at_76_columns(digits: LocalModel, newline: bytes) -> None:
+    split = digits_split()
+    big = Image.fromarray(np.uint8(split.x_test[5] * 255 / 16)).resize((64, 64))
+    out = io.BytesIO()
+    big.save(out, format="PNG")
+    wrapped = base64.encodebytes(out.getvalue()).replace(b"\n", newline)
+    assert wrapped.count(newline) > 1
+    reply = digits.predict([Request.raw(wrapped, "text/plain")])[0]
+    assert reply.status == 200, reply.body
+    assert reply.json()["digit"] == int(split.y_test[5])
+
+
+@pytest.mark.timeout(20)
+def test_digits_base64_check_does_not_hold_the_worker(digits: LocalModel) -> None:
+    body = b"A" + b" " * 100_000 + b"!"
+    reply = digits.predict([Request.raw(body, "application/x-www-form-urlencoded")])[0]
+    assert_error(reply, 415, "not an image")
