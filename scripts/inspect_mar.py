@@ -10,7 +10,6 @@ The spec is ``config/<modelName>.yml``. Exit codes: 0 the archive matches its sp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", type=Path, default=ROOT / "config")
     parser.add_argument("--defaults", type=Path, default=ROOT / "model-config.yml")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     if not args.mar.is_file():
         parser.error(f"{args.mar}: no such file")
     try:
@@ -58,8 +58,8 @@ def _report(info: MarInfo, problems: list[str]) -> dict[str, object]:
         "manifest": info.manifest,
         "model_config": info.model_config,
         "files": {
-            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            for name, data in sorted(info.files.items())
+            name: {"bytes": entry.size, "sha256": entry.sha256}
+            for name, entry in sorted(info.files.items())
         },
         "matches_spec": not problems,
         "problems": problems,
@@ -69,13 +69,13 @@ def _report(info: MarInfo, problems: list[str]) -> dict[str, object]:
 def _print(info: MarInfo, problems: list[str]) -> None:
     print(f"{info.path}  sha256 {info.sha256()}")
     print("manifest:")
-    print("  " + json.dumps(info.manifest, indent=2).replace("\n", "\n  "))
+    print("  " + json.dumps(info.manifest, indent=2, default=str).replace("\n", "\n  "))
     print("model config:")
     for key, value in sorted((info.model_config or {}).items()):
-        print(f"  {key}: {json.dumps(value)}")
+        print(f"  {key}: {json.dumps(value, default=str)}")
     print("files:")
-    for name, data in sorted(info.files.items()):
-        print(f"  {len(data):>9}  {hashlib.sha256(data).hexdigest()[:12]}  {name}")
+    for name, entry in sorted(info.files.items()):
+        print(f"  {entry.size:>9}  {entry.sha256[:12]}  {name}")
     if problems:
         print("does NOT match its spec:")
         print("\n".join(f"  - {p}" for p in problems))
