@@ -18,6 +18,10 @@ The result is a JSON object stored at ``<prefix>:result:<id>`` (``SET ... EX ttl
 ``status`` is TorchServe's HTTP status, or 400 for a message the bridge could not read
 (then ``error`` says why). Because the key is the request id, a redelivered message
 overwrites its own result and never adds a second one.
+
+``decode_request`` is the one reader of untrusted envelopes: for any bytes it returns an
+``InferenceRequest`` or raises ``MalformedMessage``, and the size limit is checked before
+anything is parsed. Error messages echo at most ``SHOWN_CHARS`` of a bad value.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ from servekit.errors import ToolkitError
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "servekit"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_.-]{1,64})?")
+# Visible ASCII, inner spaces allowed: what http.client sends as a header without complaint
+# (no CR/LF, nothing outside Latin-1) and what fits an AMQP short string.
+CONTENT_TYPE = re.compile(r"[!-~]([ -~]{0,253}[!-~])?")
 FIELDS = ("v", "id", "model", "content_type", "body", "ttl")
 MAX_TTL = 7 * 24 * 3600
+# TorchServe's default max_request_size is 6,553,500 bytes: base64 makes that 8.7 MB, so 10 MiB
+# admits every body TorchServe would take and refuses the rest before parsing them.
+MAX_ENVELOPE_BYTES = 10 * 1024 * 1024
+SHOWN_CHARS = 80  # of a bad value, in an error message
 
 
 class QueueError(ToolkitError):
@@ -117,19 +128,48 @@ def done_key(prefix: str, request_id: str) -> str:
     return f"{prefix}:done:{request_id}"
 
 
+def attempts_key(prefix: str, request_id: str) -> str:
+    """A hash counting TorchServe calls and worker deaths across deliveries and bridges."""
+    return f"{prefix}:attempts:{request_id}"
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: errors name a bad value, not echo it all."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
+def header_text(text: str, limit: int) -> str:
+    """``text`` made encodable (lone surrogates escaped) and cut to ``limit`` characters."""
+    escaped = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit or len(escaped) > limit:
+        return escaped[: limit - 3] + "..."
+    return escaped
+
+
+def valid_request_id(value: object) -> str | None:
+    """``value`` when it is a valid request id (safe as a Redis key), else ``None``."""
+    return value if isinstance(value, str) and REQUEST_ID.fullmatch(value) else None
+
+
 def check_request_id(value: object) -> str:
-    if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
+    request_id = valid_request_id(value)
+    if request_id is None:
         raise MalformedMessage(
-            f"'id' is {value!r}; expected 1-128 characters of letters, digits and ._:- "
+            f"'id' is {shown(value)}; expected 1-128 characters of letters, digits and ._:- "
             "(a uuid4 hex is a good choice)"
         )
-    return value
+    return request_id
 
 
 def _text_field(envelope: dict[str, Any], key: str, request_id: str) -> str:
     value = envelope.get(key)
     if not isinstance(value, str) or not value:
-        raise MalformedMessage(f"'{key}' is {value!r}; expected a non-empty string", request_id)
+        raise MalformedMessage(
+            f"'{key}' is {shown(value)}; expected a non-empty string", request_id
+        )
     return value
 
 
@@ -152,19 +192,32 @@ def _ttl(envelope: dict[str, Any], request_id: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL:
         raise MalformedMessage(
-            f"'ttl' is {value!r}; expected whole seconds from 1 to {MAX_TTL}, or leave it out",
+            f"'ttl' is {shown(value)}; expected whole seconds from 1 to {MAX_TTL}, or leave it out",
             request_id,
         )
     return value
 
 
-def _envelope(raw: bytes, fallback_id: str | None) -> dict[str, Any]:
-    try:
-        envelope = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+def _envelope(raw: bytes, fallback_id: str | None, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
         raise MalformedMessage(
-            f"message body is not JSON ({error}); expected a request envelope "
-            '{"v": 1, "id", "model", "content_type", "body": base64}',
+            f"message body is {len(raw)} bytes; the limit is {max_bytes} "
+            "(the bridge's --max-message-bytes); send a smaller payload or raise the limit",
+            fallback_id,
+        )
+    try:
+        envelope = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise MalformedMessage(
+            f"message body is not JSON: not UTF-8 text ({error.reason} at byte {error.start}); "
+            "expected a request envelope in UTF-8",
+            fallback_id,
+        ) from None
+    except (ValueError, RecursionError) as error:  # ValueError: bad JSON, over-long integers
+        raise MalformedMessage(
+            f"message body is not JSON this bridge reads ({shown(str(error), 200)}); expected "
+            'a request envelope {"v": 1, "id", "model", "content_type", "body": base64}, '
+            "nested a few levels at most, integers under 4300 digits",
             fallback_id,
         ) from None
     if not isinstance(envelope, dict):
@@ -174,18 +227,38 @@ def _envelope(raw: bytes, fallback_id: str | None) -> dict[str, Any]:
     return envelope
 
 
-def decode_request(raw: bytes, fallback_id: str | None = None) -> InferenceRequest:
-    """Parse and check one envelope; ``fallback_id`` (the AMQP message_id) names a broken one."""
-    envelope = _envelope(raw, fallback_id)
+def _content_type(envelope: dict[str, Any], request_id: str) -> str:
+    value = envelope.get("content_type", "application/octet-stream")
+    if not isinstance(value, str) or "/" not in value or not CONTENT_TYPE.fullmatch(value):
+        raise MalformedMessage(
+            f"'content_type' is {shown(value)}; expected a MIME type like 'application/json' "
+            "(visible ASCII, at most 255 characters, no line breaks)",
+            request_id,
+        )
+    return value
+
+
+def decode_request(
+    raw: bytes, fallback_id: str | None = None, max_bytes: int = MAX_ENVELOPE_BYTES
+) -> InferenceRequest:
+    """Parse and check one envelope of at most ``max_bytes``.
+
+    ``fallback_id`` (the AMQP message_id) names a broken envelope when it is a valid request
+    id; any other value is ignored, so it never becomes a Redis key.
+    """
+    fallback_id = valid_request_id(fallback_id)
+    envelope = _envelope(raw, fallback_id, max_bytes)
     if "id" not in envelope:
         raise MalformedMessage("missing field 'id' (the request id)", fallback_id)
     request_id = check_request_id(envelope["id"])
     unknown = sorted(set(envelope) - set(FIELDS))
     if unknown:
-        raise MalformedMessage(f"unknown field(s) {unknown}; allowed: {list(FIELDS)}", request_id)
+        raise MalformedMessage(
+            f"unknown field(s) {shown(unknown, 200)}; allowed: {list(FIELDS)}", request_id
+        )
     if envelope.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise MalformedMessage(
-            f"'v' is {envelope['v']!r}; this bridge reads schema version {SCHEMA_VERSION}",
+            f"'v' is {shown(envelope['v'])}; this bridge reads schema version {SCHEMA_VERSION}",
             request_id,
         )
     for key in ("model", "body"):
@@ -194,14 +267,10 @@ def decode_request(raw: bytes, fallback_id: str | None = None) -> InferenceReque
     model = _text_field(envelope, "model", request_id)
     if not MODEL_NAME.fullmatch(model):
         raise MalformedMessage(
-            f"'model' is {model!r}; expected a model name like 'iris' or 'iris/1.0'", request_id
-        )
-    content_type = envelope.get("content_type", "application/octet-stream")
-    if not isinstance(content_type, str) or "/" not in content_type:
-        raise MalformedMessage(
-            f"'content_type' is {content_type!r}; expected a MIME type like 'application/json'",
+            f"'model' is {shown(model)}; expected a model name like 'iris' or 'iris/1.0'",
             request_id,
         )
+    content_type = _content_type(envelope, request_id)
     return InferenceRequest(
         request_id, model, _body(envelope, request_id), content_type, _ttl(envelope, request_id)
     )

@@ -14,6 +14,7 @@ from servekit.queue_messages import (
     StoredResult,
     decode_request,
     done_key,
+    header_text,
     result_key,
 )
 
@@ -75,3 +76,59 @@ def test_stored_result_round_trip_and_json() -> None:
 def test_keys_are_per_request_id() -> None:
     assert result_key("servekit", "r-1") == "servekit:result:r-1"
     assert done_key("servekit", "r-1") == "servekit:done:r-1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"[" * 50_000, "not JSON this bridge reads"),  # was RecursionError: a loop for ever
+        (b'{"id": "r-1", "ttl": ' + b"9" * 5000 + b"}", "integers under 4300 digits"),  # ValueError
+        (b'{"id": "r-1", "body": "\xc3\x28"}', "not UTF-8 text"),
+    ],
+)
+def test_undecodable_envelopes_are_malformed_messages(raw: bytes, words: str) -> None:
+    with pytest.raises(MalformedMessage, match=words) as caught:
+        decode_request(raw, "amqp-id")
+    assert caught.value.request_id == "amqp-id"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json\r\nX-Injected: 1",
+        "text/plain; charset=€",
+        " application/json",
+        "a/" + "b" * 300,
+    ],
+)
+def test_content_types_http_would_refuse_are_malformed(content_type: str) -> None:
+    with pytest.raises(MalformedMessage, match=r"'content_type' is .*visible ASCII") as caught:
+        decode_request(envelope(content_type=content_type))
+    assert caught.value.request_id == "r-1"
+
+
+@pytest.mark.parametrize("message_id", ["has space", "x" * 129, "a\r\nb", ""])
+def test_an_invalid_amqp_message_id_never_names_the_result(message_id: str) -> None:
+    with pytest.raises(MalformedMessage) as caught:
+        decode_request(b"not json", message_id)
+    assert caught.value.request_id is None
+
+
+def test_the_size_limit_comes_before_parsing() -> None:
+    raw = envelope(body=base64.b64encode(b"x" * 3000).decode())
+    with pytest.raises(MalformedMessage, match=r"is \d+ bytes; the limit is 2048") as caught:
+        decode_request(raw, max_bytes=2048)
+    assert caught.value.request_id is None  # not parsed, so the id is not known
+    assert decode_request(raw, max_bytes=len(raw)).body == b"x" * 3000
+
+
+def test_errors_show_a_bounded_piece_of_a_bad_value() -> None:
+    with pytest.raises(MalformedMessage) as caught:
+        decode_request(envelope(model="m" * 100_000))
+    assert len(str(caught.value)) < 300 and "(100002 characters)" in str(caught.value)
+
+
+def test_header_text_is_bounded_and_encodable() -> None:
+    assert header_text("abc", 10) == "abc"
+    assert header_text("x" * 5000, 100) == "x" * 97 + "..."
+    assert header_text("bad \ud800 id", 100) == "bad \\ud800 id"
