@@ -3,14 +3,24 @@
     producer --publish--> RabbitMQ queue --(prefetch N)--> bridge --HTTP--> TorchServe
     producer <--BLPOP---- Redis <--SET result + push "done"--- bridge --ack--> RabbitMQ
 
-Guarantees (see README, "Asynchronous inference"):
+Every message ends, whatever it holds (``docs/queue-bridge.md`` has the table):
 
 - a message is acknowledged only after its result is in Redis; a bridge that dies leaves its
   unacknowledged messages to RabbitMQ, which redelivers them to another bridge;
 - 503 (job queue full), 408/429/502/504, a dead worker or an unreachable server are retried
-  with backoff; after ``RetryPolicy.max_attempts`` the message is requeued, never dropped;
-- any other 4xx/5xx, and a message that is not a valid envelope, is stored as the result
-  *and* published to ``<queue>.dead`` with the error in its headers, then acknowledged;
+  with backoff, within ``RetryPolicy.max_attempts`` calls and ``max_worker_deaths`` worker
+  deaths, counted in Redis across redeliveries and bridges; then the message ends as an error;
+- any other 4xx/5xx, a message that is not a valid envelope (or is over
+  ``max_message_bytes``), a request the HTTP client refuses to send, and spent retries: the
+  error is stored as the result *and* the message is published to ``<queue>.dead``
+  (confirmed) with the error in bounded headers, then acknowledged;
+- while Redis is down every worker thread waits with growing backoff (``store_retry``), it
+  neither calls TorchServe nor requeues; past that budget the message is dead-lettered with
+  status 503 (no result could be stored);
+- a dead-letter publish that RabbitMQ refuses or cannot route is tried again with backoff,
+  ``dead_letter_attempts`` times in all, then the message is rejected (``basic_nack`` without
+  requeue: RabbitMQ drops it, or routes it to the queue's own dead-letter exchange if the
+  operator set one); its stored result stays. No delivery is left unsettled;
 - results are keyed by request id: a redelivered message overwrites its own result, and one
   whose result is already stored is acknowledged without calling TorchServe again;
 - at most ``prefetch`` messages are held (and in flight to TorchServe) per bridge.
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -32,38 +43,54 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import pika
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from servekit.brokers import brokers
 from servekit.errors import ConfigError, ServerError
 from servekit.queue_messages import (
     DEFAULT_PREFIX,
+    MAX_ENVELOPE_BYTES,
     MAX_TTL,
     InferenceRequest,
     MalformedMessage,
+    QueueError,
     StoredResult,
+    attempts_key,
     decode_request,
     done_key,
+    header_text,
     result_key,
+    valid_request_id,
 )
-from servekit.queue_retry import RetryPolicy, Verdict, classify, error_message
-from servekit.testservers import brokers
+from servekit.queue_retry import RetryPolicy, Verdict, classify, error_message, worker_died
 
 log = logging.getLogger("servekit.queue_bridge")
+
+T = TypeVar("T")
 
 DEFAULT_QUEUE = "inference"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_SUFFIX = ".dead"
 MAX_PREFETCH = 1000
+# x-error: errors can echo the input, and a header block over RabbitMQ's frame_max (128 KiB)
+# closes the connection, so every bridge in turn would die on the same message.
+MAX_HEADER_CHARS = 1000
+MESSAGE_BYTES_RANGE = (1024, 512 * 1024 * 1024)  # RabbitMQ refuses messages over 512 MiB
+# Redis down: waits of 0.1 s doubling to 5 s, 60 tries (about 3-4 minutes) per message.
+STORE_RETRY = RetryPolicy(first_delay=0.1, max_delay=5.0, max_attempts=60)
+INTERNAL_ERROR = "internal error in the queue bridge; see the bridge's log"
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -78,7 +105,7 @@ def declare_queues(channel: Any, queue: str) -> None:
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """Where to read, where to call, where to write, and how much to hold at once."""
+    """Where to read, where to call, where to write, how much to hold and how long to try."""
 
     amqp_url: str
     redis_url: str
@@ -88,7 +115,10 @@ class BridgeConfig:
     prefetch: int = 8
     result_ttl: int = 3600
     http_timeout: float = 60.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # calls to TorchServe
+    store_retry: RetryPolicy = STORE_RETRY  # Redis writes and reads
+    max_message_bytes: int = MAX_ENVELOPE_BYTES
+    dead_letter_attempts: int = 5  # publishes of one dead letter before the message is rejected
 
     def __post_init__(self) -> None:
         if not 1 <= self.prefetch <= MAX_PREFETCH:
@@ -108,6 +138,16 @@ class BridgeConfig:
             raise ConfigError(
                 f"queue is {self.queue!r}; expected a name not ending in {DEAD_SUFFIX!r}"
             )
+        low, high = MESSAGE_BYTES_RANGE
+        if not low <= self.max_message_bytes <= high:
+            raise ConfigError(
+                f"max_message_bytes is {self.max_message_bytes}; expected {low}-{high} "
+                f"(default {MAX_ENVELOPE_BYTES}: TorchServe's max_request_size, base64-encoded)"
+            )
+        if self.dead_letter_attempts < 1:
+            raise ConfigError(
+                f"dead_letter_attempts is {self.dead_letter_attempts}; expected at least 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -120,9 +160,48 @@ class Outcome:
     status: int | None = None
 
 
+@dataclass(frozen=True)
+class Tries:
+    """A request's calls so far (this one included), worker deaths and last retryable answer."""
+
+    calls: int
+    deaths: int = 0
+    status: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[bytes, bytes]) -> Tries:
+        status = fields.get(b"status")
+        error = fields.get(b"error")
+        return cls(
+            int(fields.get(b"calls", 0)),
+            int(fields.get(b"deaths", 0)),
+            None if status is None else int(status),
+            None if error is None else error.decode("utf-8", "replace"),
+        )
+
+
+class Stopping(QueueError):
+    """The bridge is stopping: the message goes back to the queue as it is."""
+
+
+class StoreUnavailable(QueueError):
+    """Redis did not answer within the bridge's ``store_retry`` budget."""
+
+
 def error_body(status: int, kind: str, message: str) -> bytes:
     """An error in the handlers' JSON shape, for errors the bridge finds itself."""
     return json.dumps({"code": status, "type": kind, "message": message}).encode()
+
+
+def dead_letter_headers(outcome: Outcome, bridge: str) -> dict[str, Any]:
+    """The dead letter's headers: bounded and encodable whatever the error echoes."""
+    return {
+        "x-error": header_text(outcome.error or "", MAX_HEADER_CHARS),
+        "x-status": outcome.status or 0,
+        "x-request-id": outcome.request_id or "",
+        "x-bridge": header_text(bridge, 200),
+    }
 
 
 class Bridge:
@@ -139,10 +218,16 @@ class Bridge:
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
         self._local = threading.local()
-        self._redis = redis.Redis.from_url(config.redis_url, socket_timeout=10)
+        # No retries inside redis-py: the bridge's own backoff (store_retry) is the only one.
+        self._redis = redis.Redis.from_url(
+            config.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._connection: Any = None
         self._channel: Any = None
-        self._in_flight = 0
+        self._in_flight = 0  # deliveries taken and not yet settled (connection thread only)
         self.ready = threading.Event()
 
     # --- the connection thread -------------------------------------------------------------
@@ -188,28 +273,69 @@ class Bridge:
         self._in_flight += 1
         pool.submit(self._work, method.delivery_tag, method.redelivered, properties, body)
 
-    def _finish(self, tag: int, properties: Any, body: bytes, outcome: Outcome) -> None:
-        self._in_flight -= 1
+    def _finish(
+        self, tag: int, properties: Any, body: bytes, outcome: Outcome, refusals: int = 0
+    ) -> None:
         try:
-            if outcome.verdict is Verdict.RETRY:
-                self._channel.basic_nack(tag, requeue=True)
-                self._count("requeued")
-                return
-            if outcome.verdict is Verdict.DEAD:
-                self._dead_letter(properties, body, outcome)
-            self._channel.basic_ack(tag)
+            settled = self._settle(tag, properties, body, outcome, refusals)
         except pika.exceptions.AMQPError:
-            # The ack (or the dead-letter publish) did not happen: RabbitMQ redelivers the
-            # message and its stored result makes the second pass a no-op.
+            # The channel is gone, so is the delivery: RabbitMQ redelivers the message and its
+            # stored result makes the second pass a no-op.
             log.exception("%s could not settle delivery %s", self.name, tag)
+            settled = True
+        if settled:
+            self._in_flight -= 1
+
+    def _settle(
+        self, tag: int, properties: Any, body: bytes, outcome: Outcome, refusals: int
+    ) -> bool:
+        """Ack, dead-letter then ack, or requeue; False while a refused dead letter waits."""
+        if outcome.verdict is Verdict.RETRY:
+            self._channel.basic_nack(tag, requeue=True)
+            self._count("requeued")
+            return True
+        if outcome.verdict is Verdict.DEAD:
+            try:
+                self._dead_letter(properties, body, outcome)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
+                return self._refused(tag, properties, body, outcome, refusals + 1, error)
+        self._channel.basic_ack(tag)
+        return True
+
+    def _refused(
+        self,
+        tag: int,
+        properties: Any,
+        body: bytes,
+        outcome: Outcome,
+        refusals: int,
+        error: pika.exceptions.AMQPError,
+    ) -> bool:
+        """Try a refused dead letter again later; after the last try, reject the message."""
+        self._count("dead_letter_refused")
+        why = f"{type(error).__name__}: {error}"
+        if self._stopping.is_set():
+            self._channel.basic_nack(tag, requeue=True)  # the next bridge tries again
+            return True
+        if refusals < self.config.dead_letter_attempts:
+            delay = self.config.retry.delay(refusals)
+            log.warning("%s: dead letter refused (%s); again in %.2f s", self.name, why, delay)
+            retry = functools.partial(self._finish, tag, properties, body, outcome, refusals)
+            self._connection.call_later(delay, retry)  # the connection keeps serving meanwhile
+            return False
+        log.error(
+            "%s: dead letter of %s refused %d times (%s); rejecting the message (dropped, or "
+            "routed to the queue's own dead-letter exchange); its stored result stays",
+            self.name,
+            outcome.request_id,
+            refusals,
+            why,
+        )
+        self._channel.basic_nack(tag, requeue=False)
+        self._count("rejected")
+        return True
 
     def _dead_letter(self, properties: Any, body: bytes, outcome: Outcome) -> None:
-        headers = {
-            "x-error": outcome.error or "",
-            "x-status": outcome.status or 0,
-            "x-request-id": outcome.request_id or "",
-            "x-bridge": self.name,
-        }
         self._channel.basic_publish(
             exchange="",
             routing_key=dead_letter_queue(self.config.queue),
@@ -218,41 +344,54 @@ class Bridge:
                 content_type=properties.content_type,
                 message_id=outcome.request_id or properties.message_id,
                 delivery_mode=pika.DeliveryMode.Persistent,
-                headers=headers,
+                headers=dead_letter_headers(outcome, self.name),
             ),
-            mandatory=True,
+            mandatory=True,  # an unroutable dead letter raises UnroutableError, never vanishes
         )
         self._count("dead")
-        log.info("%s dead-lettered %s: %s", self.name, outcome.request_id, outcome.error)
+        log.info(
+            "%s dead-lettered %s: %s", self.name, outcome.request_id, (outcome.error or "")[:200]
+        )
 
     # --- worker threads ------------------------------------------------------------------------
 
     def _work(self, tag: int, redelivered: bool, properties: Any, body: bytes) -> None:
-        try:
-            outcome = self.process(body, properties.message_id, redelivered)
-        except Exception:  # one place catches: log it, give the message back, keep consuming
-            log.exception("%s failed on delivery %s; requeueing it", self.name, tag)
-            outcome = Outcome(Verdict.RETRY)
+        outcome = self.process(body, properties.message_id, redelivered)
         self._connection.add_callback_threadsafe(
             functools.partial(self._finish, tag, properties, body, outcome)
         )
 
     def process(self, raw: bytes, message_id: str | None, redelivered: bool) -> Outcome:
-        """Everything but the AMQP settlement: decode, call TorchServe (with retries), store."""
+        """Everything but the AMQP settlement: decode, call TorchServe (with retries), store.
+
+        Never raises: every message gets an outcome, and only a stopping bridge requeues.
+        """
+        request_id = valid_request_id(message_id)
         try:
-            request = decode_request(raw, message_id)
-        except MalformedMessage as error:
-            return self._malformed(error)
+            try:
+                request = decode_request(raw, message_id, self.config.max_message_bytes)
+            except MalformedMessage as error:
+                request_id = error.request_id
+                return self._malformed(error)
+            request_id = request.id
+            return self._serve(request, redelivered)
+        except Stopping:
+            return Outcome(Verdict.RETRY, request_id)
+        except StoreUnavailable as error:
+            self._count("store_unavailable")
+            return Outcome(Verdict.DEAD, request_id, str(error), 503)
+        except Exception:  # one place catches: a bug ends the message, never loops on it
+            log.exception("%s: internal error on request %s", self.name, request_id)
+            return self._internal_error(request_id)
+
+    def _serve(self, request: InferenceRequest, redelivered: bool) -> Outcome:
         if redelivered:
             stored = self._stored(request.id)
             if stored is not None:  # done before a crash or lost ack: do not do it twice
                 self._count("replayed")
                 return self._outcome(stored)
         result = self._call_with_retries(request)
-        if result is None:
-            return Outcome(Verdict.RETRY, request.id)
-        if not self._store(result, request.ttl or self.config.result_ttl):
-            return Outcome(Verdict.RETRY, request.id)
+        self._store(result, request.ttl or self.config.result_ttl)
         self._count("done" if result.ok else "failed")
         return self._outcome(result)
 
@@ -260,43 +399,65 @@ class Bridge:
         verdict = Verdict.DONE if result.ok else Verdict.DEAD
         return Outcome(verdict, result.id, result.error, result.status)
 
+    def _error_result(
+        self, request_id: str, model: str, status: int, kind: str, message: str, attempts: int
+    ) -> StoredResult:
+        body = error_body(status, kind, message)
+        return StoredResult(
+            request_id, model, status, "application/json", body, message, attempts, self.name
+        )
+
     def _malformed(self, error: MalformedMessage) -> Outcome:
         self._count("malformed")
+        message = str(error)
         if error.request_id is not None:
-            result = StoredResult(
-                error.request_id,
-                "",
-                400,
-                "application/json",
-                error_body(400, "MalformedMessage", str(error)),
-                str(error),
-                attempts=0,
-                bridge=self.name,
-            )
-            if not self._store(result, self.config.result_ttl):
-                return Outcome(Verdict.RETRY, error.request_id)
-        return Outcome(Verdict.DEAD, error.request_id, str(error), 400)
+            result = self._error_result(error.request_id, "", 400, "MalformedMessage", message, 0)
+            self._store(result, self.config.result_ttl)
+        return Outcome(Verdict.DEAD, error.request_id, message, 400)
 
-    def _call_with_retries(self, request: InferenceRequest) -> StoredResult | None:
-        """TorchServe's final answer, or ``None`` when retries ran out (or the bridge stops)."""
+    def _internal_error(self, request_id: str | None) -> Outcome:
+        self._count("internal_errors")
+        if request_id is not None:
+            result = self._error_result(request_id, "", 500, "InternalError", INTERNAL_ERROR, 0)
+            with contextlib.suppress(QueueError):  # stopping or Redis away: dead-letter anyway
+                self._store(result, self.config.result_ttl)
+        return Outcome(Verdict.DEAD, request_id, INTERNAL_ERROR, 500)
+
+    def _call_with_retries(self, request: InferenceRequest) -> StoredResult:
+        """TorchServe's final answer, or the last error once the request's tries are spent."""
         policy = self.config.retry
-        for attempt in range(1, policy.max_attempts + 1):
+        while True:
+            tries = self._begin_attempt(request.id)
+            if tries.calls > policy.max_attempts or tries.deaths >= policy.max_worker_deaths:
+                return self._exhausted(request, tries.calls - 1, tries)  # spent before
             status, content_type, body = self._call(request)
             if classify(status, body) is not Verdict.RETRY:
                 error = None if 200 <= status < 300 else error_message(body)
                 return StoredResult(
-                    request.id, request.model, status, content_type, body, error, attempt, self.name
-                )
+                    request.id, request.model, status, content_type, body, error, tries.calls,
+                    self.name,
+                )  # fmt: skip
+            tries = self._record_failure(request.id, status, body)
+            if tries.calls >= policy.max_attempts or tries.deaths >= policy.max_worker_deaths:
+                return self._exhausted(request, tries.calls, tries)
             self._count("retries")
-            if self._stopping.wait(policy.delay(attempt)):
-                return None
-        log.warning(
-            "%s: %s still failing after %d attempts; requeued",
-            self.name,
-            request.id,
-            policy.max_attempts,
+            if self._stopping.wait(policy.delay(tries.calls)):
+                raise Stopping(f"{self.name} is stopping")
+
+    def _exhausted(self, request: InferenceRequest, calls: int, tries: Tries) -> StoredResult:
+        policy = self.config.retry
+        last = tries.error or "none recorded (a bridge stopped or died during the call)"
+        message = (
+            f"gave up after {calls} attempts, {tries.deaths} of them ending in a worker death "
+            f"(limits: {policy.max_attempts} attempts, {policy.max_worker_deaths} worker deaths); "
+            f"last answer: {tries.status or 'none'} {last}"
         )
-        return None
+        self._count("exhausted")
+        log.warning("%s: %s %s", self.name, request.id, message)
+        status = tries.status or 503
+        return self._error_result(
+            request.id, request.model, status, "RetriesExhausted", message, calls
+        )
 
     def _call(self, request: InferenceRequest) -> tuple[int, str, bytes]:
         url = f"{self.config.inference_url}/predictions/{quote(request.model, safe='/')}"
@@ -307,8 +468,17 @@ class Bridge:
                 headers={"Content-Type": request.content_type},
                 timeout=self.config.http_timeout,
             )
-        except requests.RequestException as error:  # unreachable or timed out: transient
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as error:  # unreachable, timed out or cut off: transient
             return 503, "text/plain", f"{type(error).__name__}: {error}".encode()
+        except (requests.RequestException, ValueError) as error:
+            # The client refuses to send it (a header it cannot encode): the message's fault.
+            message = f"the request cannot be sent over HTTP: {type(error).__name__}: {error}"
+            return 400, "application/json", error_body(400, "UnsendableRequest", message)
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         return response.status_code, content_type, response.content
 
@@ -320,29 +490,81 @@ class Bridge:
 
     # --- Redis ---------------------------------------------------------------------------------
 
-    def _store(self, result: StoredResult, ttl: int) -> bool:
-        """SET the result and push its wake-up token, atomically; retried while Redis is away."""
-        prefix = self.config.prefix
-        for attempt in range(1, self.config.retry.max_attempts + 1):
+    def _redis_call(self, what: str, action: Callable[[redis.Redis], T]) -> T:
+        """``action``, tried with growing waits while Redis is away (never a busy loop)."""
+        policy, attempt = self.config.store_retry, 1
+        while True:
             try:
-                with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(result_key(prefix, result.id), result.encode(), ex=ttl)
-                    pipe.delete(done_key(prefix, result.id))  # one token, however many passes
-                    pipe.rpush(done_key(prefix, result.id), b"1")
-                    pipe.expire(done_key(prefix, result.id), ttl)
-                    pipe.execute()
-                return True
-            except redis.RedisError:
+                return action(self._redis)
+            except redis.RedisError as error:
+                self._count("redis_errors")
                 log.warning(
-                    "%s: Redis write failed (attempt %d)", self.name, attempt, exc_info=True
-                )
-                if self._stopping.wait(self.config.retry.delay(attempt)):
-                    return False
-        return False
+                    "%s: Redis failed to %s (attempt %d of %d): %s",
+                    self.name, what, attempt, policy.max_attempts, error,
+                )  # fmt: skip
+                if attempt >= policy.max_attempts:
+                    raise StoreUnavailable(
+                        f"Redis did not {what} in {attempt} attempts ({error}); "
+                        "the result could not be stored"
+                    ) from error
+            if self._stopping.wait(policy.delay(attempt)):
+                raise Stopping(f"{self.name} is stopping")
+            attempt += 1
+
+    def _store(self, result: StoredResult, ttl: int) -> None:
+        """SET the result and push its wake-up token, atomically; the attempt count goes."""
+        prefix = self.config.prefix
+
+        def write(client: redis.Redis) -> None:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.set(result_key(prefix, result.id), result.encode(), ex=ttl)
+                pipe.delete(done_key(prefix, result.id))  # one token, however many passes
+                pipe.rpush(done_key(prefix, result.id), b"1")
+                pipe.expire(done_key(prefix, result.id), ttl)
+                pipe.delete(attempts_key(prefix, result.id))
+                pipe.execute()
+
+        self._redis_call(f"store the result of {result.id}", write)
 
     def _stored(self, request_id: str) -> StoredResult | None:
-        raw = self._redis.get(result_key(self.config.prefix, request_id))
-        return None if raw is None else StoredResult.decode(raw)
+        key = result_key(self.config.prefix, request_id)
+        raw = self._redis_call(f"read {key}", lambda client: client.get(key))
+        if raw is None:
+            return None
+        try:
+            return StoredResult.decode(raw)
+        except (ValueError, TypeError, KeyError):  # not ours or damaged: answer it afresh
+            log.warning(
+                "%s: %s holds no readable result; serving the request again", self.name, key
+            )
+            return None
+
+    def _begin_attempt(self, request_id: str) -> Tries:
+        """Count one more call to TorchServe for ``request_id``, whichever bridge makes it."""
+        key = attempts_key(self.config.prefix, request_id)
+
+        def count(client: redis.Redis) -> Any:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, "calls", 1)
+                pipe.expire(key, MAX_TTL)
+                pipe.hgetall(key)
+                return pipe.execute()[-1]
+
+        return Tries.from_hash(self._redis_call(f"count the attempts of {request_id}", count))
+
+    def _record_failure(self, request_id: str, status: int, body: bytes) -> Tries:
+        """Keep the last retryable answer, and count it if the worker died on it."""
+        key = attempts_key(self.config.prefix, request_id)
+
+        def record(client: redis.Redis) -> Any:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"status": status, "error": error_message(body)})
+                pipe.hincrby(key, "deaths", int(worker_died(status, body)))
+                pipe.expire(key, MAX_TTL)
+                pipe.hgetall(key)
+                return pipe.execute()[-1]
+
+        return Tries.from_hash(self._redis_call(f"record a failure of {request_id}", record))
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -375,7 +597,27 @@ def _parser() -> argparse.ArgumentParser:
         "--max-attempts",
         type=int,
         default=RetryPolicy.max_attempts,
-        help="tries on 503/dead worker before requeueing the message",
+        help="calls per message on 503/unreachable/dead worker, across redeliveries, before "
+        "it ends in a stored error and a dead letter (30)",
+    )
+    parser.add_argument(
+        "--max-worker-deaths",
+        type=int,
+        default=RetryPolicy.max_worker_deaths,
+        help="'worker died' answers a message may cause before it ends the same way (3)",
+    )
+    parser.add_argument(
+        "--store-attempts",
+        type=int,
+        default=STORE_RETRY.max_attempts,
+        help="Redis tries per step, waits growing to 5 s (60: about 3-4 minutes of outage), "
+        "before the message is dead-lettered unanswered",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=MAX_ENVELOPE_BYTES,
+        help=f"larger envelopes are dead-lettered unread ({MAX_ENVELOPE_BYTES})",
     )
     parser.add_argument("--name", help="bridge name in logs and dead letters")
     parser.add_argument(
@@ -419,7 +661,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.prefix,
             args.prefetch,
             args.result_ttl,
-            retry=RetryPolicy(max_attempts=args.max_attempts),
+            retry=RetryPolicy(
+                max_attempts=args.max_attempts, max_worker_deaths=args.max_worker_deaths
+            ),
+            store_retry=dataclasses.replace(STORE_RETRY, max_attempts=args.store_attempts),
+            max_message_bytes=args.max_message_bytes,
         )
         with contextlib.ExitStack() as stack:
             if args.local_brokers is not None:

@@ -19,6 +19,7 @@ from servekit.errors import ConfigError
 # 408/429: timed out or throttled before reaching a worker.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 WORKER_DIED = "worker died"  # TorchServe's 500/507 body when a worker dies mid-request
+MESSAGE_CHARS = 500  # of an error body kept as the message (bodies can echo the input)
 
 
 class Verdict(Enum):
@@ -31,37 +32,44 @@ def error_message(body: bytes) -> str:
     """The ``message`` of TorchServe's JSON error body, else the body as text."""
     try:
         parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return body.decode("utf-8", "replace")[:500]
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, over-long integers
+        parsed = None
     message = parsed.get("message") if isinstance(parsed, dict) else None
-    if isinstance(message, str):
-        return message
-    return body.decode("utf-8", "replace")[:500]
+    if not isinstance(message, str):
+        message = body.decode("utf-8", "replace")
+    return message[:MESSAGE_CHARS]
+
+
+def worker_died(status: int, body: bytes) -> bool:
+    """TorchServe's answer when the worker serving the request died (killed, crashed, OOM)."""
+    return status >= 500 and WORKER_DIED in error_message(body).lower()
 
 
 def classify(status: int, body: bytes) -> Verdict:
     """2xx done; 503 and friends, or a dead worker, retried; any other error dead-lettered."""
     if 200 <= status < 300:
         return Verdict.DONE
-    if status in RETRY_STATUSES:
-        return Verdict.RETRY
-    if status >= 500 and WORKER_DIED in error_message(body).lower():
+    if status in RETRY_STATUSES or worker_died(status, body):
         return Verdict.RETRY
     return Verdict.DEAD
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter; after ``max_attempts`` the message is requeued, not dropped.
+    """Exponential backoff with jitter, and how many tries a message gets in all.
 
-    ``RetryPolicy(first_delay=0.05, max_delay=2.0, max_attempts=30)``: waits of about
-    0.05, 0.1, 0.2, ... capped at 2 s, so a full queue gets about a minute to drain before
-    the message goes back to RabbitMQ for any bridge to take again.
+    ``RetryPolicy(first_delay=0.05, max_delay=2.0, max_attempts=30, max_worker_deaths=3)``:
+    waits of about 0.05, 0.1, 0.2, ... capped at 2 s, so a full queue gets about a minute to
+    drain. The counts hold across redeliveries and bridges (the bridge keeps them in Redis):
+    after ``max_attempts`` calls, or ``max_worker_deaths`` answers "worker died" (a body that
+    kills its worker would otherwise kill it again and again), the message ends in a stored
+    error and a dead letter.
     """
 
     first_delay: float = 0.05
     max_delay: float = 2.0
     max_attempts: int = 30
+    max_worker_deaths: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.first_delay <= self.max_delay:
@@ -71,6 +79,8 @@ class RetryPolicy:
             )
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts is {self.max_attempts}; expected at least 1")
+        if self.max_worker_deaths < 1:
+            raise ConfigError(f"max_worker_deaths is {self.max_worker_deaths}; expected at least 1")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): half fixed, half random."""

@@ -9,7 +9,14 @@ import pytest
 
 from servekit.errors import ConfigError
 from servekit.queue_bridge import BridgeConfig
-from servekit.queue_retry import RetryPolicy, Verdict, classify, error_message
+from servekit.queue_retry import (
+    MESSAGE_CHARS,
+    RetryPolicy,
+    Verdict,
+    classify,
+    error_message,
+    worker_died,
+)
 
 
 def ts_error(code: int, message: str) -> bytes:
@@ -45,6 +52,20 @@ def test_error_message_prefers_the_json_message() -> None:
     assert error_message(b'["no", "message"]') == '["no", "message"]'
 
 
+@pytest.mark.parametrize(
+    "body", [b"[" * 50_000, b'{"message": ' + b"9" * 5000 + b"}", ts_error(500, "x" * 100_000)]
+)
+def test_error_message_of_any_body_is_bounded_text(body: bytes) -> None:
+    """A deep or over-long error body once raised RecursionError/ValueError in the bridge."""
+    assert len(error_message(body)) <= MESSAGE_CHARS
+    assert classify(500, body) is Verdict.DEAD
+
+
+def test_worker_died_needs_a_5xx_saying_so() -> None:
+    assert worker_died(500, ts_error(500, "Worker died.")) and worker_died(507, b"Worker died.")
+    assert not worker_died(400, ts_error(400, "worker died")) and not worker_died(500, b"oops")
+
+
 def test_backoff_grows_and_stays_within_the_cap() -> None:
     policy, rng = RetryPolicy(first_delay=0.1, max_delay=1.0), random.Random(7)
     for attempt in range(1, 40):
@@ -58,6 +79,7 @@ def test_backoff_grows_and_stays_within_the_cap() -> None:
         ({"first_delay": 0}, "expected 0 < first <= max"),
         ({"first_delay": 3, "max_delay": 2}, "expected 0 < first <= max"),
         ({"max_attempts": 0}, "max_attempts is 0"),
+        ({"max_worker_deaths": 0}, "max_worker_deaths is 0"),
     ],
 )
 def test_bad_retry_policies_are_refused(kwargs: dict[str, float], words: str) -> None:

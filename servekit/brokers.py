@@ -1,11 +1,12 @@
 """Private RabbitMQ and Redis from the system's packages: own ports, own data, always stopped.
 
-For tests and ``make bridge``. Each server runs as a foreground child in its own process group,
+For ``scripts/queue_bridge.py --local-brokers`` (``make bridge``), the benchmarks and the tests.
+Each server runs as a foreground child in its own process group,
 listens on loopback only, keeps its data and logs under ``workdir`` and never touches the
 default ports or a system service.
 
-    >>> with brokers(Path("/tmp/brokers")) as (rabbit, redis):  # doctest: +SKIP
-    ...     rabbit.url, redis.url
+    >>> with brokers(Path("run/brokers")) as (rabbit, red):  # doctest: +SKIP
+    ...     rabbit.url, red.url
     ('amqp://guest:guest@127.0.0.1:40123/%2F', 'redis://127.0.0.1:40125/0')
 
 Install the servers with ``apt-get install -y rabbitmq-server redis-server`` (``.ci/run`` does).
@@ -22,6 +23,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pika
+import redis
 
 from servekit.errors import ServerError
 from servekit.processes import stop_group
@@ -92,8 +96,6 @@ class Process:
 
 def _amqp_ready(port: int) -> Callable[[], bool]:
     def ready() -> bool:
-        import pika
-
         params = pika.ConnectionParameters(
             "127.0.0.1", port, connection_attempts=1, socket_timeout=2
         )
@@ -112,8 +114,6 @@ def _amqp_ready(port: int) -> Callable[[], bool]:
 
 def _redis_ready(port: int) -> Callable[[], bool]:
     def ready() -> bool:
-        import redis
-
         try:
             with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as client:
                 return bool(client.ping())
@@ -230,11 +230,11 @@ def brokers(
 ) -> Iterator[tuple[RabbitMQ, Redis]]:
     """A started RabbitMQ and Redis under ``workdir``; both stopped on exit, also on failure."""
     rabbit = RabbitMQ(workdir / "rabbitmq", amqp_port)
-    redis = Redis(workdir / "redis", redis_port)
+    red = Redis(workdir / "redis", redis_port)
     try:
-        redis.start()
+        red.start()
         rabbit.start()
-        yield rabbit, redis
+        yield rabbit, red
     finally:
         rabbit.stop()
-        redis.stop()
+        red.stop()

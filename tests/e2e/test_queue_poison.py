@@ -1,0 +1,250 @@
+"""Every message ends: poison messages, a Redis outage and refused dead letters, end to end.
+
+Real RabbitMQ, Redis and TorchServe (the fixtures of ``test_queue_bridge.py``). Each class of
+poison message must end in a stored result (when its id is readable) and one dead letter,
+within its bounded attempts, without a requeue; while Redis is down the bridge waits without
+spinning and loses nothing; a dead-letter publish that RabbitMQ refuses or cannot route
+never leaves a delivery unsettled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import psutil
+import pytest
+import redis
+
+from servekit.brokers import RabbitMQ, Redis
+from servekit.queue_bridge import BridgeConfig, dead_letter_queue
+from servekit.queue_messages import attempts_key
+from servekit.queue_retry import RetryPolicy
+from servekit.server import TorchServe, running
+from tests.e2e import test_queue_bridge as base
+from tests.e2e.conftest import ROOT, describe, wait_ready
+from tests.e2e.test_queue_bridge import (
+    GOOD_IRIS,
+    WAIT,
+    bridge_process,
+    bridge_thread,
+    client_for,
+    config,
+    drain,
+    queue_depth,
+    result_keys,
+    stopped_after,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+# The brokers, TorchServe and per-test names of the bridge's main tests (own instances here).
+broker_pair, torchserve, names, store = base.broker_pair, base.torchserve, base.names, base.store
+
+FAST = RetryPolicy(first_delay=0.01, max_delay=0.05, max_attempts=4)
+
+
+def test_an_unreachable_torchserve_ends_after_its_attempts(
+    broker_pair: tuple[RabbitMQ, Redis], names: tuple[str, str]
+) -> None:
+    """503 for ever (no server): bounded by max_attempts, then a stored 503 and a dead letter."""
+    cfg = BridgeConfig(
+        broker_pair[0].url, broker_pair[1].url, "http://127.0.0.1:9", names[0], names[1], retry=FAST
+    )
+    with bridge_thread(cfg, "bridge-503") as bridge, client_for(broker_pair, names) as client:
+        rid = client.submit("iris", {"features": GOOD_IRIS[0]})
+        answer = client.result(rid, WAIT)
+        wait_until(lambda: bridge.stats["dead"] == 1, "dead-lettered")
+    assert answer.status == 503 and answer.attempts == FAST.max_attempts
+    assert f"gave up after {FAST.max_attempts} attempts" in (answer.error or "")
+    assert json.loads(answer.body)["type"] == "RetriesExhausted"
+    (properties, _), *rest = drain(broker_pair[0].url, dead_letter_queue(names[0]))
+    assert not rest and properties.headers["x-status"] == 503
+    assert bridge.stats["retries"] == FAST.max_attempts - 1 and bridge.stats["requeued"] == 0
+
+
+# --- a body that kills its worker -------------------------------------------------------------
+
+KILLER = '''"""Dies on a body starting with b"kill": the worker process exits mid-request."""
+import os
+
+
+def handle(data, context):
+    if not data:
+        return None
+    answers = []
+    for row in data:
+        body = row.get("body") or row.get("data") or b""
+        if bytes(body).startswith(b"kill"):
+            os._exit(3)
+        answers.append({"ok": True})
+    return answers
+'''
+
+
+def killer_mar(directory: Path) -> None:
+    manifest = {
+        "createdOn": "01/01/1980 00:00:00",
+        "runtime": "python",
+        "model": {"modelName": "killer", "handler": "killer.py", "modelVersion": "1.0"},
+        "archiverVersion": "0.12.0",
+    }
+    with zipfile.ZipFile(directory / "killer.mar", "w") as mar:
+        mar.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        mar.writestr("killer.py", KILLER)
+
+
+@pytest.fixture(scope="module")
+def killer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    archives = tmp_path_factory.mktemp("killer-store")
+    killer_mar(archives)
+    workdir = tmp_path_factory.mktemp("torchserve-killer")
+    with running(
+        ROOT / "config.properties", workdir, model_store=archives, models=["killer"]
+    ) as ts:
+        wait_ready(ts, ["killer"])
+        yield ts
+
+
+def worker_pids(ts: TorchServe) -> list[int]:
+    return [w["pid"] for w in describe(ts, "killer")["workers"]]
+
+
+def test_a_body_that_kills_the_worker_ends_after_max_worker_deaths(
+    broker_pair: tuple[RabbitMQ, Redis],
+    killer_server: TorchServe,
+    names: tuple[str, str],
+    store: redis.Redis,
+) -> None:
+    """It used to be retried 30 times per delivery, killing the worker each time, for ever.
+
+    The count lives in Redis, so it holds across redeliveries: a second message whose
+    earlier deliveries already cost two worker deaths gets one more try, not three.
+    """
+    policy = RetryPolicy(first_delay=0.05, max_delay=0.5, max_attempts=100, max_worker_deaths=3)
+    cfg = config(broker_pair, killer_server, names, prefetch=1, retry=policy)
+    store.hset(attempts_key(names[1], "kill-2"), mapping={"calls": 2, "deaths": 2})
+    with bridge_thread(cfg, "bridge-k") as bridge, client_for(broker_pair, names) as client:
+        first = client.submit("killer", b"kill me", "application/octet-stream")
+        second = client.submit("killer", b"kill me too", request_id="kill-2")
+        good = client.submit("killer", b"fine", "application/octet-stream")
+        answers = {rid: client.result(rid, WAIT) for rid in (first, second, good)}
+        wait_until(lambda: bridge.stats["dead"] == 2, "both killers dead-lettered")
+        stats = dict(bridge.stats)
+    killed, again = answers[first], answers[second]
+    assert killed.status >= 500 and killed.attempts == 3, killed
+    assert "3 of them ending in a worker death" in (killed.error or "")
+    assert again.status >= 500 and again.attempts == 3  # 2 earlier + 1 now
+    assert answers[good].status == 200 and answers[good].json() == {"ok": True}
+    assert stats["exhausted"] == 2 and stats.get("requeued", 0) == 0, stats
+    dead = drain(broker_pair[0].url, dead_letter_queue(names[0]))
+    assert sorted(p.message_id for p, _ in dead) == sorted([first, second])
+    assert store.exists(attempts_key(names[1], first)) == 0  # cleared with the stored result
+    wait_ready(killer_server, ["killer"])
+
+
+# --- Redis down in the middle of a burst ------------------------------------------------------
+
+
+def cpu_cores(pid: int, seconds: float) -> float:
+    """The process's CPU time over ``seconds`` of wall time, in cores."""
+    process = psutil.Process(pid)
+    before, started = process.cpu_times(), time.monotonic()
+    time.sleep(seconds)  # a measurement window, not a wait for a condition
+    after = process.cpu_times()
+    used: float = (after.user - before.user) + (after.system - before.system)
+    return used / (time.monotonic() - started)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Redis]:
+    """A Redis of this test's own, to stop and restart; it keeps its data across the restart."""
+    server = Redis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_redis_down_mid_burst_loses_nothing_and_does_not_spin(
+    broker_pair: tuple[RabbitMQ, Redis],
+    torchserve: TorchServe,
+    names: tuple[str, str],
+    own_redis: Redis,
+    tmp_path: Path,
+) -> None:
+    """The bridge used to requeue at once while Redis was down: 1.02 cores for nothing."""
+    total, down_seconds = 300, 6.0
+    amqp = broker_pair[0].url
+    results = redis.Redis.from_url(own_redis.url)
+    log = tmp_path / "bridge.log"
+    with contextlib.closing(results), client_for((broker_pair[0], own_redis), names) as client:
+        ids = [client.submit("iris", {"features": GOOD_IRIS[i % 3]}) for i in range(total)]
+        pair = (broker_pair[0], own_redis)
+        with stopped_after(bridge_process(pair, torchserve, names, "outage", log)) as bridge:
+            wait_until(lambda: len(result_keys(results, names[1])) >= 40, "bridge working")
+            results.config_set("save", "3600 1")  # SIGTERM then writes a snapshot: data survives
+            own_redis.stop()
+            down_at = time.monotonic()
+            cores = cpu_cores(bridge.pid, down_seconds - 1.0)
+            pending = queue_depth(amqp, names[0])
+            time.sleep(max(0.0, down_seconds - (time.monotonic() - down_at)))  # outage length
+            own_redis.start()
+            answers = [client.result(rid, WAIT) for rid in ids]
+            assert bridge.poll() is None, log.read_text()[-2000:]
+    print(f"\nbridge CPU while Redis was down: {cores:.3f} cores; {pending} messages waiting")
+    assert cores < 0.5, f"the bridge spins while Redis is down: {cores:.2f} cores"
+    assert pending > 0, "the burst was over before Redis went down; make it bigger"
+    assert [a.status for a in answers] == [200] * total
+    assert len(result_keys(redis.Redis.from_url(own_redis.url), names[1])) == total
+    assert queue_depth(amqp, names[0]) == 0
+    assert drain(amqp, dead_letter_queue(names[0])) == []
+
+
+# --- a dead letter RabbitMQ refuses -----------------------------------------------------------
+
+
+def break_dead_letter_queue(url: str, queue: str, how: str) -> None:
+    """Delete the dead-letter queue (unroutable), or make it refuse every message (nack)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_delete(dead_letter_queue(queue))
+        if how == "refusing":
+            arguments = {"x-max-length": 0, "x-overflow": "reject-publish"}
+            channel.queue_declare(dead_letter_queue(queue), durable=True, arguments=arguments)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["unroutable", "refusing"])
+def test_a_refused_dead_letter_never_stalls_the_bridge(
+    broker_pair: tuple[RabbitMQ, Redis],
+    torchserve: TorchServe,
+    names: tuple[str, str],
+    how: str,
+) -> None:
+    """It used to leave the delivery unsettled: with prefetch 1, one such message stalled
+    the bridge for good. Now the publish is tried ``dead_letter_attempts`` times with
+    backoff, then the message is rejected; its stored result stays and the next is served."""
+    amqp = broker_pair[0].url
+    cfg = config(broker_pair, torchserve, names, prefetch=1, dead_letter_attempts=3)
+    with bridge_thread(cfg, f"bridge-{how}") as bridge, client_for(broker_pair, names) as client:
+        break_dead_letter_queue(amqp, names[0], how)
+        bad = client.submit("iris", {"features": [1, 2, "three", 4]})
+        good = client.submit("iris", {"features": GOOD_IRIS[1]})
+        bad_answer, good_answer = client.result(bad, WAIT), client.result(good, WAIT)
+        wait_until(lambda: bridge.stats["rejected"] == 1, "the refused message rejected")
+        stats = dict(bridge.stats)
+    assert bad_answer.status == 400 and good_answer.status == 200
+    assert stats["dead_letter_refused"] == 3 and stats.get("dead", 0) == 0, stats
+    assert queue_depth(amqp, names[0]) == 0  # rejected, not requeued for ever
+    if how == "refusing":
+        assert queue_depth(amqp, dead_letter_queue(names[0])) == 0
