@@ -10,7 +10,9 @@
 # Environment (defaults in brackets):
 #   SAGEMAKER_MODEL         the model to serve, <name>.mar in the model store [iris]
 #   SAGEMAKER_BIND_TO_PORT  inference port, set by SageMaker [8080]
-#   SERVEKIT_BIND_HOST      inference bind address [0.0.0.0]
+#   SERVEKIT_BIND_HOST      inference bind address [0.0.0.0]: a host name or IP address ([v6]);
+#                           anything else (a newline, a backslash, $$) is refused, as are ports
+#                           outside 1-65535 and model store paths with such characters
 #   SERVEKIT_MANAGEMENT_PORT, SERVEKIT_METRICS_PORT   loopback-only ports [8081, 8082]
 #   SERVEKIT_HOME           the project (config.properties, model_store/) [this script's ../..]
 #   SERVEKIT_CONFIG         the config to start from [$SERVEKIT_HOME/config.properties]
@@ -53,13 +55,23 @@ if [[ ! -f "$store/$model.mar" ]]; then
     fail "SAGEMAKER_MODEL='$model': no $model.mar in $store; available: ${available:-none} (run 'make archive', or set SERVEKIT_MODEL_STORE)"
 fi
 for value in "$port" "$management_port" "$metrics_port"; do
-    [[ "$value" =~ ^[0-9]+$ ]] || fail "port '$value' is not a number"
+    [[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) \
+        || fail "port '$value' is not a number from 1 to 65535"
 done
+# Every value below becomes a line of the generated config.properties: a newline, a backslash
+# (a Java properties escape or line continuation) or $$ (an env reference) in one of them could
+# add or change keys such as enable_model_api. Accept host names and IP addresses only.
+[[ "$host" =~ ^([A-Za-z0-9]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])$ ]] \
+    || fail "SERVEKIT_BIND_HOST=$(printf '%q' "$host") is not a host name or IP address (letters, digits, '.', '-', or [IPv6])"
+[[ "$store" =~ ^[A-Za-z0-9._/@+-]+$ ]] \
+    || fail "SERVEKIT_MODEL_STORE=$(printf '%q' "$store") has characters a config line cannot hold safely (use letters, digits and . _ / @ + -)"
 
 torchserve="$(command -v torchserve)" || fail "torchserve is not on PATH ($PATH)"
 
 mkdir -p "$workdir" "${TMPDIR:-/tmp}"
 store="$(cd "$store" && pwd)"
+[[ "$store" =~ ^[A-Za-z0-9._/@+-]+$ ]] \
+    || fail "the model store's path $(printf '%q' "$store") has characters a config line cannot hold safely"
 
 # Rewrite only these keys of the project's config (appended if missing); comments stay.
 overrides="$(printf '%s\n' \

@@ -193,6 +193,17 @@ def test_entrypoint_execs_torchserve_in_the_foreground(container: Container) -> 
         (["serve"], {"SAGEMAKER_MODEL": "ghost"}, 1, "no ghost.mar in"),
         (["serve"], {"SAGEMAKER_MODEL": "../iris"}, 1, "is not a model name"),
         (["serve"], {"SAGEMAKER_BIND_TO_PORT": "http"}, 1, "port 'http' is not a number"),
+        (["serve"], {"SERVEKIT_METRICS_PORT": "70000"}, 1, "port '70000' is not a number"),
+        # A newline in the bind host would add its own line to the generated config.
+        (
+            ["serve"],
+            {"SERVEKIT_BIND_HOST": "127.0.0.1\nenable_model_api=true"},
+            1,
+            "SERVEKIT_BIND_HOST=$'127.0.0.1\\nenable_model_api=true' is not a host name",
+        ),
+        (["serve"], {"SERVEKIT_BIND_HOST": "127.0.0.1:9"}, 1, "is not a host name"),
+        (["serve"], {"SERVEKIT_BIND_HOST": "127.0.0.1\\"}, 1, "is not a host name"),
+        (["serve"], {"SERVEKIT_BIND_HOST": "$$HOME$$"}, 1, "is not a host name"),
         (["serve"], {"PATH": "/usr/bin:/bin"}, 1, "torchserve is not on PATH"),
     ],
 )
@@ -212,4 +223,21 @@ def test_entrypoint_refuses_bad_arguments_before_starting(
     output = (tmp_path / "console.log").read_text()
     assert returncode == code, output
     assert message in output
+    assert not (tmp_path / "work" / "config.properties").exists()
+
+
+def test_a_model_store_path_that_could_inject_config_lines_is_refused(
+    model_store: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store\nenable_model_api=true"
+    store.mkdir()
+    (store / "iris.mar").symlink_to(model_store / "iris.mar")
+    process = start(["serve"], entrypoint_env(tmp_path, store), tmp_path)
+    try:
+        returncode = process.wait(60)
+    finally:
+        kill_group(process)
+    output = (tmp_path / "console.log").read_text()
+    assert returncode == 1, output
+    assert "SERVEKIT_MODEL_STORE=" in output and "has characters a config line" in output
     assert not (tmp_path / "work" / "config.properties").exists()
