@@ -383,15 +383,17 @@ def png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+# PIL opens this as EPS and would run Ghostscript on it: not a format served here.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n"
 DIGITS_HOSTILE = [
     (
         Request.raw(png_with_rows_missing(np.eye(64) * 255), "image/png"),
         400,
         "ends before the last",
     ),
-    (Request.raw(tiff_with_text_strip_offsets(), "image/tiff"), 400, "TypeError"),
+    (Request.raw(tiff_with_text_strip_offsets(), "image/tiff"), 400, "corrupt: TypeError"),
     (Request.raw(png_declaring(20_000, 20_000), "image/png"), 413, "too large to decode"),
-    (Request.raw(b"%!PS-Adobe-3.0 EPSF-3.0\n", "image/x-eps"), 415, "JPEG, PNG, GIF"),
+    (Request.raw(EPS, "image/x-eps"), 415, "JPEG, PNG, GIF, BMP, WEBP, TIFF, PPM"),
 ]
 
 
