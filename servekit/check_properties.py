@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import regex  # matching with a timeout: re cannot be stopped
 
 from servekit import schema
 from servekit.errors import ConfigError
-from servekit.findings import ERROR, WARNING, Finding, did_you_mean, show
+from servekit.findings import ERROR, WARNING, Finding, did_you_mean, malformed, show
 from servekit.limits import is_file, read_capped
 from servekit.properties import Entry, log_config_file, parse_properties
 from servekit.schema import Key
@@ -49,7 +50,9 @@ def check_properties(path: Path, label: str) -> tuple[list[Finding], dict[str, s
     try:
         entries = parse_properties(read_capped(path).decode("iso-8859-1"))
     except ConfigError as err:
-        return [_malformed(label, str(err))], {}
+        return [
+            malformed(label, None, "a valid Java properties file", "fix the syntax", str(err))
+        ], {}
     findings: list[Finding] = []
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
@@ -262,20 +265,6 @@ def _duplicate(label: str, entry: Entry, first: int) -> Finding:
         "each key once",
         f"remove one of the two (line {first} and line {entry.line})",
         f"also set on line {first}; the last one wins",
-    )
-
-
-def _malformed(label: str, why: str) -> Finding:
-    return Finding(
-        ERROR,
-        "malformed-file",
-        label,
-        None,
-        "(file)",
-        "",
-        "a valid Java properties file",
-        "fix the syntax",
-        why,
     )
 
 
@@ -496,7 +485,9 @@ class PatternError(ValueError):
 def _compile(pattern: str) -> regex.Pattern[str]:
     """``pattern`` compiled for matching with a timeout; ``re`` first, for its error text."""
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():  # "possible nested set": Java reads it as written
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(pattern)
         return regex.compile(pattern, regex.IGNORECASE)
     except (re.error, regex.error, OverflowError, RecursionError) as err:
         why = "nested too deeply" if isinstance(err, RecursionError) else str(err)

@@ -39,14 +39,19 @@ expected a key TorchServe reads; fix: rename it to 'maxBatchDelay' [unknown-key]
 
     def text(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        value = f"={printable(self.value)}" if self.value else ""
-        return (
-            f"{where}: {self.severity}: {printable(self.key)}{value}: {self.problem}; "
+        value = f"={self.value}" if self.value else ""
+        return printable(  # problems and fixes may quote the file's own text
+            f"{where}: {self.severity}: {self.key}{value}: {self.problem}; "
             f"expected {self.expected}; fix: {self.fix} [{self.code}]"
         )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def malformed(file: str, line: int | None, expected: str, fix: str, why: str) -> Finding:
+    """The one finding for a file that cannot be read at all."""
+    return Finding(ERROR, "malformed-file", file, line, "(file)", "", expected, fix, why)
 
 
 def show(value: Any) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,7 +84,10 @@ class _Module:
 def parse(path: Path) -> _Module:
     """The module's syntax tree; ``ConfigError`` when it is not a readable Python file."""
     try:
-        return _Module(path, ast.parse(read_capped(path).decode("utf-8"), str(path)))
+        source = read_capped(path).decode("utf-8")
+        with warnings.catch_warnings():  # "invalid escape sequence" and the like: not ours
+            warnings.simplefilter("ignore")
+            return _Module(path, ast.parse(source, str(path)))
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 Python source ({err.reason})") from None
     except (SyntaxError, ValueError, RecursionError) as err:

@@ -26,7 +26,7 @@ from servekit import schema
 from servekit.check_model_config import Where, check_effective, check_keys
 from servekit.check_properties import check_properties
 from servekit.errors import ConfigError
-from servekit.findings import ERROR, WARNING, Finding, did_you_mean, show
+from servekit.findings import ERROR, WARNING, Finding, did_you_mean, malformed, show
 from servekit.handler_options import check_options, declared_options
 from servekit.handler_source import Unresolved
 from servekit.limits import is_file, read_capped
@@ -93,13 +93,9 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
         doc = load_yaml(read_capped(path).decode("utf-8"))
     except ConfigError as err:
         findings.append(
-            Finding(
-                ERROR,
-                "malformed-file",
+            malformed(
                 label,
                 None,
-                "(file)",
-                "",
                 "a small YAML file",
                 "check that this is the config you meant",
                 str(err),
@@ -114,30 +110,17 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
             if isinstance(err, YamlTooComplex)
             else "fix the YAML syntax at that line (indentation, quotes, colons)"
         )
-        findings.append(
-            Finding(
-                ERROR,
-                "malformed-file",
-                label,
-                mark.line + 1 if mark else None,
-                "(file)",
-                "",
-                "valid YAML",
-                fix,
-                f"malformed YAML: {problem}; TorchServe logs an error and loads the model "
-                "without its config",
-            )
+        why = (
+            f"malformed YAML: {problem}; TorchServe logs an error and loads the model "
+            "without its config"
         )
+        findings.append(malformed(label, mark.line + 1 if mark else None, "valid YAML", fix, why))
         return None
     except UnicodeDecodeError as err:
         findings.append(
-            Finding(
-                ERROR,
-                "malformed-file",
+            malformed(
                 label,
                 None,
-                "(file)",
-                "",
                 "UTF-8 text",
                 "save the file as UTF-8",
                 f"not UTF-8: {err.reason} at byte {err.start}",
