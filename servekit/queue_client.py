@@ -44,6 +44,7 @@ from servekit.queue_messages import (
     QueueError,
     StoredResult,
     check_request_id,
+    decode_request,
     done_key,
     result_key,
 )
@@ -93,15 +94,18 @@ class QueueClient:
         """Publish one request (persistent, confirmed) and return its id.
 
         Passing your own ``request_id`` makes the submit idempotent: a retried submit with the
-        same id is answered once, under the same key.
+        same id is answered once, under the same key. A request the bridge would refuse (a bad
+        model name or content type, a ttl out of range, over the size limit) raises
+        ``MalformedMessage`` here and is not published.
         """
         body, content_type = encode_payload(payload, content_type)
         request_id = check_request_id(request_id or uuid.uuid4().hex)
-        request = InferenceRequest(request_id, model, body, content_type, ttl)
+        envelope = InferenceRequest(request_id, model, body, content_type, ttl).encode()
+        decode_request(envelope)  # what the bridge would refuse is refused here, with its reason
         self._channel.basic_publish(
             exchange="",
             routing_key=self.queue,
-            body=request.encode(),
+            body=envelope,
             properties=pika.BasicProperties(
                 content_type="application/json",
                 message_id=request_id,

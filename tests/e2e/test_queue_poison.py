@@ -23,7 +23,7 @@ import redis
 
 from servekit.brokers import RabbitMQ, Redis
 from servekit.queue_bridge import BridgeConfig, dead_letter_queue
-from servekit.queue_messages import attempts_key
+from servekit.queue_messages import MalformedMessage, attempts_key
 from servekit.queue_retry import RetryPolicy
 from servekit.server import TorchServe, running
 from tests.e2e import test_queue_bridge as base
@@ -248,3 +248,19 @@ def test_a_refused_dead_letter_never_stalls_the_bridge(
     assert queue_depth(amqp, names[0]) == 0  # rejected, not requeued for ever
     if how == "refusing":
         assert queue_depth(amqp, dead_letter_queue(names[0])) == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "content_type", "words"),
+    [("iris", "application/json\r\nX-A: 1", "'content_type' is"), ("../iris", None, "'model'")],
+)
+def test_the_client_refuses_what_the_bridge_would_refuse(
+    broker_pair: tuple[RabbitMQ, Redis],
+    names: tuple[str, str],
+    model: str,
+    content_type: str | None,
+    words: str,
+) -> None:
+    with client_for(broker_pair, names) as client, pytest.raises(MalformedMessage, match=words):
+        client.submit(model, {"features": GOOD_IRIS[0]}, content_type)
+    assert queue_depth(broker_pair[0].url, names[0]) == 0

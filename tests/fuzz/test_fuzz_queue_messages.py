@@ -61,8 +61,24 @@ field_values = st.one_of(
     st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()),
     st.integers(min_value=-(10**40), max_value=10**40),
 )
-envelopes = st.dictionaries(
-    st.sampled_from(FIELDS) | st.text(max_size=6), field_values, max_size=8
+valid_fields = st.fixed_dictionaries(
+    {
+        "id": st.from_regex(REQUEST_ID, fullmatch=True),
+        "model": st.from_regex(MODEL_NAME, fullmatch=True),
+        "body": st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()),
+    },
+    optional={"v": st.just(1), "content_type": st.just("application/json"), "ttl": st.just(60)},
+)
+# Any shape at all, and a valid envelope with one field replaced: the second reaches the
+# checks behind the first failure (an id, a model and a body must all be right first).
+envelopes = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), field_values, max_size=8),
+    st.builds(
+        lambda fields, key, value: fields | {key: value},
+        valid_fields,
+        st.sampled_from(FIELDS),
+        field_values,
+    ),
 ).map(lambda fields: json.dumps(fields).encode())
 
 

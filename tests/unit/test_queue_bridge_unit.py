@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from servekit.errors import ConfigError
 from servekit.queue_bridge import (
+    INTERNAL_ERROR,
     MAX_HEADER_CHARS,
     Bridge,
     BridgeConfig,
@@ -16,7 +18,7 @@ from servekit.queue_bridge import (
     dead_letter_headers,
 )
 from servekit.queue_messages import InferenceRequest
-from servekit.queue_retry import Verdict, classify
+from servekit.queue_retry import RetryPolicy, Verdict, classify
 
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens; a connect would be refused
 
@@ -72,3 +74,37 @@ def test_tries_read_from_the_redis_hash() -> None:
 def test_bad_limits_are_refused(kwargs: dict[str, int], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         BridgeConfig("amqp://h:1/%2F", "redis://h:2/0", **kwargs)  # type: ignore[arg-type]
+
+
+def offline_bridge(store_attempts: int) -> Bridge:
+    """A bridge whose Redis refuses connections at once (nothing listens on the port)."""
+    store_retry = RetryPolicy(first_delay=0.02, max_delay=0.08, max_attempts=store_attempts)
+    cfg = BridgeConfig("amqp://h:1/%2F", "redis://127.0.0.1:9/0", CLOSED, store_retry=store_retry)
+    return Bridge(cfg, "offline")
+
+
+def test_redis_down_means_waiting_with_backoff_then_a_dead_letter() -> None:
+    """The bridge used to requeue at once while Redis was down: a busy loop on one core."""
+    bridge, raw = offline_bridge(5), InferenceRequest("r-1", "iris", b"{}").encode()
+    started = time.monotonic()
+    outcome = bridge.process(raw, "r-1", redelivered=False)
+    waited = time.monotonic() - started
+    assert outcome.verdict is Verdict.DEAD and outcome.status == 503
+    assert outcome.request_id == "r-1" and "Redis did not" in (outcome.error or "")
+    assert bridge.stats["redis_errors"] == 5 and bridge.stats.get("requeued", 0) == 0
+    assert waited >= (0.02 + 0.04 + 0.08 + 0.08) / 2  # at least the fixed half of each wait
+
+
+def test_an_unexpected_error_ends_the_message_instead_of_requeueing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception the bridge did not foresee used to requeue the message: at once, for ever."""
+    bridge = offline_bridge(1)
+
+    def broken(request: InferenceRequest, redelivered: bool) -> Outcome:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(bridge, "_serve", broken)
+    outcome = bridge.process(InferenceRequest("r-2", "iris", b"").encode(), None, False)
+    assert outcome == Outcome(Verdict.DEAD, "r-2", INTERNAL_ERROR, 500)
+    assert bridge.stats["internal_errors"] == 1
