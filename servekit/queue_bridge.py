@@ -419,7 +419,9 @@ class Bridge:
         self._count("internal_errors")
         if request_id is not None:
             result = self._error_result(request_id, "", 500, "InternalError", INTERNAL_ERROR, 0)
-            with contextlib.suppress(QueueError):  # stopping or Redis away: dead-letter anyway
+            # Best effort: whatever stops the store (Redis away, stopping, the same bug), the
+            # message is still dead-lettered, so its delivery is always settled.
+            with contextlib.suppress(Exception):
                 self._store(result, self.config.result_ttl)
         return Outcome(Verdict.DEAD, request_id, INTERNAL_ERROR, 500)
 
