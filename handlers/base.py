@@ -37,7 +37,9 @@ from handlers.errors import (
     InsufficientMemory,
     InternalError,
     ModelLoadError,
+    PayloadTooLarge,
     RequestError,
+    ServiceUnavailable,
 )
 from handlers.options import HandlerOptions
 from handlers.readiness import Readiness
@@ -159,6 +161,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         """``n`` valid inputs for the warmup batch; an empty list skips warmup."""
         return []
 
+    cost_unit: ClassVar[str] = "requests"
+
+    def item_cost(self, item: ItemT) -> int:
+        """The work one parsed request asks of the model, in ``cost_unit``s (tokens for text);
+        batches hold at most the option ``max_batch_cost`` of it."""
+        return 1
+
     # ----- helpers for subclasses ----------------------------------------------------------
     def artifact(self, name: str) -> Path:
         """Path of a file shipped in the archive; a clear error when it is missing."""
@@ -203,6 +212,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                 good.append(idx)
             except RequestError as err:
                 results[idx] = self._error(context, idx, err)
+        good, items = self._within_budget(good, items, results, context)
         timings = dict.fromkeys(STAGES, 0.0)
         if items:
             outcomes = self._predict_isolating(items, timings)
@@ -241,6 +251,41 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                 f"the input could not be read ({type(err).__name__}); "
                 "see the model's input_schema (GET /models/{name}?customized=true)"
             ) from None
+
+    def _within_budget(
+        self, good: list[int], items: list[ItemT], results: list[Any], context: Any
+    ) -> tuple[list[int], list[ItemT]]:
+        """The requests the model serves in this batch: at most ``max_batch_cost`` of work.
+
+        A batch that runs past ``responseTimeout`` makes the frontend kill the worker and fail
+        every request in it, so valid but costly requests must not add up past the budget:
+        one that alone costs more is a 413; the ones after the budget is spent get a 503
+        with ``Retry-After``, as when the queue is full, and are not counted as failures.
+        """
+        budget = self.options.max_batch_cost
+        if not budget:
+            return good, items
+        admitted: tuple[list[int], list[ItemT]] = ([], [])
+        spent = 0
+        for idx, item in zip(good, items, strict=True):
+            cost = self.item_cost(item)
+            if cost > budget:
+                err: RequestError = PayloadTooLarge(
+                    f"this request asks for {cost} {self.cost_unit}; one batch may hold "
+                    f"{budget}: split it"
+                )
+            elif spent + cost > budget:
+                err = ServiceUnavailable(
+                    f"this batch's budget of {budget} {self.cost_unit} is spent; retry"
+                )
+                context.set_response_header(idx, "Retry-After", "1")
+            else:
+                spent += cost
+                admitted[0].append(idx)
+                admitted[1].append(item)
+                continue
+            results[idx] = self._error(context, idx, err)
+        return admitted
 
     def _self_test(self) -> BaseException | None:
         """Serve the handler's own known-good inputs: ``None`` if the model answers them."""

@@ -111,6 +111,11 @@ class EmbeddingHandler(ToolkitHandler[TextInput]):
                 )
         return ids
 
+    cost_unit = "tokens"
+
+    def item_cost(self, item: TextInput) -> int:
+        return sum(len(ids) for ids in item.ids)
+
     def preprocess(self, items: list[TextInput]) -> LengthGroups:
         pad_id = int(self.tokenizer.pad_token_id or 0)
         return LengthGroups.build(items, self.options.group_size, pad_id)

@@ -42,6 +42,12 @@ class UnsupportedMediaType(RequestError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class ServiceUnavailable(RequestError):
+    """Valid, but not now: this batch has no room left for it; the client should retry."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class InternalError(RequestError):
     """An unexpected failure; the client only ever sees this generic message."""
 

@@ -27,6 +27,11 @@ _ADAM7 = (
     (0, 1, 1, 2),
 )
 _INFLATE_STEP = 1 << 16
+MAX_JPEG_SCANS = 100
+"""Scans one JPEG may hold: libjpeg decodes every scan over every block, so a few bytes per
+scan buy a whole pass over the image (a progressive JPEG has about ten)."""
+_SOS = b"\xff\xda"  # start of scan; in entropy-coded data a 0xFF is always stuffed
+_TIFF_JPEG = (6, 7)  # Compression tag values: old-style and new-style JPEG
 
 
 def open_image(
@@ -46,6 +51,7 @@ def open_image(
                 raise PayloadTooLarge(
                     f"image is {image.width}x{image.height} pixels; the limit is {max_pixels}"
                 )
+            _check_work(image, data, max_pixels)
             if draft is not None:
                 image.draft(mode, draft)
             image.load()  # every pixel now, so a truncated file fails here, not lazily
@@ -53,7 +59,7 @@ def open_image(
                 raise BadRequest(
                     "image is truncated or corrupt: its pixel data ends before the last row"
                 )
-            return ImageOps.exif_transpose(image).convert(mode)
+            return _convert(ImageOps.exif_transpose(image), mode)
     except RequestError:
         raise
     except UnidentifiedImageError:
@@ -66,6 +72,37 @@ def open_image(
         ) from None
     except Exception as err:  # PIL's plugins raise many types on malformed files
         raise BadRequest(f"image is truncated or corrupt: {_reason(err)}") from None
+
+
+def _check_work(image: Image.Image, data: bytes, max_pixels: int) -> None:
+    """Refuse, before decoding, what would cost far more than its pixels: a JPEG of
+    thousands of scans, a TIFF whose tiles are larger than the image limit (libtiff
+    allocates a whole tile), JPEG inside TIFF (scans again, out of reach of the count)."""
+    if image.format == "JPEG" and (scans := data.count(_SOS)) > MAX_JPEG_SCANS:
+        raise PayloadTooLarge(f"JPEG holds {scans} scans; the limit is {MAX_JPEG_SCANS}")
+    if image.format != "TIFF":
+        return
+    tags = getattr(image, "tag_v2", {})
+    if tags.get(259) in _TIFF_JPEG:
+        raise UnsupportedMediaType("TIFF with JPEG compression is not accepted; send a JPEG")
+    tile = int(tags.get(322, 0) or 0) * int(tags.get(323, 0) or 0)
+    samples = int(tags.get(277, 1) or 1)
+    bits = tags.get(258, (8,))
+    depth = max(bits) if isinstance(bits, tuple) and bits else int(bits or 8)
+    if tile * samples * -(-depth // 8) > 8 * max_pixels:
+        raise PayloadTooLarge(
+            f"TIFF tiles of {tags.get(322)}x{tags.get(323)} pixels ({samples} samples) are "
+            f"too large to decode; the limit is {max_pixels} pixels"
+        )
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    try:
+        return image.convert(mode)
+    except ValueError:  # e.g. LAB to L: PIL has no such conversion
+        raise UnsupportedMediaType(
+            f"image mode {image.mode} cannot be converted to {mode}; send RGB or greyscale"
+        ) from None
 
 
 def _reason(err: Exception) -> str:

@@ -47,6 +47,11 @@ class HandlerOptions:
     recycle_on_sigusr1: bool = True
     """SIGUSR1 makes the worker exit at its next customized describe (recycle_workers.py)."""
 
+    max_batch_cost: int = 0
+    """The most work one batch may ask of the model, in the handler's cost unit (tokens for
+    text; 0: no limit). Keep a full batch well inside responseTimeout: past it the frontend
+    kills the worker and fails the whole batch. Over it alone: 413; past it in a batch: 503."""
+
     torch_threads: int = 0
     """Torch threads per worker (0: torch's default, one per core, or OMP_NUM_THREADS).
     With several workers, cores / workers keeps them from spinning against each other."""
@@ -77,6 +82,11 @@ class HandlerOptions:
         if self.warmup_batch_size < 1:
             raise ModelLoadError(
                 f"handler option 'warmup_batch_size' is {self.warmup_batch_size}; it must be >= 1"
+            )
+        if self.max_batch_cost < 0:
+            raise ModelLoadError(
+                f"handler option 'max_batch_cost' is {self.max_batch_cost}; "
+                "it must be >= 0 (0: no limit)"
             )
         if self.torch_threads < 0:
             raise ModelLoadError(

@@ -44,7 +44,7 @@ class Readiness:
     def record(self, statuses: Iterable[int], self_test: SelfTest) -> None:
         """Count internal errors in a row (client errors never count); test when they pile up."""
         for code in statuses:
-            if code >= 500:
+            if code >= 500 and code != 503:  # 503: a full batch or queue, not a failure
                 self.failures_in_a_row += 1
             elif code < 400:
                 self.failures_in_a_row = 0

@@ -239,3 +239,34 @@ def test_the_frontends_own_500_for_a_malformed_form_never_reaches_the_model(
     assert worker_pids(server, "iris") == pids
     assert after["status"] == "ready" and after["failures_in_a_row"] == 0
     assert after["worker"]["requests"] == before["worker"]["requests"]  # no worker saw it
+
+
+def test_valid_requests_that_add_up_past_the_timeout_get_503_not_a_dead_worker(
+    server: TorchServe,
+) -> None:
+    """16 requests of 64 strings of 252 tokens each, at once: every one is within minilm's
+    per-request limits, but a batch of them would run past responseTimeout and the frontend
+    would kill the worker with every request in it (a hostile review saw 15 of 16 fail so).
+    The batch budget (max_batch_cost, 16,384 tokens) serves what fits and answers the rest
+    503 with Retry-After."""
+    heavy = Body("64 strings of 252 tokens", json.dumps([" ".join(["word"] * 250)] * 64).encode(),
+                 "application/json")
+    pids = worker_pids(server, "minilm")
+    start = threading.Barrier(16)
+
+    def send(_: int) -> requests.Response:
+        start.wait()
+        return post(server, "minilm", heavy)
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(send, range(16)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503} and 200 in codes, codes
+    for response in responses:
+        if response.status_code == 200:
+            assert response.json()["tokens"] == [252] * 64
+        else:
+            assert response.headers.get("Retry-After") == "1"
+            assert "budget of 16384 tokens is spent" in response.json()["message"]
+    assert worker_pids(server, "minilm") == pids
+    assert customized(server, "minilm")["status"] == "ready"

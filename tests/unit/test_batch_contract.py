@@ -169,3 +169,45 @@ def test_a_non_json_result_is_an_internal_error_for_that_request_only(tmp_path: 
     assert [r.status for r in replies] == [500, 200, 500, 200]
     assert [replies[1].json(), replies[3].json()] == [1.5, [2]]
     assert replies[0].json()["message"].startswith("Internal error while serving")
+
+
+# ----- a batch's work budget -------------------------------------------------------------------
+COSTLY = """
+from handlers.base import ToolkitHandler
+
+class Costly(ToolkitHandler):
+    cost_unit = "units"
+
+    def parse_request(self, payload):
+        return payload.json()
+
+    def item_cost(self, item):
+        return item
+
+    def inference(self, batch):
+        return batch
+
+    def warmup_items(self, n):
+        return [1] * n
+"""
+
+
+def test_requests_past_the_batch_budget_get_503_and_one_over_it_alone_413(tmp_path: Path) -> None:
+    (tmp_path / "costly.py").write_text(COSTLY)
+    (tmp_path / "MAR-INF").mkdir()
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
+        '{"model": {"modelName": "costly", "modelVersion": "1", "handler": "costly.py",'
+        ' "configFile": "model-config.yml"}}'
+    )
+    (tmp_path / "model-config.yml").write_text(
+        "handler:\n  max_batch_cost: 10\n  degraded_after_errors: 1\n"
+    )
+    with LocalModel(tmp_path, batch_size=8) as model:
+        replies = model.predict([Request.json(v) for v in (3, 4, 11, 5, 2)])
+        described = model.describe()
+    assert [r.status for r in replies] == [200, 200, 413, 503, 200]
+    assert [replies[i].json() for i in (0, 1, 4)] == [3, 4, 2]
+    assert "asks for 11 units; one batch may hold 10" in replies[2].json()["message"]
+    assert "budget of 10 units is spent; retry" in replies[3].json()["message"]
+    assert replies[3].headers.get("Retry-After") == "1"
+    assert described["failures_in_a_row"] == 0 and described["self_test"]["self_tests"] == 0
