@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.decoding import Payload, select_payload
+from handlers.decoding import Payload, _json_faulty, _locate_json_fault, select_payload
 from handlers.errors import RequestError
 from tests.fuzz.kept import corpus
 
@@ -98,3 +98,20 @@ def test_kept_inputs(kept: Path, content_type: str) -> None:
         payload = Payload(value, "body", content_type)
         outcome(payload.json)
         outcome(payload.raw_bytes)
+
+
+def nested(value: Any, depth: int) -> Any:
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@given(value=json_values, depth=st.integers(0, 70))
+def test_the_fast_json_check_and_the_one_that_names_where_agree(value: Any, depth: int) -> None:
+    value = nested(value, depth)
+    try:
+        _locate_json_fault(value)
+        located = False
+    except RequestError:
+        located = True
+    assert _json_faulty(value) is located
