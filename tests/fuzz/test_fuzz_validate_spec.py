@@ -46,7 +46,7 @@ def check(tmp: Path, spec: bytes, handler: bytes, options: bytes) -> None:
     path = tmp / "fuzz_spec.yml"
     path.write_bytes(spec.replace(b"HANDLER", str(tmp / "fuzz_handler.py").encode()))
     keeps_the_promise(lambda: validate_paths([path], ROOT), path)
-    assert not [m for m in sys.modules if "fuzz_handler" in m], "the handler was imported"
+    assert "fuzz_handler" not in sys.modules, "the handler was imported"
 
 
 @given(
