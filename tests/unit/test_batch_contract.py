@@ -42,18 +42,23 @@ class Moody(ToolkitHandler):
 """
 
 
-@pytest.fixture()
-def moody(tmp_path: Path) -> Iterator[LocalModel]:
-    (tmp_path / "moody.py").write_text(MOODY)
-    (tmp_path / "MAR-INF").mkdir()
-    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
-        '{"model": {"modelName": "moody", "modelVersion": "1", "handler": "moody.py",'
+def model_dir(directory: Path, name: str, source: str, handler_options: str = "") -> Path:
+    """An unpacked archive of one handler file and its ``handler:`` options (YAML lines)."""
+    (directory / f"{name}.py").write_text(source)
+    (directory / "MAR-INF").mkdir()
+    (directory / "MAR-INF" / "MANIFEST.json").write_text(
+        f'{{"model": {{"modelName": "{name}", "modelVersion": "1", "handler": "{name}.py",'
         ' "configFile": "model-config.yml"}}'
     )
-    (tmp_path / "model-config.yml").write_text(
-        "handler:\n  degraded_after_errors: 2\n  recheck_seconds: 0\n"
-    )
-    with LocalModel(tmp_path, batch_size=4) as model:
+    options = "".join(f"\n  {line}" for line in handler_options.split(";") if line)
+    (directory / "model-config.yml").write_text(f"handler:{options or ' {}'}\n")
+    return directory
+
+
+@pytest.fixture()
+def moody(tmp_path: Path) -> Iterator[LocalModel]:
+    options = "degraded_after_errors: 2;recheck_seconds: 0"
+    with LocalModel(model_dir(tmp_path, "moody", MOODY, options), batch_size=4) as model:
         yield model
 
 
@@ -128,16 +133,8 @@ def test_a_broken_model_is_degraded_and_recovers_without_traffic(moody: LocalMod
 
 
 def test_a_client_success_does_not_mark_a_broken_model_ready(tmp_path: Path) -> None:
-    (tmp_path / "moody.py").write_text(MOODY)
-    (tmp_path / "MAR-INF").mkdir()
-    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
-        '{"model": {"modelName": "moody", "modelVersion": "1", "handler": "moody.py",'
-        ' "configFile": "model-config.yml"}}'
-    )
-    (tmp_path / "model-config.yml").write_text(
-        "handler:\n  degraded_after_errors: 1\n  recheck_seconds: 3600\n"
-    )
-    with LocalModel(tmp_path, batch_size=4) as model:
+    options = "degraded_after_errors: 1;recheck_seconds: 3600"
+    with LocalModel(model_dir(tmp_path, "moody", MOODY, options), batch_size=4) as model:
         (tmp_path / "broken").touch()
         assert statuses(model, 1) == [500]
         (tmp_path / "broken").unlink()
@@ -159,12 +156,7 @@ class Nan(ToolkitHandler):
 
 
 def test_a_non_json_result_is_an_internal_error_for_that_request_only(tmp_path: Path) -> None:
-    (tmp_path / "nan.py").write_text(NAN)
-    (tmp_path / "MAR-INF").mkdir()
-    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
-        '{"model": {"modelName": "nan", "modelVersion": "1", "handler": "nan.py"}}'
-    )
-    with LocalModel(tmp_path, batch_size=4) as model:
+    with LocalModel(model_dir(tmp_path, "nan", NAN), batch_size=4) as model:
         replies = model.predict([Request.json(v) for v in ("nan", 1.5, "inf", [2])])
     assert [r.status for r in replies] == [500, 200, 500, 200]
     assert [replies[1].json(), replies[3].json()] == [1.5, [2]]
@@ -193,16 +185,8 @@ class Costly(ToolkitHandler):
 
 
 def test_requests_past_the_batch_budget_get_503_and_one_over_it_alone_413(tmp_path: Path) -> None:
-    (tmp_path / "costly.py").write_text(COSTLY)
-    (tmp_path / "MAR-INF").mkdir()
-    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(
-        '{"model": {"modelName": "costly", "modelVersion": "1", "handler": "costly.py",'
-        ' "configFile": "model-config.yml"}}'
-    )
-    (tmp_path / "model-config.yml").write_text(
-        "handler:\n  max_batch_cost: 10\n  degraded_after_errors: 1\n"
-    )
-    with LocalModel(tmp_path, batch_size=8) as model:
+    options = "max_batch_cost: 10;degraded_after_errors: 1"
+    with LocalModel(model_dir(tmp_path, "costly", COSTLY, options), batch_size=8) as model:
         replies = model.predict([Request.json(v) for v in (3, 4, 11, 5, 2)])
         described = model.describe()
     assert [r.status for r in replies] == [200, 200, 413, 503, 200]
