@@ -18,7 +18,9 @@
 #   SERVEKIT_CONFIG         the config to start from [$SERVEKIT_HOME/config.properties]
 #   SERVEKIT_MODEL_STORE    directory of .mar files [$SERVEKIT_HOME/model_store]; set it to
 #                           /opt/ml/model to serve the archive SageMaker unpacks from ModelDataUrl
-#   SERVEKIT_WORKDIR        TorchServe's working directory: written config, logs/ [${TMPDIR:-/tmp}/servekit]
+#   SERVEKIT_WORKDIR        TorchServe's working directory: written config, logs/ [a new private
+#                           ${TMPDIR:-/tmp}/servekit.XXXXXX]; one given must be a directory of
+#                           this user, not a symlink, not group- or world-writable (created 0700)
 #   TMPDIR                  TorchServe's pid file and unpacked models [/tmp]
 set -euo pipefail
 
@@ -36,7 +38,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 home="${SERVEKIT_HOME:-$(cd "$here/../.." && pwd)}"
 config="${SERVEKIT_CONFIG:-$home/config.properties}"
 store="${SERVEKIT_MODEL_STORE:-$home/model_store}"
-workdir="${SERVEKIT_WORKDIR:-${TMPDIR:-/tmp}/servekit}"
+workdir="${SERVEKIT_WORKDIR:-}"
 model="${SAGEMAKER_MODEL:-iris}"
 port="${SAGEMAKER_BIND_TO_PORT:-8080}"
 host="${SERVEKIT_BIND_HOST:-0.0.0.0}"
@@ -68,12 +70,25 @@ done
 
 torchserve="$(command -v torchserve)" || fail "torchserve is not on PATH ($PATH)"
 
-mkdir -p "$workdir" "${TMPDIR:-/tmp}"
+mkdir -p "${TMPDIR:-/tmp}"
+# The generated config decides what TorchServe serves: it is written only into a directory
+# nobody else can write to (a predictable name in a shared /tmp could be someone's symlink).
+if [[ -z "$workdir" ]]; then
+    workdir="$(mktemp -d "${TMPDIR:-/tmp}/servekit.XXXXXX")"
+else
+    [[ -e "$workdir" || -L "$workdir" ]] || mkdir -p -m 700 "$workdir"
+    [[ ! -L "$workdir" && -d "$workdir" ]] \
+        || fail "SERVEKIT_WORKDIR=$(printf '%q' "$workdir") is not a directory (or is a symlink)"
+    [[ -O "$workdir" ]] || fail "SERVEKIT_WORKDIR=$(printf '%q' "$workdir") is not owned by this user ($(id -un))"
+    [[ -z "$(find "$workdir" -maxdepth 0 -perm /022)" ]] \
+        || fail "SERVEKIT_WORKDIR=$(printf '%q' "$workdir") is group- or world-writable; use a private directory (chmod 700)"
+fi
 store="$(cd "$store" && pwd)"
 [[ "$store" =~ ^[A-Za-z0-9._/@+-]+$ ]] \
     || fail "the model store's path $(printf '%q' "$store") has characters a config line cannot hold safely"
 
 # Rewrite only these keys of the project's config (appended if missing); comments stay.
+generated="$(mktemp "$workdir/.config.properties.XXXXXX")"
 overrides="$(printf '%s\n' \
     "inference_address=http://$host:$port" \
     "management_address=http://127.0.0.1:$management_port" \
@@ -90,7 +105,9 @@ awk -v overrides="$overrides" '
         if ($0 !~ /^[ \t]*[#!]/ && index($0, "=") && (key in value)) { print value[key]; done[key] = 1 } else { print }
     }
     END { for (i = 1; i <= n; i++) if (!(order[i] in done)) print value[order[i]] }
-' "$config" >"$workdir/config.properties"
+' "$config" >"$generated"
+# rename, not write: it replaces whatever config.properties was (even a symlink), never follows it
+mv -fT "$generated" "$workdir/config.properties"
 
 cd "$workdir"
 echo "entrypoint: serving $model on $host:$port (/ping, /invocations); config $workdir/config.properties" >&2

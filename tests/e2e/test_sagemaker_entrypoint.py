@@ -241,3 +241,77 @@ def test_a_model_store_path_that_could_inject_config_lines_is_refused(
     assert returncode == 1, output
     assert "SERVEKIT_MODEL_STORE=" in output and "has characters a config line" in output
     assert not (tmp_path / "work" / "config.properties").exists()
+
+
+# ----- the generated config is written only where nobody else can write ---------------------
+STUB_TORCHSERVE = """#!/usr/bin/env bash
+# Stands in for torchserve: records the config it was given, then exits.
+while [[ $# -gt 0 ]]; do
+    [[ "$1" == --ts-config ]] && cp -- "$2" "$STUB_RECORD"
+    shift
+done
+"""
+
+
+def run_with_stub(tmp_path: Path, **extra: str) -> tuple[int, str]:
+    """The real entrypoint with a stub torchserve on PATH: fast, no Java, no model needed."""
+    bin_dir, store = tmp_path / "bin", tmp_path / "store"
+    bin_dir.mkdir(exist_ok=True)
+    store.mkdir(exist_ok=True)
+    (store / "iris.mar").write_bytes(b"")
+    stub = bin_dir / "torchserve"
+    stub.write_text(STUB_TORCHSERVE)
+    stub.chmod(0o755)
+    env = entrypoint_env(tmp_path, store, STUB_RECORD=str(tmp_path / "record"), **extra)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["bash", str(ENTRYPOINT), "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stderr
+
+
+def test_the_config_is_not_written_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    (work / "config.properties").symlink_to(victim)
+    code, err = run_with_stub(tmp_path)
+    assert code == 0, err
+    assert victim.read_text() == "precious\n"
+    written = work / "config.properties"
+    assert not written.is_symlink() and "load_models=iris.mar" in written.read_text()
+    assert (tmp_path / "record").read_text() == written.read_text()
+
+
+def test_the_default_workdir_is_a_new_private_directory(tmp_path: Path) -> None:
+    # The old default, $TMPDIR/servekit, was predictable: anyone could plant it first.
+    planted = tmp_path / "tmp" / "servekit"
+    planted.mkdir(parents=True)
+    planted.chmod(0o777)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (planted / "config.properties").symlink_to(victim)
+    code, err = run_with_stub(tmp_path, SERVEKIT_WORKDIR="")
+    assert code == 0, err
+    assert victim.read_text() == "precious\n"
+    (workdir,) = (tmp_path / "tmp").glob("servekit.*")
+    assert workdir.stat().st_mode & 0o077 == 0
+    assert "load_models=iris.mar" in (workdir / "config.properties").read_text()
+
+
+@pytest.mark.parametrize("kind", ["group-writable", "world-writable", "symlink"])
+def test_a_workdir_others_can_write_is_refused(tmp_path: Path, kind: str) -> None:
+    work = tmp_path / "work"
+    if kind == "symlink":
+        target = tmp_path / "elsewhere"
+        target.mkdir(mode=0o700)
+        work.symlink_to(target)
+    else:
+        work.mkdir()
+        work.chmod(0o770 if kind == "group-writable" else 0o777)
+    code, err = run_with_stub(tmp_path)
+    assert code == 1, err
+    assert "SERVEKIT_WORKDIR=" in err
+    assert not (work / "config.properties").exists()
+    assert not (tmp_path / "record").exists()
