@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from servekit.errors import ToolkitError  # noqa: E402
+from servekit.findings import MAX_SHOWN, jsonable, key_text, printable  # noqa: E402
 from servekit.handler_options import declared_options  # noqa: E402
 from servekit.limits import is_file  # noqa: E402
 from servekit.specs import ModelSpec, config_sources, load_spec, read_yaml  # noqa: E402
@@ -48,12 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         sources = config_sources(spec, read_yaml(defaults_path) or {}, defaults_path)
         sources = {**_handler_defaults(spec, args.import_handlers), **sources}
     except ToolkitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 1
-    width = max((len(key) for key in sources), default=0)
-    for key, (value, origin) in sorted(sources.items()):
-        shown = json.dumps(value, default=str)  # YAML dates and the like print as written
-        print(f"{key:<{width}}  {shown:<8}  {_relative(origin)}")
+    rows = sorted(
+        (printable(key_text(k)), _value(v), printable(_relative(o)))
+        for k, (v, o) in sources.items()
+    )
+    width = max((len(key) for key, _, _ in rows), default=0)
+    for key, shown, origin in rows:
+        print(f"{key:<{width}}  {shown:<8}  {origin}")
     findings = validate_paths([defaults_path, spec_path], ROOT, args.import_handlers)
     for finding in findings:
         print(finding.text())
@@ -70,6 +74,12 @@ def _handler_defaults(spec: ModelSpec, import_handler: bool) -> dict[str, tuple[
         return {}
     origin = f"{spec.handler} (handler default)"
     return {f"handler.{f.name}": (f.default, origin) for f in dataclasses.fields(options)}
+
+
+def _value(value: Any) -> str:
+    """One cell: JSON (so strings show their quotes), cut, on one line."""
+    shown = json.dumps(jsonable(value))  # YAML dates print as written, NaN as "NaN"
+    return shown if len(shown) <= MAX_SHOWN else f"{shown[:MAX_SHOWN]}... ({len(shown)} chars)"
 
 
 def _relative(origin: str) -> str:

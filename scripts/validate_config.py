@@ -10,7 +10,8 @@ found in its source. ``--import-handlers`` imports the handler instead, which ru
 use it only on handlers you trust, for options declared in ways reading cannot follow (the
 validator then warns ``options-unchecked``). Every file gets findings or a clean error,
 whatever it holds: files over 1 MiB, YAML alias bombs and recursive aliases, nesting deeper
-than 64 levels and integers of more than 4,000 digits are reported, not loaded.
+than 64 levels, more than 100,000 values, integers of more than 4,000 digits (in any YAML
+form) and regexes too costly to compile or match are reported, not loaded.
 
 Prints one line per finding: file, line, key, value,
 what is wrong, what is expected and the fix. Exit codes: 0 no error (warnings
@@ -28,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from servekit.findings import printable  # noqa: E402
+from servekit.limits import not_a_file  # noqa: E402
 from servekit.validate import (  # noqa: E402
     PROPERTIES_SUFFIXES,
     YAML_SUFFIXES,
@@ -57,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ts").setLevel(logging.ERROR)
     for path in args.paths:
         if path.suffix not in PROPERTIES_SUFFIXES + YAML_SUFFIXES:
-            parser.error(f"{path}: not a .properties, .yml or .yaml file")
-        if not path.is_file():
-            parser.error(f"{path}: no such file")
+            parser.error(f"{printable(str(path))}: not a .properties, .yml or .yaml file")
+        if (why := not_a_file(path)) is not None:
+            parser.error(f"{printable(str(path))}: {why}")
     findings = validate_paths(args.paths, args.root, args.import_handlers)
     errors = sum(f.severity == "error" for f in findings)
     summary = f"{len(args.paths)} file(s): {errors} error(s), {len(findings) - errors} warning(s)"

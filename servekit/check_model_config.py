@@ -31,10 +31,15 @@ Locate = Callable[[str], Where]
 
 
 def check_keys(config: Mapping[str, Any], locate: Locate, prefix: str = "") -> list[Finding]:
-    """Unknown keys, wrong types and out-of-range values of a model config mapping."""
+    """Unknown keys, wrong types and out-of-range values of a model config mapping.
+
+    Keys that are not strings (YAML ``1:``, ``null:``) are skipped: the reader reports them.
+    """
     findings = []
     for name, value in config.items():
-        key = schema.MODEL_CONFIG.get(str(name))
+        if not isinstance(name, str):
+            continue
+        key = schema.MODEL_CONFIG.get(name)
         where = locate(str(name))
         if key is None:
             findings.append(_unknown(str(name), value, where, prefix, schema.MODEL_CONFIG))
@@ -129,6 +134,8 @@ def _example(key: Key, value: Any) -> int:
 def _check_torchrun(section: Mapping[str, Any], locate: Locate, prefix: str) -> list[Finding]:
     findings = []
     for name, value in section.items():
+        if not isinstance(name, str):
+            continue  # reported by the reader
         where = locate(f"torchrun.{name}")
         key = schema.TORCHRUN_KEYS.get(str(name))
         if key is None:

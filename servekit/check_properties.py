@@ -9,10 +9,13 @@ written as ``\\uXXXX``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
+import re._parser as re_parser  # the parse tree: how large a pattern is once unrolled
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,7 +44,17 @@ PROBE_URLS = (
     "file:///etc/passwd",
     "file:///tmp/evil.mar",
 )
-MATCH_SECONDS = 1.0  # a pattern that takes longer on a 40-character URL backtracks exponentially
+MATCH_SECONDS = 2.0  # all probe URLs against all patterns: longer means exponential backtracking
+MAX_PATTERNS = 100  # allowed_urls patterns; a real config lists one to three
+# The regex engine unrolls counted repeats when it compiles: (?:(?:a){1000}){1000} costs 270 MB,
+# and 14 nested {2} over 2 GB (the cost grows with the nesting as much as with the counts).
+MAX_UNROLLED = 100_000  # pattern items once counted repeats are unrolled, all patterns of a key
+MAX_REPEAT_NESTING = 6  # repeats of {2} or more inside one another
+_REPEATS = tuple(
+    getattr(re_parser, op)
+    for op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+    if hasattr(re_parser, op)
+)
 MAX_JAVA_INT_DIGITS = 19  # longer digit strings overflow even a Java long
 
 
@@ -199,16 +212,27 @@ def _int_problem(key: Key, value: str) -> tuple[str, str, str] | None:
 
 def _regex_problem(key: Key, value: str) -> tuple[str, str, str] | None:
     patterns = value.split(",") if key.kind == schema.URL_PATTERNS else [value]
-    for pattern in patterns:
-        try:
-            _compile(pattern)
-        except PatternError as err:
-            split = " (TorchServe splits allowed_urls on ',')" if len(patterns) > 1 else ""
+    if len(patterns) > MAX_PATTERNS:
+        return (
+            "bad-value",
+            f"{len(patterns)} patterns: more than the {MAX_PATTERNS} this validator checks",
+            "list a few patterns that match only .mar files in the model store",
+        )
+    try:
+        _compile_all(patterns)
+    except PatternError as err:
+        split = " (TorchServe splits allowed_urls on ',')" if len(patterns) > 1 else ""
+        if err.costly:
             return (
                 "bad-value",
-                f"regex '{pattern}' does not compile{split}: {err}",
-                "fix the regular expression; write {m,n} quantifiers without a comma",
+                f"regex '{show(err.pattern)}' is too costly to compile: {err}",
+                "simplify it: no counted repeats such as {2} nested in one another",
             )
+        return (
+            "bad-value",
+            f"regex '{show(err.pattern)}' does not compile{split}: {err}",
+            "fix the regular expression; write {m,n} quantifiers without a comma",
+        )
     return None
 
 
@@ -439,14 +463,14 @@ def _allowed_urls(values: Mapping[str, str], finding: Any, model_api: bool) -> l
     """Probe URLs the patterns admit: an error while the model API can register them, a
     warning while it is off (only load_models at start, from the model store, loads models)."""
     patterns = values.get("allowed_urls", str(schema.PROPERTIES["allowed_urls"].default))
-    compiled = []
-    for pattern in patterns.split(","):
-        try:
-            compiled.append(_compile(pattern))
-        except PatternError:
-            return []  # reported as bad-value already
+    if len(patterns.split(",")) > MAX_PATTERNS:
+        return []  # reported as bad-value already
     try:
-        reached = [url for url in PROBE_URLS if any(_matches(p, url) for p in compiled)]
+        compiled = _compile_all(patterns.split(","))
+    except PatternError:
+        return []  # reported as bad-value already
+    try:
+        reached = _reached(compiled)
     except TimeoutError:
         return [
             finding(
@@ -455,8 +479,8 @@ def _allowed_urls(values: Mapping[str, str], finding: Any, model_api: bool) -> l
                 "allowed_urls",
                 "patterns that match a URL in linear time",
                 "remove nested or repeated quantifiers such as (a+)+ or .*.*.*",
-                f"matching a {len(PROBE_URLS[0])}-character URL took over {MATCH_SECONDS} s: "
-                "TorchServe would hang on each registration",
+                f"matching {len(PROBE_URLS)} URLs of about {len(PROBE_URLS[0])} characters "
+                f"took over {MATCH_SECONDS} s in all: TorchServe would hang on registrations",
             )
         ]
     if not reached:
@@ -478,21 +502,101 @@ def _allowed_urls(values: Mapping[str, str], finding: Any, model_api: bool) -> l
     ]
 
 
+def _reached(compiled: list[regex.Pattern[str]]) -> list[str]:
+    """The probe URLs some pattern admits; ``TimeoutError`` past one deadline for them all."""
+    deadline = time.monotonic() + MATCH_SECONDS
+    reached = []
+    for url in PROBE_URLS:
+        for pattern in compiled:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if pattern.fullmatch(url, timeout=left) is not None:
+                reached.append(url)
+                break
+    return reached
+
+
 class PatternError(ValueError):
-    """A regex neither ``re`` nor ``regex`` takes (syntax, a huge repeat, deep nesting)."""
+    """A regex neither ``re`` nor ``regex`` takes (syntax, a huge repeat, deep nesting), or one
+    too costly to compile."""
+
+    def __init__(self, pattern: str, why: str, costly: bool = False) -> None:
+        super().__init__(why)
+        self.pattern = pattern
+        self.costly = costly
 
 
-def _compile(pattern: str) -> regex.Pattern[str]:
-    """``pattern`` compiled for matching with a timeout; ``re`` first, for its error text."""
+def _compile_all(patterns: list[str]) -> list[regex.Pattern[str]]:
+    """Each pattern compiled; ``PatternError`` for the first that fails or when together they
+    unroll to more than ``MAX_UNROLLED`` items (checked before the engine sees any)."""
+    checked = [_checked(p) for p in patterns]
+    total = 0
+    for pattern, size in zip(patterns, checked, strict=True):
+        total += size
+        if total > MAX_UNROLLED:
+            raise PatternError(
+                pattern,
+                f"its counted repeats unroll to more than {MAX_UNROLLED} items "
+                f"(with the patterns before it): compiling would take gigabytes",
+                costly=True,
+            )
+    return [_compile(p) for p in patterns]
+
+
+def _checked(pattern: str) -> int:
+    """Items of ``pattern`` once unrolled; ``PatternError`` if ``re`` refuses it or its repeats
+    nest too deep. ``re`` first: its error texts are the clearest."""
     try:
         with warnings.catch_warnings():  # "possible nested set": Java reads it as written
             warnings.simplefilter("ignore", FutureWarning)
             re.compile(pattern)
+            tree = re_parser.parse(pattern)
+    except (re.error, OverflowError, RecursionError) as err:
+        raise PatternError(pattern, _why(err)) from None
+    size, nesting = _unrolled(tree)
+    if nesting > MAX_REPEAT_NESTING:
+        raise PatternError(
+            pattern,
+            f"repeats of 2 or more nested {nesting} deep (at most {MAX_REPEAT_NESTING}): "
+            "compiling would take gigabytes",
+            costly=True,
+        )
+    return size
+
+
+def _unrolled(tree: Any) -> tuple[int, int]:
+    """(items once each counted repeat is copied its minimum number of times, the deepest
+    nesting of repeats of 2 or more), walking ``re``'s parse tree without recursion."""
+    size, deepest = 0, 0
+    stack: list[tuple[Any, int, int]] = [(tree, 1, 0)]
+    while stack:
+        node, times, depth = stack.pop()
+        if isinstance(node, re_parser.SubPattern):
+            for op, arg in node.data:
+                if op in _REPEATS:
+                    least, _, body = arg
+                    nested = depth + (least >= 2)
+                    deepest = max(deepest, nested)
+                    stack.append((body, times * max(least, 1), nested))
+                else:
+                    size += times
+                    stack.append((arg, times, depth))
+        elif isinstance(node, (list, tuple)):
+            stack += [(child, times, depth) for child in node]
+    return size, deepest
+
+
+@functools.lru_cache(maxsize=MAX_PATTERNS)
+def _compile(pattern: str) -> regex.Pattern[str]:
+    """``pattern`` (checked by ``_checked``) compiled for matching with a timeout."""
+    try:
         return regex.compile(pattern, regex.IGNORECASE)
-    except (re.error, regex.error, OverflowError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-        raise PatternError(why) from None
+    except (regex.error, OverflowError, RecursionError, MemoryError) as err:
+        raise PatternError(pattern, _why(err)) from None
 
 
-def _matches(pattern: regex.Pattern[str], url: str) -> bool:
-    return pattern.fullmatch(url, timeout=MATCH_SECONDS) is not None
+def _why(err: BaseException) -> str:
+    if isinstance(err, (RecursionError, MemoryError)):
+        return "nested too deeply"
+    return str(err)

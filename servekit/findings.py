@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
+import json
+import math
 import reprlib
 from collections.abc import Iterable
 from typing import Any
 
+from servekit.limits import MAX_INT_BITS
+
 ERROR = "error"
 WARNING = "warning"
 MAX_SHOWN = 200  # characters of a value or key a finding repeats; the file holds the rest
-_SHORT = reprlib.Repr()
+
+
+class _Short(reprlib.Repr):
+    """``reprlib.Repr`` that never converts a huge int to text (Python refuses to)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > MAX_INT_BITS:
+            return f"(an integer of {x.bit_length()} bits)"
+        return super().repr_int(x, level)
+
+
+_SHORT = _Short()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 4, 20, 20, MAX_SHOWN
 _SHORT.maxother = _SHORT.maxlong = MAX_SHOWN
 
@@ -69,8 +85,41 @@ def show(value: Any) -> str:
         return "null"
     if isinstance(value, (list, tuple, dict, set, frozenset)):
         return _SHORT.repr(value)
+    if isinstance(value, int):
+        return _SHORT.repr(value)
     text = str(value)
     return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} chars)"
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as YAML writes it: ``1``, ``true``, ``null``, ``2024-01-01``, ``name``."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    return show(key)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON holds it: string keys, finite floats (NaN and infinities as
+    the strings ``"NaN"``, ``"Infinity"``), dates as ISO text, other objects as text.
+
+    >>> jsonable({1: float("nan"), None: [float("-inf")], "d": datetime.date(2024, 1, 1)})
+    {'1': 'NaN', 'null': ['-Infinity'], 'd': '2024-01-01'}
+    """
+    if isinstance(value, dict):
+        return {key_text(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+        return show(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return show(value)
 
 
 def printable(text: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, cast
 import handlers
 from handlers.options import HandlerOptions
 from servekit.errors import ConfigError
-from servekit.limits import is_file, read_capped
+from servekit.limits import MAX_INT_BITS, is_file, read_capped
 
 MAX_HOPS = 8  # base classes and imports followed from the handler file
 _TYPES: dict[str, Any] = {"bool": bool, "int": int, "float": float, "str": str, "None": None}
@@ -90,8 +90,9 @@ def parse(path: Path) -> _Module:
             return _Module(path, ast.parse(source, str(path)))
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 Python source ({err.reason})") from None
-    except (SyntaxError, ValueError, RecursionError) as err:
-        raise ConfigError(f"{path}: not valid Python: {err}") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        why = "nested too deeply" if isinstance(err, (RecursionError, MemoryError)) else err
+        raise ConfigError(f"{path}: not valid Python: {why}") from None
 
 
 def handler_class_node(module: _Module) -> ast.ClassDef:
@@ -195,7 +196,10 @@ def _field(
     if not isinstance(statement.target, ast.Name):
         return None
     name = statement.target.id
-    kind = _annotation(statement.annotation)
+    try:  # an annotation int|int|... 1,000 deep, or "-" * 3000 in a string, is too deep
+        kind = _annotation(statement.annotation)
+    except (RecursionError, MemoryError):
+        kind = None
     if kind is _CLASSVAR:
         return None
     if kind is None or statement.value is None:
@@ -204,11 +208,25 @@ def _field(
         )
     try:
         default = ast.literal_eval(statement.value)
-    except (ValueError, TypeError, SyntaxError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        default = _NOT_LITERAL
+    if default is _NOT_LITERAL or not _bounded(default):
         raise Unresolved(
-            f"{module.path}: {node.name}.{name}: the default is not a literal"
-        ) from None
+            f"{module.path}: {node.name}.{name}: the default is not a literal of bounded size"
+        )
     return name, kind, dataclasses.field(default=default)
+
+
+_NOT_LITERAL = object()
+
+
+def _bounded(value: Any) -> bool:
+    """No int in ``value`` too large to print (0x followed by 4,000 f is a literal)."""
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return all(_bounded(v) for v in value)
+    if isinstance(value, dict):
+        return all(_bounded(k) and _bounded(v) for k, v in value.items())
+    return not isinstance(value, int) or value.bit_length() <= MAX_INT_BITS
 
 
 _CLASSVAR = object()
@@ -218,9 +236,10 @@ def _annotation(node: ast.expr) -> Any:
     """The type an annotation names, from a small set; ``None`` when it is anything else."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         try:
-            return _annotation(ast.parse(node.value, mode="eval").body)
-        except SyntaxError:
+            inner = ast.parse(node.value, mode="eval").body
+        except (SyntaxError, ValueError):  # ValueError: a NUL byte in the string
             return None
+        return _annotation(inner)
     if isinstance(node, ast.Constant) and node.value is None:
         return type(None)
     if isinstance(node, ast.Name):

@@ -3,11 +3,18 @@ nothing and keeps a hostile or mistaken file (a weights file passed as a config)
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import stat
 from pathlib import Path
 
 from servekit.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20  # config.properties, model-config.yml, specs: a few KB in practice
+MAX_INT_DIGITS = 4000  # Python refuses to convert more than 4300 digits to or from text
+# Any int of at most this many bits prints in at most 4,001 digits: str() never raises.
+MAX_INT_BITS = math.ceil(MAX_INT_DIGITS * math.log2(10))
 
 
 def read_capped(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
@@ -27,7 +34,32 @@ def read_capped(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
 def is_file(path: Path) -> bool:
     """``Path.is_file`` that answers False, not an exception, for names no file can have
     (a NUL byte, a name too long for the file system)."""
+    return not_a_file(path) is None
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file a tool can read (``None`` when it is one), said as
+    what it is: "no such file", "a directory", "a named pipe (FIFO)", "a character device"..."""
     try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
+        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a device
+    except ValueError:
+        return "not a valid file name (a NUL byte)"
+    except OSError as err:
+        reasons = {
+            errno.ENOENT: "no such file",
+            errno.ENAMETOOLONG: "a file name too long for the file system",
+            errno.ELOOP: "a symbolic link loop",
+            errno.ENOTDIR: "no such file (a parent is not a directory)",
+        }
+        return reasons.get(err.errno or 0, f"cannot be read: {err.strerror or err}")
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file"

@@ -16,7 +16,8 @@ import yaml
 
 from servekit import schema
 from servekit.errors import ConfigError
-from servekit.limits import is_file, read_capped
+from servekit.findings import key_text, show
+from servekit.limits import is_file, not_a_file, read_capped
 from servekit.yamlpos import load_yaml
 
 SPEC_KEYS = tuple(schema.SPEC)  # one source of truth: servekit/schema.py
@@ -44,8 +45,8 @@ class ModelSpec:
 
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; an error names the file and the line."""
-    if not path.exists():
-        raise ConfigError(f"{path}: file not found")
+    if (why := not_a_file(path)) is not None:
+        raise ConfigError(f"{path}: {why}")
     try:
         return load_yaml(read_capped(path).decode("utf-8")).data
     except UnicodeDecodeError as err:
@@ -66,13 +67,13 @@ def load_spec(path: Path, root: Path) -> ModelSpec:
         )
     for key in data:
         if key not in SPEC_KEYS:
-            close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+            close = difflib.get_close_matches(key_text(key), SPEC_KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{path}: unknown key '{key}'{hint}")
+            raise ConfigError(f"{path}: unknown key '{key_text(key)}'{hint}")
     for key in REQUIRED:
         if not isinstance(data.get(key), str) or not data[key]:
             raise ConfigError(
-                f"{path}: key '{key}' must be a non-empty string, got {data.get(key)!r}"
+                f"{path}: key '{key}' must be a non-empty string, got {show(data.get(key))}"
             )
     if data["name"] != path.stem:
         raise ConfigError(f"{path}: name '{data['name']}' must match the file name '{path.stem}'")
@@ -124,7 +125,7 @@ def config_sources(
 
 def _existing(spec: Path, root: Path, key: str, value: Any) -> Path:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{spec}: key '{key}' must be a path string, got {value!r}")
+        raise ConfigError(f"{spec}: key '{key}' must be a path string, got {show(value)}")
     path = root / value
     if not is_file(path):
         raise ConfigError(f"{spec}: key '{key}' names '{value}', which does not exist")
@@ -134,12 +135,12 @@ def _existing(spec: Path, root: Path, key: str, value: Any) -> Path:
 def _list(spec: Path, data: Mapping[str, Any]) -> list[Any]:
     value = data.get("extra_files") or []
     if not isinstance(value, list):
-        raise ConfigError(f"{spec}: key 'extra_files' must be a list of paths, got {value!r}")
+        raise ConfigError(f"{spec}: key 'extra_files' must be a list of paths, got {show(value)}")
     return value
 
 
 def _mapping(spec: Path, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key) or {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{spec}: key '{key}' must be a mapping, got {value!r}")
+        raise ConfigError(f"{spec}: key '{key}' must be a mapping, got {show(value)}")
     return value

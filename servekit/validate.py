@@ -26,11 +26,19 @@ from servekit import schema
 from servekit.check_model_config import Where, check_effective, check_keys
 from servekit.check_properties import check_properties
 from servekit.errors import ConfigError
-from servekit.findings import ERROR, WARNING, Finding, did_you_mean, malformed, show
+from servekit.findings import (
+    ERROR,
+    MAX_SHOWN,
+    WARNING,
+    Finding,
+    did_you_mean,
+    malformed,
+    show,
+)
 from servekit.handler_options import check_options, declared_options
 from servekit.handler_source import Unresolved
 from servekit.limits import is_file, read_capped
-from servekit.yamlpos import YamlDoc, YamlTooComplex, load_yaml
+from servekit.yamlpos import YamlDoc, YamlTooComplex, YamlTooLarge, load_yaml
 
 PROPERTIES_SUFFIXES = (".properties",)
 YAML_SUFFIXES = (".yml", ".yaml")
@@ -105,11 +113,12 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        fix = (
-            "write the values out: no alias that expands without bound or refers to itself"
-            if isinstance(err, YamlTooComplex)
-            else "fix the YAML syntax at that line (indentation, quotes, colons)"
-        )
+        if isinstance(err, YamlTooLarge):
+            fix = "check that this is the config you meant: a config holds a few dozen values"
+        elif isinstance(err, YamlTooComplex):
+            fix = "write the values out: no alias that expands without bound or refers to itself"
+        else:
+            fix = "fix the YAML syntax at that line (indentation, quotes, colons)"
         why = (
             f"malformed YAML: {problem}; TorchServe logs an error and loads the model "
             "without its config"
@@ -141,7 +150,30 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
                 "written twice; the last one wins",
             )
         )
+    findings += [_odd_key(label, *odd) for odd in doc.odd_keys]
     return Loaded(label, dataclasses.replace(doc, data={} if doc.data is None else doc.data))
+
+
+def _odd_key(label: str, path: tuple[str, ...], line: int, kind: str) -> Finding:
+    """A key YAML reads as a number, date, boolean or null: checks below skip it."""
+    written = path[-1] if len(path[-1]) <= MAX_SHOWN else f"{path[-1][:MAX_SHOWN]}..."
+    key = ".".join((*path[:-1], written))
+    return Finding(
+        ERROR,
+        "wrong-type",
+        label,
+        line,
+        key,
+        "",
+        "a string key",
+        f'quote it ("{written}": ...) if it is meant as a name, or remove it',
+        f"a YAML {kind} key, not a string: no TorchServe setting or handler option has it",
+    )
+
+
+def _string_keys(section: Mapping[Any, Any]) -> dict[str, Any]:
+    """``section`` without the keys that are not strings (each reported by ``_odd_key``)."""
+    return {k: v for k, v in section.items() if isinstance(k, str)}
 
 
 def _kind(data: Any) -> str:
@@ -154,7 +186,7 @@ def _kind(data: Any) -> str:
 
 def _root_defaults(root: Path) -> Loaded | None:
     path = root / "model-config.yml"
-    if not path.is_file():
+    if not is_file(path):
         return None
     return _load(path, [])
 
@@ -186,7 +218,7 @@ def _model_config(doc: Loaded, queue: int) -> list[Finding]:
     if isinstance(section, dict):
         findings += check_options(
             HandlerOptions,
-            section,
+            _string_keys(section),
             lambda k: (doc.label, doc.doc.line("handler", k)),
             "the base HandlerOptions (every toolkit handler)",
         )
@@ -227,7 +259,7 @@ def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
         value = show(data[key]) if key in data else "(unset)"
         return Finding(ERROR, code, doc.label, doc.doc.line(key), key, value, expected, fix, why)
 
-    for key in data:
+    for key in _string_keys(data):
         if key not in schema.SPEC:
             close = did_you_mean(str(key), schema.SPEC)
             findings.append(
@@ -328,6 +360,7 @@ def _spec_options(
     base = (defaults.doc.data.get("handler") if defaults is not None else None) or {}
     if not isinstance(own, dict) or not isinstance(base, dict):
         return []
+    own, base = _string_keys(own), _string_keys(base)
     handler = data.get("handler")
     if not isinstance(handler, str) or not is_file(root / handler):
         return []

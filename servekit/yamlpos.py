@@ -4,8 +4,10 @@ A config file is small; a hostile one must not cost more than a small one. ``loa
 refuses, as a ``yaml.YAMLError`` naming the line, what PyYAML would otherwise turn into a
 traceback, a hang or an out-of-memory: aliases that expand past ``MAX_NODES`` nodes (a
 "billion laughs" of a few hundred bytes), an alias inside its own anchor, nesting deeper than
-``MAX_DEPTH``, integers longer than ``MAX_INT_DIGITS`` digits and scalars such as
-``2024-02-30`` that PyYAML's constructors cannot build.
+``MAX_DEPTH``, more than ``MAX_NODES`` values, integers of more than ``MAX_INT_BITS`` bits
+(in any YAML form: decimal, ``0x``, ``0o``/``0``, ``0b``, base 60; sized before converting)
+and scalars such as ``2024-02-30`` that PyYAML's constructors cannot build. Mapping keys
+that are not strings (``1:``, ``2024-01-01:``, ``null:``) are listed in ``YamlDoc.odd_keys``.
 
 >>> doc = load_yaml("a: 1\\nb:\\n  c: 2\\n")
 >>> doc.data, doc.line("b", "c")
@@ -20,28 +22,38 @@ an alias refers to its own anchor (a recursive structure)
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError
+from yaml.events import AliasEvent
+
+from servekit.limits import MAX_INT_BITS, MAX_INT_DIGITS
 
 Path_ = tuple[str, ...]
 MAX_DEPTH = 64  # TorchServe's own configs nest three levels
-MAX_NODES = 100_000  # nodes after alias expansion
-MAX_INT_DIGITS = 4000  # Python refuses to convert more than 4300 digits
+MAX_NODES = 100_000  # values in the file, and after alias expansion
+STR_TAG = "tag:yaml.org,2002:str"
 
 
 class YamlTooComplex(yaml.MarkedYAMLError):
     """The document is beyond what ``load_yaml`` reads: too deep, too large once expanded."""
 
 
+class YamlTooLarge(YamlTooComplex):
+    """The document holds more values than ``MAX_NODES``, aliases aside: not a config file."""
+
+
 @dataclasses.dataclass(frozen=True)
 class YamlDoc:
-    """The parsed data, the line of each key path, and keys written twice."""
+    """The parsed data, the line of each key path, keys written twice and keys that are not
+    strings (each with its path as written, line and YAML type: ``int``, ``timestamp``...)."""
 
     data: Any
     lines: dict[Path_, int]
     duplicates: tuple[tuple[Path_, int], ...]
+    odd_keys: tuple[tuple[Path_, int, str], ...] = ()
 
     def line(self, *path: str) -> int | None:
         return self.lines.get(tuple(path))
@@ -53,6 +65,8 @@ class BoundedLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.depth = 0
+        self.nodes = 0  # values composed
+        self.aliases = 0  # alias references: each expands to one value or more
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self.depth += 1
@@ -61,29 +75,73 @@ class BoundedLoader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise YamlTooComplex(problem=f"nested deeper than {MAX_DEPTH} levels",
                                      problem_mark=mark)  # fmt: skip
+            self._count(self.check_event(AliasEvent))
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 
+    def _count(self, alias: bool) -> None:
+        """Refuse while composing, so a huge file stops here and costs no more than the cap."""
+        self.aliases += alias
+        self.nodes += not alias
+        if self.nodes + self.aliases <= MAX_NODES:
+            return
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        if self.nodes > MAX_NODES:
+            raise YamlTooLarge(
+                problem=f"more than {MAX_NODES} values (a config file holds a few dozen)",
+                problem_mark=mark,
+            )
+        raise YamlTooComplex(
+            problem=f"aliases expand this to more than {MAX_NODES} values (an alias bomb?)",
+            problem_mark=mark,
+        )
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError, TypeError) as err:  # e.g. a date 2024-02-30
+        except (ValueError, OverflowError, TypeError, IndexError) as err:  # a date 2024-02-30
             raise ConstructorError(
                 None, None, f"cannot read this {node.tag} value: {err}", node.start_mark
             ) from None
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        digits = sum(c.isdigit() for c in str(node.value))
-        if digits > MAX_INT_DIGITS:
-            raise ConstructorError(
-                None,
-                None,
-                f"an integer of {digits} digits: more than any TorchServe setting holds "
-                f"(a Java long has 19) and than this reader converts ({MAX_INT_DIGITS})",
-                node.start_mark,
-            )
-        return int(super().construct_yaml_int(node))
+        bits = int_bits(str(self.construct_scalar(node)))
+        if bits > MAX_INT_BITS:
+            raise ConstructorError(None, None, _too_long(bits), node.start_mark)
+        value = int(super().construct_yaml_int(node))
+        if value.bit_length() > MAX_INT_BITS:  # int_bits is an upper bound; belt and braces
+            raise ConstructorError(None, None, _too_long(value.bit_length()), node.start_mark)
+        return value
+
+
+def int_bits(text: str) -> int:
+    """An upper bound of the bits of the YAML 1.1 integer ``text``, without converting it.
+
+    >>> int_bits("0x" + "f" * 10), int_bits("-1_000"), int_bits("1:30:00"), int_bits("0b101")
+    (40, 14, 29, 3)
+    """
+    body = text.replace("_", "")
+    body = body[1:] if body[:1] in ("-", "+") else body
+    if body[:2] in ("0b", "0x"):
+        return len(body[2:].lstrip("0")) * (1 if body[1] == "b" else 4)
+    if ":" in body:  # base 60: each part at most its decimal bits, times 60 (< 6 bits)
+        return sum(_decimal_bits(part) + 6 for part in body.split(":"))
+    if body[:1] == "0":
+        return 3 * len(body.lstrip("0"))
+    return _decimal_bits(body)
+
+
+def _decimal_bits(digits: str) -> int:
+    return math.ceil(len(digits.lstrip("0")) * math.log2(10))
+
+
+def _too_long(bits: int) -> str:
+    digits = math.ceil(bits * math.log10(2))
+    return (
+        f"an integer of about {digits} digits ({bits} bits): more than any TorchServe setting "
+        f"holds (a Java long has 19 digits) and than this reader converts ({MAX_INT_DIGITS})"
+    )
 
 
 BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
@@ -101,10 +159,11 @@ def load_yaml(text: str) -> YamlDoc:
         loader.dispose()
     lines: dict[Path_, int] = {}
     duplicates: list[tuple[Path_, int]] = []
+    odd: list[tuple[Path_, int, str]] = []
     if node is not None:
         lines[()] = node.start_mark.line + 1
-        _walk(node, (), lines, duplicates)
-    return YamlDoc(data, lines, tuple(duplicates))
+        _walk(node, (), lines, duplicates, odd)
+    return YamlDoc(data, lines, tuple(duplicates), tuple(odd))
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -154,7 +213,11 @@ def _check_expansion(root: yaml.Node) -> None:
 
 
 def _walk(
-    node: yaml.Node, path: Path_, lines: dict[Path_, int], dups: list[tuple[Path_, int]]
+    node: yaml.Node,
+    path: Path_,
+    lines: dict[Path_, int],
+    dups: list[tuple[Path_, int]],
+    odd: list[tuple[Path_, int, str]],
 ) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -165,8 +228,10 @@ def _walk(
                 dups.append((here, key_node.start_mark.line + 1))
             seen.add(key)
             lines[here] = key_node.start_mark.line + 1
-            _walk(value_node, here, lines, dups)
+            if key_node.tag != STR_TAG:
+                odd.append((here, key_node.start_mark.line + 1, key_node.tag.rpartition(":")[2]))
+            _walk(value_node, here, lines, dups, odd)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*path, str(index))] = item.start_mark.line + 1
-            _walk(item, (*path, str(index)), lines, dups)
+            _walk(item, (*path, str(index)), lines, dups, odd)

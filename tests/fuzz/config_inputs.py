@@ -50,12 +50,22 @@ HOSTILE_SCALARS = [
     "(.|.|.)*(.)(?!.)\\\\2",
     "a{99999999999}",
     "(" * 300,
+    # found by the second review: integer forms whose digits are not 0-9, and regex bombs
+    "0x" + "f" * 3600,
+    ":".join(["1"] * 3000),
+    "0b" + "1" * 14000,
+    "(?:" * 14 + "a" + "){2}" * 14,
+    ",".join(["https?://(?:.*?){7}[0-9]"] * 30),
 ]
+# Keys YAML reads as something other than a string.
+NON_STRING_KEYS = ["1", "2024-01-01", "null", "true", ".nan", "0x1f", "1:30", "~"]
 
 
 def keys() -> st.SearchStrategy[str]:
     known = sorted({*schema.PROPERTIES, *schema.MODEL_CONFIG, *schema.SPEC, "models"})
-    return st.sampled_from(known) | st.text(min_size=1, max_size=12)
+    return (
+        st.sampled_from(known) | st.text(min_size=1, max_size=12) | st.sampled_from(NON_STRING_KEYS)
+    )
 
 
 def values() -> st.SearchStrategy[str]:
