@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 import zipfile
@@ -28,7 +29,8 @@ import yaml
 
 from servekit.archive import HANDLER_PACKAGE, file_sha256, handler_sources
 from servekit.errors import ArchiveError, ConfigError
-from servekit.limits import read_capped
+from servekit.findings import show
+from servekit.limits import is_file, read_capped
 from servekit.reproducible import MANIFEST
 from servekit.specs import ModelSpec, effective_config
 from servekit.yamlpos import load_yaml
@@ -37,6 +39,12 @@ CHUNK = 1 << 20
 MAX_METADATA_BYTES = 1 << 20  # the manifest and the model config: a few hundred bytes
 MAX_ENTRIES = 10_000
 MAX_TOTAL_BYTES = 16 << 30  # uncompressed, all entries: the largest model here is 0.1 GB
+# Deflate reaches about 1000x on zeros; weights and code compress less than 10x. An entry
+# over MAX_RATIO x its compressed size (and over RATIO_FLOOR bytes) is a bomb, not a model.
+MAX_RATIO = 200
+RATIO_FLOOR = 4 << 20
+MAX_MANIFEST_DEPTH = 16  # a manifest nests two levels
+LOCAL_HEADER = 30  # bytes of a zip local file header before its name
 READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}  # what Java reads
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # TorchServe's model name rule
 
@@ -64,7 +72,7 @@ class MarInfo:
     def recorded_sha256(self) -> str | None:
         """The digest ``make archive`` wrote beside the archive, if any."""
         stamp = self.path.with_name(self.path.name + ".sha256")
-        if not stamp.is_file():
+        if not is_file(stamp):
             return None
         try:
             words = read_capped(stamp, 4096).decode("ascii", "replace").split()
@@ -73,12 +81,14 @@ class MarInfo:
         return words[0] if words else "(empty)"
 
 
-def read_mar(path: Path, max_total: int = MAX_TOTAL_BYTES) -> MarInfo:
+def read_mar(
+    path: Path, max_total: int = MAX_TOTAL_BYTES, max_ratio: int = MAX_RATIO
+) -> MarInfo:
     """Open ``path``; ``ArchiveError`` names what is wrong with a broken archive."""
     try:
         with zipfile.ZipFile(path) as archive:
             infos = [i for i in archive.infolist() if not i.is_dir()]
-            _check_entries(path, infos, max_total)
+            _check_entries(path, infos, max_total, max_ratio)
             files, kept = _stream(path, archive, infos)
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise ArchiveError(f"{path}: not a readable .mar (zip) file: {err}") from None
@@ -90,7 +100,9 @@ def read_mar(path: Path, max_total: int = MAX_TOTAL_BYTES) -> MarInfo:
     return MarInfo(path, manifest, config, files)
 
 
-def _check_entries(path: Path, infos: list[zipfile.ZipInfo], max_total: int) -> None:
+def _check_entries(
+    path: Path, infos: list[zipfile.ZipInfo], max_total: int, max_ratio: int
+) -> None:
     """Refuse, before reading a byte, what no TorchServe archive holds."""
     if len(infos) > MAX_ENTRIES:
         raise ArchiveError(f"{path}: {len(infos)} entries; a .mar holds at most {MAX_ENTRIES}")
@@ -107,12 +119,34 @@ def _check_entries(path: Path, infos: list[zipfile.ZipInfo], max_total: int) -> 
                 f"{path}: {info.filename} uses compression method {info.compress_type}; "
                 "TorchServe reads only stored and deflate entries"
             )
+    for info in infos:
+        if info.file_size > RATIO_FLOOR and info.file_size > max_ratio * info.compress_size:
+            raise ArchiveError(
+                f"{path}: {info.filename} declares {info.file_size} bytes from "
+                f"{info.compress_size} compressed, over {max_ratio}x (a zip bomb?)"
+            )
+    _check_overlap(path, infos)
     total = sum(i.file_size for i in infos)
     if total > max_total:
         raise ArchiveError(
             f"{path}: its entries declare {total} bytes uncompressed, over the {max_total} "
             "bytes this reader inspects (a zip bomb?)"
         )
+
+
+def _check_overlap(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse entries whose data overlap (a zip bomb reuses one deflate stream many times)."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    for first, second in itertools.pairwise(ordered):
+        # a lower bound of where the first entry's data end: its name may take more bytes
+        # than characters, and local extra fields are not counted
+        end = first.header_offset + LOCAL_HEADER + len(first.orig_filename) + first.compress_size
+        start = second.header_offset
+        if start < end:
+            raise ArchiveError(
+                f"{path}: {second.filename} overlaps {first.filename} in the file "
+                "(entries sharing data: a zip bomb?)"
+            )
 
 
 def _stream(
@@ -154,6 +188,8 @@ def _manifest(path: Path, data: bytes | None) -> dict[str, Any]:
         manifest = json.loads(data)
     except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, huge numbers
         raise ArchiveError(f"{where} is not JSON: {str(err)[:200]}") from None
+    if _depth(manifest) > MAX_MANIFEST_DEPTH:
+        raise ArchiveError(f"{where} nests deeper than {MAX_MANIFEST_DEPTH} levels")
     model = manifest.get("model") if isinstance(manifest, dict) else None
     if not isinstance(model, dict):
         raise ArchiveError(f'{where} is not {{"model": {{...}}, ...}}; not a .mar manifest')
@@ -163,6 +199,19 @@ def _manifest(path: Path, data: bytes | None) -> dict[str, Any]:
     if not isinstance(model.get("modelName"), str) or not MODEL_NAME.fullmatch(model["modelName"]):
         raise ArchiveError(f"{where}: model.modelName is missing or not a model name")
     return dict(manifest)
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack += [(child, depth + 1) for child in children]
+    return deepest
 
 
 def _model_config(path: Path, name: str, data: bytes | None) -> dict[str, Any]:
@@ -187,7 +236,7 @@ def check_against_spec(
     """Every difference between the archive and what its spec says it should hold."""
     model = info.manifest.get("model", {})
     problems = [
-        f"manifest {field} is {model.get(field)!r}; the spec says {want!r}"
+        f"manifest {field} is {show(model.get(field))}; the spec says {show(want)}"
         for field, want in (
             ("modelName", spec.name),
             ("modelVersion", spec.version),
@@ -200,7 +249,7 @@ def check_against_spec(
     if info.model_config != config:
         problems.append(
             f"model config differs from model-config.yml + {spec.source.name}: "
-            f"archive {info.model_config!r}, spec {config!r}"
+            f"archive {show(info.model_config)}, spec {show(config)}"
         )
     expected = {f"{HANDLER_PACKAGE}/{p.name}": p for p in handler_sources(root)}
     expected |= {p.name: p for p in [spec.handler, *spec.extra_files]}

@@ -5,6 +5,7 @@ rewritten (flags, compression method, sizes, offsets)."""
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 from pathlib import Path
@@ -14,8 +15,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from servekit.errors import ArchiveError
+from servekit.findings import jsonable, printable
 from servekit.marinfo import MarInfo, read_mar
-from tests.fuzz.config_inputs import ROOT, bounded_memory
+from servekit.reproducible import MANIFEST
+from tests.fuzz.config_inputs import HOSTILE_SCALARS, NON_STRING_KEYS, ROOT, bounded_memory
 from tests.fuzz.kept import corpus
 from tests.unit.test_marinfo import small_mar
 
@@ -71,9 +74,30 @@ def check(tmp: Path, data: bytes) -> None:
             return
     assert isinstance(info, MarInfo)
     assert all(entry.size >= 0 and len(entry.sha256) == 64 for entry in info.files.values())
+    # what inspect_mar prints: strict JSON, and names that cannot forge lines or escapes
+    json.dumps(jsonable({"manifest": info.manifest, "config": info.model_config}), allow_nan=False)
+    assert all(printable(name).isprintable() for name in info.files)
 
 
-@given(data=archives() | st.binary(max_size=200))
+@st.composite
+def metadata(draw: st.DrawFn) -> bytes:
+    """A well-formed archive whose manifest, model config and entry names are hostile."""
+    value = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", '"x"', "[[[]]]"]))
+    manifest = (
+        '{"model": {"modelName": "tiny", "configFile": "model-config.yml", "x": ' + value + "}}"
+    )
+    key = draw(st.sampled_from([*NON_STRING_KEYS, "a", '"k\\n\\x1b"']))
+    scalar = draw(st.sampled_from(HOSTILE_SCALARS[:20]))
+    name = draw(st.text(st.characters(max_codepoint=0x7F), min_size=1, max_size=12))
+    return small_mar(
+        {MANIFEST: manifest.encode(), "model-config.yml": f"{key}: {scalar}\n".encode(), name: b"x"}
+    )
+
+
+@given(data=archives() | metadata() | st.binary(max_size=200))
+@example(data=small_mar({MANIFEST: b'{"model": {"modelName": "t", "x": NaN}, "y": Infinity}'}))
+@example(data=small_mar({"model-config.yml": b"2024-01-01: 1\na: .nan\n1: 2\n"}))
+@example(data=small_mar({"evil\nmatches its spec\n\x1b[31mred": b"x"}))
 @example(data=SMALL[: len(SMALL) // 2])
 @example(data=b"PK\x05\x06" + bytes(18))
 @example(data=b"PK\x03\x04" + bytes(26))
