@@ -193,7 +193,7 @@ class RabbitMQ:
 
 @dataclass
 class Redis:
-    """``redis-server`` on its own port and directory; nothing persisted."""
+    """``redis-server`` on its own port and directory; every write in its AOF before the reply."""
 
     workdir: Path
     port: int = 0  # 0: a free port
@@ -211,7 +211,10 @@ class Redis:
             "--bind", "127.0.0.1",
             "--dir", str(self.workdir),
             "--save", "",
-            "--appendonly", "no",
+            # An acknowledged message's result must survive a restart: the bridge acks only
+            # after the write, so every write is on disk first (AOF, fsync on each write).
+            "--appendonly", "yes",
+            "--appendfsync", "always",
             "--daemonize", "no",
         ]  # fmt: skip
         self.process = Process("redis", command, self.workdir)

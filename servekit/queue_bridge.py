@@ -8,8 +8,12 @@ Every message ends, whatever it holds (``docs/queue-bridge.md`` has the table):
 - a message is acknowledged only after its result is in Redis; a bridge that dies leaves its
   unacknowledged messages to RabbitMQ, which redelivers them to another bridge;
 - 503 (job queue full), 408/429/502/504, a dead worker or an unreachable server are retried
-  with backoff, within ``RetryPolicy.max_attempts`` calls and ``max_worker_deaths`` worker
-  deaths, counted in Redis across redeliveries and bridges; then the message ends as an error;
+  with backoff, within ``RetryPolicy.max_attempts`` calls, ``max_timeouts`` timeouts and
+  ``max_worker_deaths`` worker deaths, counted in Redis across redeliveries and bridges; then
+  the message ends as an error;
+- a worker death answers every request of the dying batch, so it is charged to no one: the
+  message is quarantined, and a quarantined message is sent alone (no other call of this
+  bridge in flight to its model, ``ModelGate``); only deaths in quarantine count;
 - any other 4xx/5xx, a message that is not a valid envelope (or is over
   ``max_message_bytes``), a request the HTTP client refuses to send, and spent retries: the
   error is stored as the result *and* the message is published to ``<queue>.dead``
@@ -21,8 +25,12 @@ Every message ends, whatever it holds (``docs/queue-bridge.md`` has the table):
   ``dead_letter_attempts`` times in all, then the message is rejected (``basic_nack`` without
   requeue: RabbitMQ drops it, or routes it to the queue's own dead-letter exchange if the
   operator set one); its stored result stays. No delivery is left unsettled;
-- results are keyed by request id: a redelivered message overwrites its own result, and one
-  whose result is already stored is acknowledged without calling TorchServe again;
+- results are keyed by request id and the first one stored wins (``SET NX``): a message,
+  fresh or redelivered, whose id already has a result is acknowledged without calling
+  TorchServe, and it never replaces that result;
+- when the AMQP connection is lost (RabbitMQ stopped, a blocked connection past
+  ``blocked_timeout``) the bridge stops its workers and exits (code 3 from the CLI; a
+  supervisor restarts it); RabbitMQ redelivers what it held;
 - at most ``prefetch`` messages are held (and in flight to TorchServe) per bridge.
 
     >>> config = BridgeConfig("amqp://guest:guest@127.0.0.1:5672/%2F", "redis://127.0.0.1:6379/0")
@@ -43,7 +51,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +81,15 @@ from servekit.queue_messages import (
     result_key,
     valid_request_id,
 )
-from servekit.queue_retry import RetryPolicy, Verdict, classify, error_message, worker_died
+from servekit.queue_retry import (
+    TIMED_OUT,
+    RetryPolicy,
+    Verdict,
+    classify,
+    error_message,
+    timed_out,
+    worker_died,
+)
 
 log = logging.getLogger("servekit.queue_bridge")
 
@@ -91,6 +107,8 @@ MESSAGE_BYTES_RANGE = (1024, 512 * 1024 * 1024)  # RabbitMQ refuses messages ove
 # Redis down: waits of 0.1 s doubling to 5 s, 60 tries (about 3-4 minutes) per message.
 STORE_RETRY = RetryPolicy(first_delay=0.1, max_delay=5.0, max_attempts=60)
 INTERNAL_ERROR = "internal error in the queue bridge; see the bridge's log"
+STOP_TIMEOUT = 30.0  # seconds from SIGTERM to a forced exit
+EXIT_FORCED = 4  # stopped by the stop timeout or a second signal
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -119,6 +137,10 @@ class BridgeConfig:
     store_retry: RetryPolicy = STORE_RETRY  # Redis writes and reads
     max_message_bytes: int = MAX_ENVELOPE_BYTES
     dead_letter_attempts: int = 5  # publishes of one dead letter before the message is rejected
+    # Under a memory or disk alarm RabbitMQ stops reading from publishing connections: a dead
+    # letter publish would wait for ever. Past this many seconds blocked, pika closes the
+    # connection; the bridge exits and RabbitMQ redelivers what it held.
+    blocked_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.prefetch <= MAX_PREFETCH:
@@ -144,6 +166,11 @@ class BridgeConfig:
                 f"max_message_bytes is {self.max_message_bytes}; expected {low}-{high} "
                 f"(default {MAX_ENVELOPE_BYTES}: TorchServe's max_request_size, base64-encoded)"
             )
+        if not 0 < self.http_timeout <= 3600 or not 0 < self.blocked_timeout <= 3600:
+            raise ConfigError(
+                f"http_timeout is {self.http_timeout}, blocked_timeout {self.blocked_timeout}; "
+                "expected seconds in (0, 3600]"
+            )
         if self.dead_letter_attempts < 1:
             raise ConfigError(
                 f"dead_letter_attempts is {self.dead_letter_attempts}; expected at least 1"
@@ -165,9 +192,11 @@ class Tries:
     """A request's calls so far (this one included), worker deaths and last retryable answer."""
 
     calls: int
-    deaths: int = 0
+    deaths: int = 0  # worker deaths while quarantined (sent alone): the ones that count
     status: int | None = None
     error: str | None = None
+    timeouts: int = 0
+    quarantined: bool = False  # a worker died on a batch it was in: from now on it goes alone
 
     @classmethod
     def from_hash(cls, fields: Mapping[bytes, bytes]) -> Tries:
@@ -178,6 +207,15 @@ class Tries:
             int(fields.get(b"deaths", 0)),
             None if status is None else int(status),
             None if error is None else error.decode("utf-8", "replace"),
+            int(fields.get(b"timeouts", 0)),
+            fields.get(b"quarantined", b"0") != b"0",
+        )
+
+    def spent(self, policy: RetryPolicy, calls: int) -> bool:
+        return (
+            calls >= policy.max_attempts
+            or self.deaths >= policy.max_worker_deaths
+            or self.timeouts >= policy.max_timeouts
         )
 
 
@@ -187,6 +225,58 @@ class Stopping(QueueError):
 
 class StoreUnavailable(QueueError):
     """Redis did not answer within the bridge's ``store_retry`` budget."""
+
+
+class ModelGate:
+    """Per model, a readers/writer gate: normal calls share it, quarantined calls hold it alone.
+
+    TorchServe answers every request of a batch whose worker died "Worker died.", so a death
+    says which batch, not which message. A call made while holding the gate alone shares its
+    batch with no other call of this bridge (other bridges and clients may still join it).
+    A waiting exclusive call goes before new shared ones, so it is never starved.
+    """
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
+        self._changed = threading.Condition()
+        self._shared: Counter[str] = Counter()
+        self._waiting: Counter[str] = Counter()  # exclusive calls waiting
+        self._exclusive: set[str] = set()
+
+    @contextlib.contextmanager
+    def hold(self, model: str, exclusive: bool) -> Iterator[None]:
+        model = model.split("/")[0]  # every version of a model: conservative
+        with self._changed:
+            self._waiting[model] += exclusive
+            try:
+                while not self._free(model, exclusive):
+                    if self._stopping.is_set():
+                        raise Stopping("the bridge is stopping")
+                    self._changed.wait(0.5)
+            finally:
+                self._waiting[model] -= exclusive
+            if exclusive:
+                self._exclusive.add(model)
+            else:
+                self._shared[model] += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                if exclusive:
+                    self._exclusive.discard(model)
+                else:
+                    self._shared[model] -= 1
+                self._changed.notify_all()
+
+    def _free(self, model: str, exclusive: bool) -> bool:
+        if model in self._exclusive:
+            return False
+        return self._shared[model] == 0 if exclusive else self._waiting[model] == 0
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
 
 def error_body(status: int, kind: str, message: str) -> bytes:
@@ -217,6 +307,7 @@ class Bridge:
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._gate = ModelGate(self._stopping)
         self._local = threading.local()
         # No retries inside redis-py: the bridge's own backoff (store_retry) is the only one.
         self._redis = redis.Redis.from_url(
@@ -234,7 +325,10 @@ class Bridge:
 
     def run(self) -> None:
         """Consume until ``stop()``; in-flight messages are finished (or requeued) before return."""
-        self._connection = pika.BlockingConnection(pika.URLParameters(self.config.amqp_url))
+        parameters = pika.URLParameters(self.config.amqp_url)
+        if parameters.blocked_connection_timeout is None:  # the URL's own setting wins
+            parameters.blocked_connection_timeout = self.config.blocked_timeout
+        self._connection = pika.BlockingConnection(parameters)
         try:
             self._channel = self._connection.channel()
             declare_queues(self._channel, self.config.queue)
@@ -251,10 +345,16 @@ class Bridge:
                     self.config.prefetch,
                 )
                 self.ready.set()
-                if not self._stopping.is_set():
-                    self._channel.start_consuming()
-                while self._in_flight:  # let workers hand back their outcomes
-                    self._connection.process_data_events(time_limit=0.05)
+                try:
+                    if not self._stopping.is_set():
+                        self._channel.start_consuming()
+                    while self._in_flight:  # let workers hand back their outcomes
+                        self._connection.process_data_events(time_limit=0.05)
+                except BaseException:
+                    # The connection is gone (or we are going): its deliveries go back to the
+                    # queue, so workers in backoff must not keep the process alive for minutes.
+                    self._stop_workers()
+                    raise
         finally:
             if self._connection.is_open:
                 self._connection.close()
@@ -262,10 +362,14 @@ class Bridge:
 
     def stop(self) -> None:
         """Ask ``run`` to stop (any thread, or a signal handler)."""
-        self._stopping.set()
+        self._stop_workers()
         connection, channel = self._connection, self._channel
         if connection is not None and channel is not None and connection.is_open:
             connection.add_callback_threadsafe(channel.stop_consuming)
+
+    def _stop_workers(self) -> None:
+        self._stopping.set()
+        self._gate.wake()
 
     def _on_message(
         self, pool: ThreadPoolExecutor, channel: Any, method: Any, properties: Any, body: bytes
@@ -357,9 +461,12 @@ class Bridge:
 
     def _work(self, tag: int, redelivered: bool, properties: Any, body: bytes) -> None:
         outcome = self.process(body, properties.message_id, redelivered)
-        self._connection.add_callback_threadsafe(
-            functools.partial(self._finish, tag, properties, body, outcome)
-        )
+        try:
+            self._connection.add_callback_threadsafe(
+                functools.partial(self._finish, tag, properties, body, outcome)
+            )
+        except pika.exceptions.AMQPError:  # the connection is gone: RabbitMQ redelivers it
+            log.warning("%s: connection closed; %s goes back to the queue", self.name, tag)
 
     def process(self, raw: bytes, message_id: str | None, redelivered: bool) -> Outcome:
         """Everything but the AMQP settlement: decode, call TorchServe (with retries), store.
@@ -385,13 +492,15 @@ class Bridge:
             return self._internal_error(request_id)
 
     def _serve(self, request: InferenceRequest, redelivered: bool) -> Outcome:
-        if redelivered:
-            stored = self._stored(request.id)
-            if stored is not None:  # done before a crash or lost ack: do not do it twice
-                self._count("replayed")
-                return self._outcome(stored)
+        stored = self._stored(request.id)
+        if stored is not None:  # done before (a crash, a lost ack, a repeated id): not twice
+            self._count("replayed" if redelivered else "duplicate")
+            return self._outcome(stored)
         result = self._call_with_retries(request)
-        self._store(result, request.ttl or self.config.result_ttl)
+        if not self._store(result, request.ttl or self.config.result_ttl):
+            # Another message with this id was answered meanwhile: its answer stands.
+            self._count("duplicate")
+            return self._outcome(self._stored(request.id) or result)
         self._count("done" if result.ok else "failed")
         return self._outcome(result)
 
@@ -430,17 +539,20 @@ class Bridge:
         policy = self.config.retry
         while True:
             tries = self._begin_attempt(request.id)
-            if tries.calls > policy.max_attempts or tries.deaths >= policy.max_worker_deaths:
+            if tries.spent(policy, tries.calls - 1):
                 return self._exhausted(request, tries.calls - 1, tries)  # spent before
-            status, content_type, body = self._call(request)
+            if tries.quarantined:
+                self._count("quarantined_calls")
+            with self._gate.hold(request.model, exclusive=tries.quarantined):
+                status, content_type, body = self._call(request)
             if classify(status, body) is not Verdict.RETRY:
                 error = None if 200 <= status < 300 else error_message(body)
                 return StoredResult(
                     request.id, request.model, status, content_type, body, error, tries.calls,
                     self.name,
                 )  # fmt: skip
-            tries = self._record_failure(request.id, status, body)
-            if tries.calls >= policy.max_attempts or tries.deaths >= policy.max_worker_deaths:
+            tries = self._record_failure(request.id, status, body, alone=tries.quarantined)
+            if tries.spent(policy, tries.calls):
                 return self._exhausted(request, tries.calls, tries)
             self._count("retries")
             if self._stopping.wait(policy.delay(tries.calls)):
@@ -451,8 +563,9 @@ class Bridge:
         last = tries.error or "none recorded (a bridge stopped or died during the call)"
         message = (
             f"gave up after {calls} attempts, {tries.deaths} of them ending in a worker death "
-            f"(limits: {policy.max_attempts} attempts, {policy.max_worker_deaths} worker deaths); "
-            f"last answer: {tries.status or 'none'} {last}"
+            f"while sent alone, {tries.timeouts} in a timeout (limits: {policy.max_attempts} "
+            f"attempts, {policy.max_worker_deaths} worker deaths, {policy.max_timeouts} "
+            f"timeouts); last answer: {tries.status or 'none'} {last}"
         )
         self._count("exhausted")
         log.warning("%s: %s %s", self.name, request.id, message)
@@ -470,6 +583,9 @@ class Bridge:
                 headers={"Content-Type": request.content_type},
                 timeout=self.config.http_timeout,
             )
+        except requests.exceptions.ReadTimeout:  # it reached TorchServe and is still running there
+            message = f"TorchServe did not answer within {self.config.http_timeout} s"
+            return TIMED_OUT, "application/json", error_body(TIMED_OUT, "Timeout", message)
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -513,20 +629,23 @@ class Bridge:
                 raise Stopping(f"{self.name} is stopping")
             attempt += 1
 
-    def _store(self, result: StoredResult, ttl: int) -> None:
-        """SET the result and push its wake-up token, atomically; the attempt count goes."""
+    def _store(self, result: StoredResult, ttl: int) -> bool:
+        """SET NX the result and push its wake-up token, atomically; the attempt count goes.
+
+        False when the id already had a result: the first answer wins, it is never replaced.
+        """
         prefix = self.config.prefix
 
-        def write(client: redis.Redis) -> None:
+        def write(client: redis.Redis) -> bool:
             with client.pipeline(transaction=True) as pipe:
-                pipe.set(result_key(prefix, result.id), result.encode(), ex=ttl)
+                pipe.set(result_key(prefix, result.id), result.encode(), ex=ttl, nx=True)
                 pipe.delete(done_key(prefix, result.id))  # one token, however many passes
                 pipe.rpush(done_key(prefix, result.id), b"1")
                 pipe.expire(done_key(prefix, result.id), ttl)
                 pipe.delete(attempts_key(prefix, result.id))
-                pipe.execute()
+                return pipe.execute()[0] is not None
 
-        self._redis_call(f"store the result of {result.id}", write)
+        return self._redis_call(f"store the result of {result.id}", write)
 
     def _stored(self, request_id: str) -> StoredResult | None:
         key = result_key(self.config.prefix, request_id)
@@ -554,14 +673,20 @@ class Bridge:
 
         return Tries.from_hash(self._redis_call(f"count the attempts of {request_id}", count))
 
-    def _record_failure(self, request_id: str, status: int, body: bytes) -> Tries:
-        """Keep the last retryable answer, and count it if the worker died on it."""
+    def _record_failure(self, request_id: str, status: int, body: bytes, alone: bool) -> Tries:
+        """Keep the last retryable answer; count a timeout, or a worker death when sent alone.
+
+        A death in a shared batch is charged to no one: it quarantines the request instead.
+        """
         key = attempts_key(self.config.prefix, request_id)
+        died = worker_died(status, body)
 
         def record(client: redis.Redis) -> Any:
             with client.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping={"status": status, "error": error_message(body)})
-                pipe.hincrby(key, "deaths", int(worker_died(status, body)))
+                pipe.hset(key, "quarantined", int(died or alone))
+                pipe.hincrby(key, "deaths", int(died and alone))
+                pipe.hincrby(key, "timeouts", int(timed_out(status)))
                 pipe.expire(key, MAX_TTL)
                 pipe.hgetall(key)
                 return pipe.execute()[-1]
@@ -606,7 +731,35 @@ def _parser() -> argparse.ArgumentParser:
         "--max-worker-deaths",
         type=int,
         default=RetryPolicy.max_worker_deaths,
-        help="'worker died' answers a message may cause before it ends the same way (3)",
+        help="'worker died' answers to a message sent alone (in quarantine, after a first "
+        "death in a shared batch) before it ends the same way (3)",
+    )
+    parser.add_argument(
+        "--max-timeouts",
+        type=int,
+        default=RetryPolicy.max_timeouts,
+        help="calls that outlive --http-timeout (or answer 504) before the message ends in a "
+        "stored 504 and a dead letter (2); each copy keeps running in TorchServe",
+    )
+    parser.add_argument(
+        "--http-timeout",
+        type=float,
+        default=BridgeConfig.http_timeout,
+        help="seconds to wait for TorchServe's answer (60); keep it above responseTimeout",
+    )
+    parser.add_argument(
+        "--blocked-timeout",
+        type=float,
+        default=BridgeConfig.blocked_timeout,
+        help="seconds RabbitMQ may block the connection (memory or disk alarm) before the "
+        "bridge exits with code 3 and its messages are redelivered (30)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=STOP_TIMEOUT,
+        help="seconds after SIGTERM/Ctrl-C before the bridge exits whatever it is doing "
+        f"(held messages are redelivered) ({STOP_TIMEOUT:g}); a second signal exits at once",
     )
     parser.add_argument(
         "--store-attempts",
@@ -639,10 +792,26 @@ def _port(url: str) -> int:
     return port
 
 
-def _serve(bridge: Bridge) -> None:
+def _force_exit(bridge: Bridge, why: str) -> None:
+    """Leave now: RabbitMQ redelivers the unacknowledged messages when the connection drops."""
+    log.error("%s: %s; exiting without waiting (held messages are redelivered)", bridge.name, why)
+    logging.shutdown()
+    os._exit(EXIT_FORCED)
+
+
+def _serve(bridge: Bridge, stop_timeout: float = STOP_TIMEOUT) -> None:
     def on_signal(signum: int, frame: object) -> None:
-        log.info("%s: signal %d, stopping", bridge.name, signum)
+        if bridge._stopping.is_set():
+            _force_exit(bridge, f"signal {signum} again")
+        log.info("%s: signal %d, stopping (at most %g s)", bridge.name, signum, stop_timeout)
         bridge.stop()
+        # A stop can wait on what the bridge does not control (a connection RabbitMQ blocks, a
+        # slow call): past the timeout the process leaves anyway.
+        watchdog = threading.Timer(
+            stop_timeout, _force_exit, (bridge, f"not stopped {stop_timeout:g} s after a signal")
+        )
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -663,23 +832,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.prefix,
             args.prefetch,
             args.result_ttl,
+            http_timeout=args.http_timeout,
             retry=RetryPolicy(
-                max_attempts=args.max_attempts, max_worker_deaths=args.max_worker_deaths
+                max_attempts=args.max_attempts,
+                max_worker_deaths=args.max_worker_deaths,
+                max_timeouts=args.max_timeouts,
             ),
             store_retry=dataclasses.replace(STORE_RETRY, max_attempts=args.store_attempts),
             max_message_bytes=args.max_message_bytes,
+            blocked_timeout=args.blocked_timeout,
         )
+        if args.stop_timeout <= 0:
+            raise ConfigError(f"--stop-timeout is {args.stop_timeout}; expected seconds above 0")
         with contextlib.ExitStack() as stack:
             if args.local_brokers is not None:
                 rabbit, red = stack.enter_context(
                     brokers(args.local_brokers, _port(args.amqp_url), _port(args.redis_url))
                 )
                 log.info("local brokers up: %s %s", rabbit.url, red.url)
-            _serve(Bridge(config, args.name))
+            _serve(Bridge(config, args.name), args.stop_timeout)
     except ConfigError as error:
         print(f"queue_bridge.py: {error}", file=sys.stderr)
         return 2
-    except (ServerError, pika.exceptions.AMQPConnectionError, redis.ConnectionError) as error:
+    except (ServerError, pika.exceptions.AMQPError, redis.ConnectionError) as error:
+        # RabbitMQ gone or the connection blocked too long: what the bridge held is redelivered;
+        # a supervisor (systemd Restart=, a Kubernetes Deployment) starts it again.
         print(f"queue_bridge.py: {type(error).__name__}: {error}", file=sys.stderr)
         return 3
     return 0

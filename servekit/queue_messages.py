@@ -16,12 +16,13 @@ The result is a JSON object stored at ``<prefix>:result:<id>`` (``SET ... EX ttl
      "bridge": "bridge-4242-1a2b3c"}
 
 ``status`` is TorchServe's HTTP status, or 400 for a message the bridge could not read
-(then ``error`` says why). Because the key is the request id, a redelivered message
-overwrites its own result and never adds a second one.
+(then ``error`` says why). The first answer stored for an id wins (``SET NX``): a redelivered
+or repeated message never replaces it, so whoever sends an id first owns it.
 
 ``decode_request`` is the one reader of untrusted envelopes: for any bytes it returns an
-``InferenceRequest`` or raises ``MalformedMessage``, and the size limit is checked before
-anything is parsed. Error messages echo at most ``SHOWN_CHARS`` of a bad value.
+``InferenceRequest`` or raises ``MalformedMessage``. The size limit and the count of
+structural bytes (``{ [ , :``) are checked before anything is parsed, so parsing takes a few
+times the message's size at most. Error messages echo at most ``SHOWN_CHARS`` of a bad value.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ MAX_TTL = 7 * 24 * 3600
 # admits every body TorchServe would take and refuses the rest before parsing them.
 MAX_ENVELOPE_BYTES = 10 * 1024 * 1024
 SHOWN_CHARS = 80  # of a bad value, in an error message
+# An envelope is one flat object of six fields at most: one '{', a few ',' and ':' (more in a
+# content type or an id), and base64 has none of them. A cap on these bytes, counted before
+# parsing, bounds what json.loads builds: 10 MiB of '{},' once took 299 MB to parse.
+STRUCTURE_BYTES = (b"{", b"[", b",", b":")
+MAX_STRUCTURE_BYTES = 1024
 
 
 class QueueError(ToolkitError):
@@ -203,6 +209,14 @@ def _envelope(raw: bytes, fallback_id: str | None, max_bytes: int) -> dict[str, 
         raise MalformedMessage(
             f"message body is {len(raw)} bytes; the limit is {max_bytes} "
             "(the bridge's --max-message-bytes); send a smaller payload or raise the limit",
+            fallback_id,
+        )
+    structure = sum(raw.count(byte) for byte in STRUCTURE_BYTES)
+    if structure > MAX_STRUCTURE_BYTES:
+        raise MalformedMessage(
+            f"message body has {structure} of the bytes {{ [ , : (at most {MAX_STRUCTURE_BYTES}); "
+            'expected one flat request envelope {"v": 1, "id", "model", "content_type", '
+            '"body": base64}, not nested or repeated values',
             fallback_id,
         )
     try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -13,12 +16,14 @@ from servekit.queue_bridge import (
     MAX_HEADER_CHARS,
     Bridge,
     BridgeConfig,
+    ModelGate,
     Outcome,
+    Stopping,
     Tries,
     dead_letter_headers,
 )
 from servekit.queue_messages import InferenceRequest
-from servekit.queue_retry import RetryPolicy, Verdict, classify
+from servekit.queue_retry import RetryPolicy, Verdict, classify, timed_out
 
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens; a connect would be refused
 
@@ -108,3 +113,80 @@ def test_an_unexpected_error_ends_the_message_instead_of_requeueing_it(
     outcome = bridge.process(InferenceRequest("r-2", "iris", b"").encode(), None, False)
     assert outcome == Outcome(Verdict.DEAD, "r-2", INTERNAL_ERROR, 500)
     assert bridge.stats["internal_errors"] == 1
+
+
+def test_tries_know_quarantine_and_timeouts() -> None:
+    fields = {b"calls": b"2", b"timeouts": b"1", b"quarantined": b"1"}
+    tries = Tries.from_hash(fields)
+    assert tries.quarantined and tries.timeouts == 1 and tries.deaths == 0
+    policy = RetryPolicy(max_attempts=30, max_worker_deaths=3, max_timeouts=2)
+    assert not tries.spent(policy, tries.calls)
+    assert Tries(3, timeouts=2).spent(policy, 3)  # a slow request: 2 timeouts, not 30 calls
+    assert Tries(5, deaths=3).spent(policy, 5) and Tries(30).spent(policy, 30)
+
+
+def test_a_call_that_outlives_the_http_timeout_is_a_504() -> None:
+    """It used to be a 503, retried up to 30 times while every copy kept running."""
+    with socket.socket() as listener:  # accepts (the kernel does), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        cfg = BridgeConfig("amqp://h:1/%2F", "redis://h:2/0", f"http://127.0.0.1:{port}",
+                           http_timeout=0.2)  # fmt: skip
+        status, _, body = Bridge(cfg, "unit")._call(InferenceRequest("r-1", "iris", b"{}"))
+    assert status == 504 and json.loads(body)["type"] == "Timeout"
+    assert timed_out(status) and classify(status, body) is Verdict.RETRY
+
+
+def hold_in_thread(
+    gate: ModelGate, model: str, exclusive: bool, log: list[str]
+) -> Callable[[], None]:
+    """Enter the gate in a thread; returns a function that lets it leave and joins it."""
+    leave, entered = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with gate.hold(model, exclusive):
+            log.append(f"{'x' if exclusive else 's'}-in")
+            entered.set()
+            leave.wait(5)
+        log.append(f"{'x' if exclusive else 's'}-out")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        leave.set()
+        thread.join(5)
+
+    finish.entered = entered  # type: ignore[attr-defined]
+    return finish
+
+
+def test_a_quarantined_call_waits_until_it_is_alone_and_goes_before_new_calls() -> None:
+    """A worker death once dead-lettered every message of the batch, not only the killer."""
+    gate, log = ModelGate(threading.Event()), []
+    first = hold_in_thread(gate, "killer", False, log)
+    assert first.entered.wait(5)  # type: ignore[attr-defined]
+    alone = hold_in_thread(gate, "killer/1.0", True, log)  # any version of the same model
+    time.sleep(0.2)  # would it get in while a shared call is in flight? (it must not)
+    later = hold_in_thread(gate, "killer", False, log)
+    other = hold_in_thread(gate, "iris", False, log)  # other models are not held up
+    assert other.entered.wait(5)  # type: ignore[attr-defined]
+    assert log == ["s-in", "s-in"]
+    first()
+    assert alone.entered.wait(5)  # type: ignore[attr-defined]
+    time.sleep(0.2)
+    assert not later.entered.is_set()  # type: ignore[attr-defined]
+    alone()
+    assert later.entered.wait(5)  # type: ignore[attr-defined]
+    later(), other()
+
+
+def test_a_stopping_bridge_leaves_the_gate_queue() -> None:
+    stopping = threading.Event()
+    gate = ModelGate(stopping)
+    with gate.hold("m", exclusive=False):
+        stopping.set()
+        gate.wake()
+        with pytest.raises(Stopping), gate.hold("m", exclusive=True):
+            pass

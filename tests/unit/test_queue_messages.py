@@ -81,7 +81,8 @@ def test_keys_are_per_request_id() -> None:
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
-        (b"[" * 50_000, "not JSON this bridge reads"),  # was RecursionError: a loop for ever
+        (b"[" * 50_000, "not nested"),  # was RecursionError: a loop for ever
+        (b"[" * 1000, "not JSON this bridge reads"),  # under the structure cap: the parser says
         (b'{"id": "r-1", "ttl": ' + b"9" * 5000 + b"}", "integers under 4300 digits"),  # ValueError
         (b'{"id": "r-1", "body": "\xc3\x28"}', "not UTF-8 text"),
     ],
@@ -132,3 +133,19 @@ def test_header_text_is_bounded_and_encodable() -> None:
     assert header_text("abc", 10) == "abc"
     assert header_text("x" * 5000, 100) == "x" * 97 + "..."
     assert header_text("bad \ud800 id", 100) == "bad \\ud800 id"
+
+
+@pytest.mark.parametrize("unit", [b"{},", b"[],", b"1,", b'"a":1,'])
+def test_many_small_values_are_refused_before_parsing(unit: bytes) -> None:
+    """10 MiB of '{},' in an unknown field once took 299 MB to parse (8 of them 1.6 GB)."""
+    raw = b'{"id": "r-1", "model": "iris", "body": "", "pad": [' + unit * 2000 + b"0]}"
+    with pytest.raises(MalformedMessage, match="flat request envelope") as caught:
+        decode_request(raw, "r-1")
+    assert caught.value.request_id == "r-1"
+
+
+def test_a_long_id_and_content_type_full_of_separators_still_decode() -> None:
+    """The structure cap leaves room for every valid id and content type."""
+    content_type = "a/" + "{[,:" * 63
+    request = InferenceRequest(":" * 128, "iris", b"x" * 1000, content_type)
+    assert decode_request(request.encode()) == request

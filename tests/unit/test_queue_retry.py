@@ -15,6 +15,7 @@ from servekit.queue_retry import (
     Verdict,
     classify,
     error_message,
+    timed_out,
     worker_died,
 )
 
@@ -80,6 +81,7 @@ def test_backoff_grows_and_stays_within_the_cap() -> None:
         ({"first_delay": 3, "max_delay": 2}, "expected 0 < first <= max"),
         ({"max_attempts": 0}, "max_attempts is 0"),
         ({"max_worker_deaths": 0}, "max_worker_deaths is 0"),
+        ({"max_timeouts": 0}, "max_timeouts is 0"),
     ],
 )
 def test_bad_retry_policies_are_refused(kwargs: dict[str, float], words: str) -> None:
@@ -94,8 +96,15 @@ def test_bad_retry_policies_are_refused(kwargs: dict[str, float], words: str) ->
         ({"result_ttl": 0}, "result_ttl is 0"),
         ({"queue": "requests.dead"}, "not ending in '.dead'"),
         ({"inference_url": "127.0.0.1:8080"}, "inference_url is '127.0.0.1:8080'; expected a URL"),
+        ({"http_timeout": 0}, "http_timeout is 0"),
+        ({"blocked_timeout": -1}, "blocked_timeout -1"),
     ],
 )
 def test_bad_bridge_configs_are_refused(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         BridgeConfig("amqp://h:1/%2F", "redis://h:2/0", **kwargs)  # type: ignore[arg-type]
+
+
+def test_only_504_counts_as_a_timeout() -> None:
+    assert timed_out(504) and not timed_out(503) and not timed_out(500)
+    assert classify(504, b"{}") is Verdict.RETRY
