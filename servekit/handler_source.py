@@ -152,8 +152,11 @@ def _options_class(module: _Module, name: str, root: Path, hops: int) -> type[Ha
     trusted = _toolkit_module(path)
     if trusted is not None:
         declared = getattr(importlib.import_module(trusted), class_name, None)
-        if isinstance(declared, type) and issubclass(declared, HandlerOptions):
-            return declared
+        # the base as that module sees it: once `handlers` is imported anew (the harness
+        # forgets an archive's copy), the class imported above is another object
+        base = importlib.import_module(HandlerOptions.__module__).HandlerOptions
+        if isinstance(declared, type) and issubclass(declared, base):
+            return cast("type[HandlerOptions]", declared)
         raise Unresolved(f"{path}: {class_name} is not a HandlerOptions dataclass")
     source = module if path == module.path else parse(path)
     found = [c for c in source.classes() if c.name == class_name]
