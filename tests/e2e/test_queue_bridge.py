@@ -354,13 +354,19 @@ def test_burst_beyond_job_queue_size_completes_thanks_to_retry(
 
 
 def bridge_process(
-    pair: tuple[RabbitMQ, Redis], ts: TorchServe, names: tuple[str, str], name: str, log: Path
+    pair: tuple[RabbitMQ, Redis],
+    ts: TorchServe,
+    names: tuple[str, str],
+    name: str,
+    log: Path,
+    *options: str,
 ) -> subprocess.Popen[bytes]:
+    """``scripts/queue_bridge.py`` in its own session; ``options`` are added (the last wins)."""
     command = [
         sys.executable, str(ROOT / "scripts" / "queue_bridge.py"),
         "--amqp-url", pair[0].url, "--redis-url", pair[1].url,
         "--inference-url", ts.inference_url, "--queue", names[0], "--prefix", names[1],
-        "--prefetch", "8", "--name", name,
+        "--prefetch", "8", "--name", name, *options,
     ]  # fmt: skip
     with open(log, "ab") as out:
         return subprocess.Popen(

@@ -164,7 +164,7 @@ def hold_in_thread(
 
 def test_a_quarantined_call_waits_until_it_is_alone_and_goes_before_new_calls() -> None:
     """A worker death once dead-lettered every message of the batch, not only the killer."""
-    gate, log = ModelGate(threading.Event()), []
+    gate, log = ModelGate(threading.Event()), list[str]()
     first = hold_in_thread(gate, "killer", False, log)
     assert first.entered.wait(5)  # type: ignore[attr-defined]
     alone = hold_in_thread(gate, "killer/1.0", True, log)  # any version of the same model
