@@ -187,7 +187,7 @@ def test_a_killer_in_a_shared_batch_costs_the_other_messages_nothing(
             innocent.append(client.submit("killer", b"fine", "application/octet-stream"))
         with bridge_thread(cfg, "bridge-batch") as bridge:
             answers = {rid: client.result(rid, WAIT) for rid in killers + innocent}
-            wait_until(lambda: bridge.stats["dead"] == len(killers), "killers dead-lettered")
+            wait_until(lambda: bridge.stats["dead"] >= len(killers), "killers dead-lettered")
             stats = dict(bridge.stats)
     assert [answers[rid].status for rid in innocent] == [200] * 4, stats
     for rid in killers:
