@@ -367,6 +367,10 @@ class Bridge:
         if connection is not None and channel is not None and connection.is_open:
             connection.add_callback_threadsafe(channel.stop_consuming)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def _stop_workers(self) -> None:
         self._stopping.set()
         self._gate.wake()
@@ -801,7 +805,7 @@ def _force_exit(bridge: Bridge, why: str) -> None:
 
 def _serve(bridge: Bridge, stop_timeout: float = STOP_TIMEOUT) -> None:
     def on_signal(signum: int, frame: object) -> None:
-        if bridge._stopping.is_set():
+        if bridge.stopping:
             _force_exit(bridge, f"signal {signum} again")
         log.info("%s: signal %d, stopping (at most %g s)", bridge.name, signum, stop_timeout)
         bridge.stop()

@@ -94,9 +94,10 @@ class QueueClient:
         """Publish one request (persistent, confirmed) and return its id.
 
         Passing your own ``request_id`` makes the submit idempotent: a retried submit with the
-        same id is answered once, under the same key. A request the bridge would refuse (a bad
-        model name or content type, a ttl out of range, over the size limit) raises
-        ``MalformedMessage`` here and is not published.
+        same id is answered once, and the first answer stays. Whoever sends an id first owns
+        its result, so own ids must be unique and unguessable (the default is a uuid4).
+        A request the bridge would refuse (a bad model name or content type, a ttl out of
+        range, over the size limit) raises ``MalformedMessage`` here and is not published.
         """
         body, content_type = encode_payload(payload, content_type)
         request_id = check_request_id(request_id or uuid.uuid4().hex)
