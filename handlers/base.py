@@ -111,9 +111,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     def _warmup(self) -> None:
         started = time.perf_counter()
         try:
-            items = self.warmup_items(self.options.warmup_batch_size)
-            if items:
-                self._predict(items, dict.fromkeys(STAGES, 0.0))
+            self._serve_warmup_items()
             self.warmup_ms = round((time.perf_counter() - started) * 1000, 3)
         except Exception as err:
             if not self.warming:
@@ -287,11 +285,16 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             results[idx] = self._error(context, idx, err)
         return admitted
 
-    def _self_test(self) -> BaseException | None:
-        """Serve the handler's own known-good inputs: ``None`` if the model answers them."""
+    def _serve_warmup_items(self) -> None:
+        """One batch of the handler's own known-good inputs; nothing when it has none."""
         items = self.warmup_items(self.options.warmup_batch_size)
-        try:
+        if items:
             self._predict(items, dict.fromkeys(STAGES, 0.0))
+
+    def _self_test(self) -> BaseException | None:
+        """``None`` if the model answers the warmup inputs (or there are none to ask)."""
+        try:
+            self._serve_warmup_items()
         except Exception as err:
             logger.error("%s: self-test on warmup inputs failed", self.model_name, exc_info=err)
             return err

@@ -142,6 +142,34 @@ def test_a_client_success_does_not_mark_a_broken_model_ready(tmp_path: Path) -> 
         assert model.describe()["status"] == "degraded"  # only the self-test says ready
 
 
+WARMUPLESS = """
+from handlers.base import ToolkitHandler
+
+class Warmupless(ToolkitHandler):
+    def parse_request(self, payload):
+        return payload.json()
+
+    def preprocess(self, items):
+        if not items:
+            raise ValueError("an empty batch")
+        return items
+
+    def inference(self, batch):
+        if 13 in batch:
+            raise RuntimeError("this input upsets the model")
+        return batch
+"""
+
+
+def test_a_handler_without_warmup_items_is_never_degraded_by_errors(tmp_path: Path) -> None:
+    options = "degraded_after_errors: 1;recheck_seconds: 0"
+    with LocalModel(model_dir(tmp_path, "warmupless", WARMUPLESS, options), batch_size=4) as model:
+        assert statuses(model, 13, 13) == [500, 500]
+        described = model.describe()
+    assert described["status"] == "ready"  # no known-good input to ask: it cannot tell
+    assert described["self_test"]["failing"] is None
+
+
 # ----- an answer is always valid JSON ----------------------------------------------------------
 NAN = """
 from handlers.base import ToolkitHandler
