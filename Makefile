@@ -86,7 +86,7 @@ lint: install ## ruff and mypy
 show-config: install ## print a model's effective config and where each value comes from (NAME=iris)
 	$(BIN)/python scripts/show_config.py $(NAME)
 
-config-docs: $(STAMP) ## rewrite docs/config-keys.md from the schema (servekit/schema.py)
+config-docs: $(STAMP) ## rewrite docs/config-keys.md from the schema (servekit/config/schema.py)
 	$(BIN)/python scripts/config_docs.py --write
 
 inspect: $(STAMP) models-local ## show a built archive's manifest, config and files; check it against its spec (NAME=iris)
@@ -116,7 +116,7 @@ tune: install archive ## best batchSize x maxBatchDelay x workers for NAME (mini
 	$(BIN)/python scripts/tune.py --model $(or $(NAME),minilm) --p95 $(or $(P95),100) $(TUNE_ARGS)
 
 baselines: install archive ## the in-process limit of minilm at batch 16, 3 s (figures, not a test)
-	$(BIN)/python -m servekit.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 3
+	$(BIN)/python -m servekit.bench.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 3
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python models/train.py

@@ -1,6 +1,6 @@
-"""The toolkit's TorchServe handlers.
+"""The example models' TorchServe handlers.
 
-This package is copied whole into every ``.mar`` by ``make archive``: a model's
-handler module imports ``handlers.base`` from the archive, never from an
-installed package, so what runs in a worker is exactly what was archived.
+This package is copied whole into every ``.mar`` by ``servekit archive``, together with the
+handler runtime ``servekit.runtime``: a model's handler module imports ``servekit.runtime.base``
+from the archive, so what runs in a worker is exactly what was archived.
 """

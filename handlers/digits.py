@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
 from handlers.digits_options import DigitsOptions
-from handlers.images import FORMATS, open_image
 from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet, check_finite
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload
+from servekit.runtime.images import FORMATS, open_image
 
 
 class DigitsHandler(ToolkitHandler[np.ndarray]):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from handlers.errors import ModelLoadError
-from handlers.options import HandlerOptions
+from servekit.runtime.errors import ModelLoadError
+from servekit.runtime.options import HandlerOptions
 
 INVERT_MODES = ("auto", "never", "always")
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload, brief_list
 from handlers.embedding_options import EmbeddingOptions
-from handlers.errors import BadRequest, ModelLoadError, PayloadTooLarge
 from handlers.nets import check_finite
-from handlers.text_batching import LengthGroups, TextInput
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload, brief_list
+from servekit.runtime.errors import BadRequest, ModelLoadError, PayloadTooLarge
+from servekit.runtime.text_batching import LengthGroups, TextInput
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Keys in the weights file a BertModel without pooler does not hold (sentence-transformers

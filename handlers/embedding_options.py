@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from handlers.errors import ModelLoadError
-from handlers.options import HandlerOptions
+from servekit.runtime.errors import ModelLoadError
+from servekit.runtime.options import HandlerOptions
 
 MODEL_MAX_TOKENS = 512  # BERT's position embeddings
 
@@ -26,7 +26,7 @@ class EmbeddingOptions(HandlerOptions):
 
     Smaller groups pad less: on 2 CPU cores with sentences of 5-53 tokens, batches of 32
     ran 203 strings/s with groups of 8 against 110 with one group of 32 (measured in process,
-    servekit.baselines.limit)."""
+    servekit.bench.baselines.limit)."""
     max_batch_cost: int = 16_384
     """Tokens one batch may hold (64 strings of 256 tokens: about 10 s on 2 loaded cores,
     well inside responseTimeout 60 s); a request over it gets 413, those past it 503."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload
 
 
 class EmptyHandler(ToolkitHandler[int]):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ToolkitHandler
-from handlers.errors import ModelLoadError
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.errors import ModelLoadError
 
 
 class FailingInitHandler(ToolkitHandler[Any]):

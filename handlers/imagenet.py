@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
-from handlers.errors import ModelLoadError
 from handlers.imagenet_options import CLASSES, ImagenetOptions
-from handlers.images import FORMATS, open_image
 from handlers.nets import check_finite
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload
+from servekit.runtime.errors import ModelLoadError
+from servekit.runtime.images import FORMATS, open_image
 
 SIDE = 224
 CROP_FRACTION = SIDE / (SIDE + 32)

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload, brief, brief_list
-from handlers.errors import BadRequest
 from handlers.nets import IRIS_FEATURES, IrisNet, check_finite
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload, brief, brief_list
+from servekit.runtime.errors import BadRequest
 
 Features = list[float]
 MAX_CM = 1000.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
 from handlers.demo_options import LeakyOptions
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload
 
 
 class LeakyHandler(ToolkitHandler[int]):

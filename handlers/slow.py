@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from handlers.base import ToolkitHandler
-from handlers.decoding import Payload
 from handlers.demo_options import SlowOptions
-from handlers.errors import BadRequest
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.decoding import Payload
+from servekit.runtime.errors import BadRequest
 
 Item = tuple[float, bool]
 

@@ -8,9 +8,10 @@
 Without ``--url`` it starts an isolated TorchServe from config.properties with only ``--model``
 loaded (own ports and temp dir), waits until its workers are READY, runs, and stops it.
 ``--concurrency`` (repeatable: a sweep) keeps N requests in flight; ``--rate`` sends R req/s
-on a fixed schedule. The client is ``servekit.loadgen`` (one asyncio loop, aiohttp, keep-alive)
-for every server compared; its own CPU use is reported, since on 2 cores it competes with the
-server. Figures, not a test: nothing is asserted. Exit 0 after a run, even with errors.
+on a fixed schedule. The client is ``servekit.bench.loadgen`` (one asyncio loop, aiohttp,
+keep-alive) for every server compared; its own CPU use is reported, since on 2 cores it
+competes with the server. Figures, not a test: nothing is asserted.
+Exit 0 after a run, even with errors.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit import bench_payloads, loadgen  # noqa: E402
+from servekit.bench import loadgen  # noqa: E402
+from servekit.bench import payloads as bench_payloads  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.health import Target as HealthTarget  # noqa: E402
-from servekit.health import probe, wait_until_healthy  # noqa: E402
-from servekit.processes import exit_on_sigterm  # noqa: E402
-from servekit.server import running  # noqa: E402
-from servekit.settings import archived_setting, batch_server, registered  # noqa: E402
+from servekit.health.check import Target as HealthTarget  # noqa: E402
+from servekit.health.check import probe, wait_until_healthy  # noqa: E402
+from servekit.serve.processes import exit_on_sigterm  # noqa: E402
+from servekit.serve.server import running  # noqa: E402
+from servekit.serve.settings import archived_setting, batch_server, registered  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -218,7 +220,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadRe
             results.append(result)
     document = {
         "command": "python scripts/bench.py " + shlex.join(args.argv),
-        "client": "servekit.loadgen: one asyncio loop, aiohttp, keep-alive connections",
+        "client": "servekit.bench.loadgen: one asyncio loop, aiohttp, keep-alive connections",
         "server": server,
         "payload": payload.description,
         "machine": info,
@@ -235,7 +237,7 @@ def write(
         args.out.write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.plot is not None:
-        from servekit.bench_plot import plot_histogram, plot_sweep
+        from servekit.bench.plot import plot_histogram, plot_sweep
 
         name = args.model or args.url
         title = f"{name} on {document['server']['kind']}, {document['payload']}"

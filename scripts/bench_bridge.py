@@ -34,11 +34,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit.archive import build  # noqa: E402
-from servekit.brokers import RabbitMQ, Redis, brokers  # noqa: E402
-from servekit.queue_client import QueueClient  # noqa: E402
-from servekit.server import TorchServe, running  # noqa: E402
-from servekit.specs import load_specs, read_yaml  # noqa: E402
+from servekit.config.specs import load_specs, read_yaml  # noqa: E402
+from servekit.queue.brokers import RabbitMQ, Redis, brokers  # noqa: E402
+from servekit.queue.client import QueueClient  # noqa: E402
+from servekit.serve.archive import build  # noqa: E402
+from servekit.serve.server import TorchServe, running  # noqa: E402
 
 PAYLOAD = {"features": [6.7, 3.0, 5.2, 2.3]}
 QUEUE, PREFIX = "bench", "bench"

@@ -6,7 +6,7 @@
 Systems, each alone on the machine in turn, each serving model_store/minilm.mar with the same
 handler code and torch threads (one per core, shared out between workers):
 
-  limit              the handler's batched forward in process, no server (servekit.baselines.limit);
+  limit              the handler's batched forward in process, no server (bench.baselines.limit);
                      with W workers, W such processes at once, cores / W threads each
   torchserve         TorchServe, batchSize B, maxBatchDelay D, W workers (cores / W threads)
   torchserve-bs1-wN  TorchServe, batchSize 1, N workers (1 and 2; the best is the baseline)
@@ -14,7 +14,7 @@ handler code and torch threads (one per core, shared out between workers):
                      process by design: all cores' threads in it)
   litserve           LitServe with its own batching, max batch B, timeout D, W workers
 
-The same closed-loop client (servekit.loadgen) drives each at concurrency C. Writes the
+The same closed-loop client (servekit.bench.loadgen) drives each at concurrency C. Writes the
 figures as JSON, a Markdown table and a PNG (default docs/bench/compare-minilm.*), with the
 ratios the performance targets are stated in. Figures, not a test: nothing is asserted.
 """
@@ -38,11 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit import bench_payloads, loadgen  # noqa: E402
-from servekit.baselines.runner import running_baseline  # noqa: E402
+from servekit.bench import loadgen  # noqa: E402
+from servekit.bench import payloads as bench_payloads  # noqa: E402
+from servekit.bench.baselines.runner import running_baseline  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.processes import exit_on_sigterm  # noqa: E402
-from servekit.settings import Setting, batch_server, registered, threads_per_worker  # noqa: E402
+from servekit.serve.processes import exit_on_sigterm  # noqa: E402
+from servekit.serve.settings import Setting, batch_server, registered, threads_per_worker  # noqa: E402
 
 MODEL = "minilm"
 TARGETS = (  # (name, numerator, denominator, at least) as the issue states them
@@ -92,7 +93,7 @@ def drive(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def limit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The in-process limit in a fresh interpreter (as a worker would be), no server."""
-    command = [sys.executable, "-m", "servekit.baselines.limit", "--mar", str(mar(args))]
+    command = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar(args))]
     command += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
     command += ["--processes", str(args.workers)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.date.today().isoformat(),
         "model": MODEL,
         "payload": bench_payloads.minilm().description,
-        "client": "servekit.loadgen (one asyncio loop, aiohttp, keep-alive), closed loop",
+        "client": "servekit.bench.loadgen (one asyncio loop, aiohttp, keep-alive), closed loop",
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
         "delay_ms": args.delay,

@@ -25,12 +25,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handlers.stats import stats_dir  # noqa: E402
-from servekit.archive import build  # noqa: E402
-from servekit.health import Target, probe  # noqa: E402
-from servekit.recycle import Limits, Recycler  # noqa: E402
-from servekit.server import TorchServe, running  # noqa: E402
-from servekit.specs import load_specs, read_yaml  # noqa: E402
+from servekit.config.specs import load_specs, read_yaml  # noqa: E402
+from servekit.health.check import Target, probe  # noqa: E402
+from servekit.health.recycle import Limits, Recycler  # noqa: E402
+from servekit.runtime.stats import stats_dir  # noqa: E402
+from servekit.serve.archive import build  # noqa: E402
+from servekit.serve.server import TorchServe, running  # noqa: E402
 
 OUT = ROOT / "docs" / "bench" / "ops.json"
 CONFIG = ROOT / "config.properties"

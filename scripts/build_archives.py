@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit.archive import build  # noqa: E402
+from servekit.config.specs import load_specs, read_yaml  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.specs import load_specs, read_yaml  # noqa: E402
+from servekit.serve.archive import build  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

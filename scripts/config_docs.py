@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit.schema_docs import render  # noqa: E402
+from servekit.config.schema_docs import render  # noqa: E402
 
 DOCS = ROOT / "docs" / "config-keys.md"
 

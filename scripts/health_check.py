@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servekit.health import main
+from servekit.health.check import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,11 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from servekit.config.findings import jsonable, printable  # noqa: E402
+from servekit.config.limits import is_file, not_a_file  # noqa: E402
+from servekit.config.specs import load_spec, read_yaml  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.findings import jsonable, printable  # noqa: E402
-from servekit.limits import is_file, not_a_file  # noqa: E402
-from servekit.marinfo import MarInfo, check_against_spec, read_mar  # noqa: E402
-from servekit.specs import load_spec, read_yaml  # noqa: E402
+from servekit.serve.marinfo import MarInfo, check_against_spec, read_mar  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,10 +37,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit import bench_payloads, loadgen  # noqa: E402
+from servekit.bench import loadgen  # noqa: E402
+from servekit.bench import payloads as bench_payloads  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.processes import exit_on_sigterm  # noqa: E402
-from servekit.settings import Setting, batch_server, registered  # noqa: E402
+from servekit.serve.processes import exit_on_sigterm  # noqa: E402
+from servekit.serve.settings import Setting, batch_server, registered  # noqa: E402
 
 # (stage, substrings of a collapsed stack): the first stage whose pattern occurs wins, so the
 # more specific ones come first. Frames read "function (path:line)".

@@ -1,4 +1,4 @@
-"""CLI: see ``servekit/queue_bridge.py`` (``python scripts/queue_bridge.py --help``)."""
+"""CLI: see ``servekit/queue/bridge.py`` (``python scripts/queue_bridge.py --help``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servekit.queue_bridge import main
+from servekit.queue.bridge import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""CLI: see ``servekit/queue_client.py`` (``python scripts/queue_client.py --help``)."""
+"""CLI: see ``servekit/queue/client.py`` (``python scripts/queue_client.py --help``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servekit.queue_client import main
+from servekit.queue.client import main
 
 if __name__ == "__main__":
     sys.exit(main())

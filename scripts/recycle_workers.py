@@ -20,9 +20,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handlers.stats import stats_dir
 from servekit.errors import ServerError
-from servekit.recycle import Limits, Recycler
+from servekit.health.recycle import Limits, Recycler
+from servekit.runtime.stats import stats_dir
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:

@@ -20,12 +20,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from servekit.config.findings import MAX_SHOWN, jsonable, key_text, printable  # noqa: E402
+from servekit.config.handler_options import declared_options  # noqa: E402
+from servekit.config.limits import is_file  # noqa: E402
+from servekit.config.specs import ModelSpec, config_sources, load_spec, read_yaml  # noqa: E402
+from servekit.config.validate import has_errors, validate_paths  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.findings import MAX_SHOWN, jsonable, key_text, printable  # noqa: E402
-from servekit.handler_options import declared_options  # noqa: E402
-from servekit.limits import is_file  # noqa: E402
-from servekit.specs import ModelSpec, config_sources, load_spec, read_yaml  # noqa: E402
-from servekit.validate import has_errors, validate_paths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,10 @@
 
 It starts its own TorchServe from config.properties (loopback, free ports, own temp dir; the
 model API switched on there only), registers the model's archive once per setting and
-ramps the concurrency of the same client as ``scripts/bench.py`` (servekit.loadgen). A
+ramps the concurrency of the same client as ``scripts/bench.py`` (servekit.bench.loadgen). A
 setting's score is its goodput (2xx/s) where its p95 reaches the objective: the best level
 that meets it with no errors, interpolated towards the next level when that one misses on p95
-alone; see servekit/tuner.py for the search. With a grid (``--grid`` or ``--grid-from``) the
+alone; see servekit/bench/tuner.py for the search. With a grid (``--grid`` or ``--grid-from``) the
 climb's and the grid's winners are then measured side by side, alternating, and their means
 compared: the grid's best single reading is the luckiest of 48. The winner is written
 under ``model_config:`` in config/<model>.yml (``make archive`` then bakes it in), unless
@@ -34,11 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit import bench_payloads, tuner  # noqa: E402
+from servekit.bench import payloads as bench_payloads  # noqa: E402
+from servekit.bench import tuner  # noqa: E402
+from servekit.config.spec_edit import write_sections  # noqa: E402
 from servekit.errors import ToolkitError  # noqa: E402
-from servekit.processes import exit_on_sigterm  # noqa: E402
-from servekit.settings import Setting, archived_setting, threads_per_worker  # noqa: E402
-from servekit.spec_edit import write_sections  # noqa: E402
+from servekit.serve.processes import exit_on_sigterm  # noqa: E402
+from servekit.serve.settings import Setting, archived_setting, threads_per_worker  # noqa: E402
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -261,7 +262,7 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.out}")
-    from servekit.bench_plot import plot_tuning
+    from servekit.bench.plot import plot_tuning
 
     plot_tuning(document, args.plot)
     print(f"wrote {args.plot}")

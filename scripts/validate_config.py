@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from servekit.findings import printable  # noqa: E402
-from servekit.limits import not_a_file  # noqa: E402
-from servekit.validate import (  # noqa: E402
+from servekit.config.findings import printable  # noqa: E402
+from servekit.config.limits import not_a_file  # noqa: E402
+from servekit.config.validate import (  # noqa: E402
     PROPERTIES_SUFFIXES,
     YAML_SUFFIXES,
     has_errors,

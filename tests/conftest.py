@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from servekit.archive import build
-from servekit.specs import load_specs, read_yaml
+from servekit.config.specs import load_specs, read_yaml
+from servekit.serve.archive import build
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from servekit.server import TorchServe, running
+from servekit.serve.server import TorchServe, running
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

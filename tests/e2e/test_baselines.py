@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import requests
 
-from servekit.baselines.runner import Baseline, running_baseline
-from servekit.bench_payloads import SENTENCES
-from servekit.harness import LocalModel, Request
+from servekit.bench.baselines.runner import Baseline, running_baseline
+from servekit.bench.payloads import SENTENCES
+from servekit.serve.harness import LocalModel, Request
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,7 @@
 A misspelt key (``maxBatchdelay``) and a quoted number (``batchSize: "4"``) go into an
 archive; TorchServe loads it without complaint and describe shows its defaults. The
 validator names both before the server starts. A bad handler option fails ``initialize``;
-``servekit.initlog`` finds the reason in the server's real ``model_log.log``.
+``servekit.health.initlog`` finds the reason in the server's real ``model_log.log``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from servekit.archive import build
-from servekit.initlog import last_init_error
-from servekit.server import TorchServe, running
-from servekit.specs import load_spec, read_yaml
-from servekit.validate import validate_paths
+from servekit.config.specs import load_spec, read_yaml
+from servekit.config.validate import validate_paths
+from servekit.health.initlog import last_init_error
+from servekit.serve.archive import build
+from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, describe, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.server import TorchServe, free_ports, running
+from servekit.serve.server import TorchServe, free_ports, running
 from tests.e2e.conftest import ROOT, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -29,7 +29,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from servekit.datasets import digit_png, digits_split
-from servekit.server import TorchServe, running
+from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, customized, describe, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -61,8 +61,11 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -144,8 +147,10 @@ def close(got: Any, want: Any) -> bool:
     if isinstance(want, list):
         return isinstance(got, list) and len(got) == len(want) and all(map(close, got, want))
     if isinstance(want, dict):
-        return isinstance(got, dict) and got.keys() == want.keys() and all(
-            close(got[k], want[k]) for k in want
+        return (
+            isinstance(got, dict)
+            and got.keys() == want.keys()
+            and all(close(got[k], want[k]) for k in want)
         )
     return bool(got == want)
 
@@ -163,8 +168,9 @@ def test_hostile_bodies_share_batches_with_good_ones_and_harm_nothing(
     server: TorchServe, model: str
 ) -> None:
     good = good_bodies()[model]
-    disguised = Body(good.name + " with a describe header", good.data, good.content_type,
-                     {"describe": "True"})
+    disguised = Body(
+        good.name + " with a describe header", good.data, good.content_type, {"describe": "True"}
+    )
     alone = post(server, model, good)
     assert alone.status_code == 200, alone.text
     expected = alone.json()
@@ -194,10 +200,15 @@ def test_hostile_bodies_share_batches_with_good_ones_and_harm_nothing(
             continue  # it accepts any body: a 200 is its right answer
         if body.frontend and 400 <= response.status_code < 500:
             continue
-        error = response.json() if response.headers.get("content-type", "").startswith(
-            "application/json") else None
-        if not 400 <= response.status_code < 500 or not isinstance(error, dict) or not (
-            error.get("code") == response.status_code and error.get("message")
+        error = (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else None
+        )
+        if (
+            not 400 <= response.status_code < 500
+            or not isinstance(error, dict)
+            or not (error.get("code") == response.status_code and error.get("message"))
         ):
             wrong.append(f"bad '{body.name}': {response.status_code} {response.text:.200}")
     assert not wrong, "\n".join(wrong)
@@ -249,8 +260,11 @@ def test_valid_requests_that_add_up_past_the_timeout_get_503_not_a_dead_worker(
     would kill the worker with every request in it (a hostile review saw 15 of 16 fail so).
     The batch budget (max_batch_cost, 16,384 tokens) serves what fits and answers the rest
     503 with Retry-After."""
-    heavy = Body("64 strings of 252 tokens", json.dumps([" ".join(["word"] * 250)] * 64).encode(),
-                 "application/json")
+    heavy = Body(
+        "64 strings of 252 tokens",
+        json.dumps([" ".join(["word"] * 250)] * 64).encode(),
+        "application/json",
+    )
     pids = worker_pids(server, "minilm")
     start = threading.Barrier(16)
 

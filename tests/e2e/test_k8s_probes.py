@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servekit.server import TorchServe, running
+from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, wait_ready
 
 pytestmark = pytest.mark.e2e

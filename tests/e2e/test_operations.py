@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from servekit.health import HealthReport, Target, probe
-from servekit.server import TorchServe, running
+from servekit.health.check import HealthReport, Target, probe
+from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, customized, describe
 
 pytestmark = pytest.mark.e2e

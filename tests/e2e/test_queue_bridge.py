@@ -25,13 +25,13 @@ import pytest
 import redis
 import requests
 
-from servekit.brokers import RabbitMQ, Redis, brokers
 from servekit.datasets import digit_png, digits_split
-from servekit.queue_bridge import Bridge, BridgeConfig, dead_letter_queue, declare_queues
-from servekit.queue_client import QueueClient, ResultTimeout
-from servekit.queue_messages import StoredResult, result_key
-from servekit.queue_retry import RetryPolicy
-from servekit.server import TorchServe, running
+from servekit.queue.bridge import Bridge, BridgeConfig, dead_letter_queue, declare_queues
+from servekit.queue.brokers import RabbitMQ, Redis, brokers
+from servekit.queue.client import QueueClient, ResultTimeout
+from servekit.queue.messages import StoredResult, result_key
+from servekit.queue.retry import RetryPolicy
+from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, describe, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -24,11 +24,11 @@ import psutil
 import pytest
 import redis
 
-from servekit.brokers import RabbitMQ, Redis, find_program
-from servekit.queue_bridge import EXIT_FORCED, BridgeConfig, dead_letter_queue
-from servekit.queue_messages import MalformedMessage, StoredResult, attempts_key, result_key
-from servekit.queue_retry import RetryPolicy
-from servekit.server import TorchServe, running
+from servekit.queue.bridge import EXIT_FORCED, BridgeConfig, dead_letter_queue
+from servekit.queue.brokers import RabbitMQ, Redis, find_program
+from servekit.queue.messages import MalformedMessage, StoredResult, attempts_key, result_key
+from servekit.queue.retry import RetryPolicy
+from servekit.serve.server import TorchServe, running
 from tests.e2e import test_queue_bridge as base
 from tests.e2e.conftest import ROOT, describe, wait_ready
 from tests.e2e.test_queue_bridge import (

@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from servekit.server import TorchServe, running
+from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, customized, wait_ready
 
 pytestmark = pytest.mark.e2e

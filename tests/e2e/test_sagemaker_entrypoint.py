@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from servekit.processes import stop_group
-from servekit.server import free_ports, read_properties
+from servekit.serve.processes import stop_group
+from servekit.serve.server import free_ports, read_properties
 from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from servekit.datasets import digit_png, digits_split, iris_split
-from servekit.server import TorchServe
+from servekit.serve.server import TorchServe
 from tests.e2e.conftest import customized, describe
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.specs import load_spec
+from servekit.config.specs import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from servekit import schema
-from servekit.findings import Finding
+from servekit.config import schema
+from servekit.config.findings import Finding
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CORPUS = ROOT / "tests" / "corpus"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from servekit.harness import LocalModel, Reply, Request
+from servekit.serve.harness import LocalModel, Reply, Request
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 FIELD_NAMES = st.one_of(st.sampled_from(["body", "data", "describe", "b64", "features"]), TEXT)

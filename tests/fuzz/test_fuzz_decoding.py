@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.decoding import Payload, _json_faulty, _locate_json_fault, select_payload
-from handlers.errors import RequestError
+from servekit.runtime.decoding import Payload, _json_faulty, _locate_json_fault, select_payload
+from servekit.runtime.errors import RequestError
 from tests.fuzz.kept import corpus
 
 CONTENT_TYPES = [

@@ -1,4 +1,4 @@
-"""Every model's request parsing, through TorchServe's own worker code (``servekit.harness``).
+"""Every model's request parsing, through TorchServe's own worker code (``servekit.serve.harness``).
 
 The promise, for any body sent beside a valid request in one batch: every reply is a 200
 with strict JSON (no NaN, no Infinity) or a 4xx JSON error ``{code, type, message}``; the
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servekit.harness import LocalModel, Reply, Request
+from servekit.serve.harness import LocalModel, Reply, Request
 from tests.fuzz.kept import corpus
 
 MODELS = ("iris", "digits", "efficientnet", "minilm", "empty_model")

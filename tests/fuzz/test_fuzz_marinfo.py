@@ -14,10 +14,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from servekit.config.findings import jsonable, printable
 from servekit.errors import ArchiveError
-from servekit.findings import jsonable, printable
-from servekit.marinfo import MarInfo, read_mar
-from servekit.reproducible import MANIFEST
+from servekit.serve.marinfo import MarInfo, read_mar
+from servekit.serve.reproducible import MANIFEST
 from tests.fuzz.config_inputs import HOSTILE_SCALARS, NON_STRING_KEYS, ROOT, bounded_memory
 from tests.fuzz.kept import corpus
 from tests.unit.test_marinfo import small_mar

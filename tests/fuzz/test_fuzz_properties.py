@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from servekit.config.properties import Entry, parse_properties
 from servekit.errors import ConfigError
-from servekit.properties import Entry, parse_properties
 from tests.fuzz.config_inputs import bounded_memory, mutated, seeds
 from tests.fuzz.kept import corpus
 

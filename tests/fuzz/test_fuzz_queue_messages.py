@@ -20,7 +20,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from servekit.queue_messages import (
+from servekit.queue.messages import (
     CONTENT_TYPE,
     FIELDS,
     MODEL_NAME,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from servekit.validate import validate_paths
+from servekit.config.validate import validate_paths
 from tests.fuzz.config_inputs import ROOT, keeps_the_promise, keys, mutated, seeds, values
 from tests.fuzz.kept import corpus
 

@@ -10,13 +10,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from servekit.validate import validate_paths
+from servekit.config.validate import validate_paths
 from tests.fuzz.config_inputs import CORPUS, ROOT, keeps_the_promise, mutated, values
 from tests.fuzz.kept import corpus
 
 pytestmark = pytest.mark.timeout(300)
 HANDLER_SEEDS = [
-    *(ROOT / "handlers" / n for n in ("digits.py", "iris.py", "base.py", "digits_options.py")),
+    *(ROOT / "handlers" / n for n in ("digits.py", "iris.py", "digits_options.py")),
+    ROOT / "servekit" / "runtime" / "base.py",
     *sorted((CORPUS / "handlers").glob("*.py")),
 ]
 SEEDS = [p.read_bytes() for p in HANDLER_SEEDS]
@@ -69,7 +70,7 @@ def check(tmp: Path, spec: bytes, handler: bytes, options: bytes) -> None:
 @example(
     spec=b"name: fuzz_spec\nversion: '1'\nhandler: HANDLER\nhandler_options: {check: 1}\n",
     handler=b"from .scaled_options import S\nclass H:\n    options_class = S\n",
-    options=b"from handlers.options import HandlerOptions\n"
+    options=b"from servekit.runtime.options import HandlerOptions\n"
     b"class S(HandlerOptions):\n    check: int = 1\n    labels: list = []\n",
 )
 @example(

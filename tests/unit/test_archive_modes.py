@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from servekit.archive import build
-from servekit.specs import load_spec, read_yaml
+from servekit.config.specs import load_spec, read_yaml
+from servekit.serve.archive import build
 from tests.unit.test_archive_reproducible import checkout
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from servekit.archive import build, file_sha256
-from servekit.marinfo import check_against_spec, read_mar
-from servekit.reproducible import CREATED_ON, MANIFEST, ZIP_EPOCH
-from servekit.specs import load_spec, read_yaml
+from servekit.config.specs import load_spec, read_yaml
+from servekit.serve.archive import build, file_sha256
+from servekit.serve.marinfo import check_against_spec, read_mar
+from servekit.serve.reproducible import CREATED_ON, MANIFEST, ZIP_EPOCH
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SOURCES = [
@@ -99,7 +99,7 @@ def test_inspect_cli_shows_manifest_and_files(model_store: Path) -> None:
     assert report["matches_spec"] is True and report["problems"] == []
     assert report["manifest"]["model"]["handler"] == "iris.py"
     assert report["model_config"]["batchSize"] == 8
-    assert {"iris.pt", "iris_labels.json", "handlers/base.py"} <= set(report["files"])
+    assert {"iris.pt", "iris_labels.json", "servekit/runtime/base.py"} <= set(report["files"])
     assert report["sha256"] == (model_store / "iris.mar.sha256").read_text().split()[0]
 
 

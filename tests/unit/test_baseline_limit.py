@@ -1,4 +1,4 @@
-"""servekit.baselines.limit: the in-process batched throughput, on a short run."""
+"""servekit.bench.baselines.limit: the in-process batched throughput, on a short run."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from servekit.baselines.limit import measure, sentence_batches
-from servekit.bench_payloads import SENTENCES
+from servekit.bench.baselines.limit import measure, sentence_batches
+from servekit.bench.payloads import SENTENCES
 from servekit.errors import ConfigError
-from servekit.harness import LocalModel
+from servekit.serve.harness import LocalModel
 
 MAR = Path(__file__).resolve().parent.parent.parent / "model_store" / "minilm.mar"
 
@@ -44,7 +44,7 @@ def test_measure_counts_whole_batches() -> None:
 def test_processes_run_at_once_with_the_cores_shared_and_are_summed() -> None:
     if not MAR.exists():
         pytest.skip("model_store/minilm.mar missing: run make archive")
-    from servekit.baselines.limit import in_processes
+    from servekit.bench.baselines.limit import in_processes
 
     result = in_processes(MAR, batch_size=2, duration=0.3, processes=2)
     assert result["processes"] == 2 and len(result["each"]) == 2

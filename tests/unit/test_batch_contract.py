@@ -1,6 +1,6 @@
 """The base handler's promises that no client can break: one answer per request, the
 describe path only for TorchServe's own describe, 4xx for whatever the input causes, and a
-readiness that client input cannot move (``handlers.readiness``)."""
+readiness that client input cannot move (``servekit.runtime.readiness``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from servekit.harness import LocalModel, Request
+from servekit.serve.harness import LocalModel, Request
 
 MOODY = """
 import torch
 from pathlib import Path
-from handlers.base import ToolkitHandler
-from handlers.errors import BadRequest
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.errors import BadRequest
 
 class Moody(ToolkitHandler):
     def parse_request(self, payload):
@@ -143,7 +143,7 @@ def test_a_client_success_does_not_mark_a_broken_model_ready(tmp_path: Path) -> 
 
 
 WARMUPLESS = """
-from handlers.base import ToolkitHandler
+from servekit.runtime.base import ToolkitHandler
 
 class Warmupless(ToolkitHandler):
     def parse_request(self, payload):
@@ -172,7 +172,7 @@ def test_a_handler_without_warmup_items_is_never_degraded_by_errors(tmp_path: Pa
 
 # ----- an answer is always valid JSON ----------------------------------------------------------
 NAN = """
-from handlers.base import ToolkitHandler
+from servekit.runtime.base import ToolkitHandler
 
 class Nan(ToolkitHandler):
     def parse_request(self, payload):
@@ -193,7 +193,7 @@ def test_a_non_json_result_is_an_internal_error_for_that_request_only(tmp_path: 
 
 # ----- a batch's work budget -------------------------------------------------------------------
 COSTLY = """
-from handlers.base import ToolkitHandler
+from servekit.runtime.base import ToolkitHandler
 
 class Costly(ToolkitHandler):
     cost_unit = "units"

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from handlers.decoding import Payload, brief, select_payload
-from handlers.errors import BadRequest, PayloadTooLarge
+from servekit.runtime.decoding import Payload, brief, select_payload
+from servekit.runtime.errors import BadRequest, PayloadTooLarge
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n" + bytes(range(32))
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from servekit.health import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, build_parser
-from servekit.server import read_properties
+from servekit.health.check import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, build_parser
+from servekit.serve.server import read_properties
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 K8S = ROOT / "deploy" / "k8s"

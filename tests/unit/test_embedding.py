@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from handlers.embedding_options import EmbeddingOptions
-from handlers.errors import ModelLoadError
-from servekit.harness import LocalModel, Reply, Request
+from servekit.runtime.errors import ModelLoadError
+from servekit.serve.harness import LocalModel, Reply, Request
 
 DIM = 384
 BATCH_SIZES = [1, 2, 5, 8, 16]

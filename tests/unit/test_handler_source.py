@@ -1,4 +1,4 @@
-"""``servekit.handler_source``: a spec's options are checked statically, also after the
+"""``servekit.config.handler_source``: a spec's options are checked statically, also after the
 ``handlers`` package was imported anew (as the harness does when it closes an archive)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.validate import validate_paths
+from servekit.config.validate import validate_paths
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -24,4 +24,4 @@ def handlers_imported_anew() -> None:
 @pytest.mark.usefixtures("handlers_imported_anew")
 def test_the_toolkits_own_options_are_checked_after_handlers_was_imported_anew() -> None:
     findings = validate_paths([ROOT / "tests" / "corpus" / "specs" / "spec_option_range.yml"], ROOT)
-    assert [(f.code, f.key) for f in findings] == [("bad-option", "handler.top_k")]
+    assert [(f.code, f.key) for f in findings] == [("bad-option", "handler.warmup_batch_size")]

@@ -1,4 +1,4 @@
-"""Every handler, in-process through TorchServe's worker code (servekit.harness)."""
+"""Every handler, in-process through TorchServe's worker code (servekit.serve.harness)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from servekit.datasets import digit_png, digits_split, iris_split
-from servekit.harness import LocalModel, ModelLoadFailed, Reply, Request
+from servekit.serve.harness import LocalModel, ModelLoadFailed, Reply, Request
 
 BATCH_SIZES = [1, 2, 5, 8]
 # Batches as patterns: g = good request, b = bad request.
@@ -231,8 +231,8 @@ def test_bad_handler_option_fails_initialize_naming_it(model_store: Path, tmp_pa
 
 # ----- failures the handler did not expect -----------------------------------------------------
 FLAKY = """
-from handlers.base import ToolkitHandler
-from handlers.errors import BadRequest
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.errors import BadRequest
 
 class Flaky(ToolkitHandler):
     def parse_request(self, payload):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from servekit.health import (
+from servekit.health.check import (
     EXIT_HEALTHY,
     EXIT_UNHEALTHY,
     EXIT_UNREACHABLE,

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from servekit.harness import LocalModel, Reply, Request
+from servekit.serve.harness import LocalModel, Reply, Request
 
 BATCH_SIZES = [1, 2, 5, 8]
 # What a temple on a lake and a daisy with a bee may plausibly be called in ImageNet-1k.

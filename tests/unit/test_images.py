@@ -1,4 +1,4 @@
-"""``handlers.images.open_image``: what costs far more to decode than its pixels is refused
+"""``servekit.runtime.images.open_image``: what costs far more to decode than its pixels is refused
 before decoding (found by a hostile review: each of these killed or bloated a worker)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image
 
-from handlers.errors import PayloadTooLarge, UnsupportedMediaType
-from handlers.images import MAX_JPEG_SCANS, open_image
+from servekit.runtime.errors import PayloadTooLarge, UnsupportedMediaType
+from servekit.runtime.images import MAX_JPEG_SCANS, open_image
 
 # 146 bytes: a 1x1 deflate TIFF declaring 16384 x 43680 tiles of 3 samples; libtiff
 # allocated and touched about 2 GB for it before failing.

@@ -1,10 +1,10 @@
-"""servekit.initlog on log lines in TorchServe 0.12's format (the e2e test reads a real log)."""
+"""servekit.health.initlog on log lines in TorchServe 0.12's format (e2e reads a real log)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from servekit.initlog import last_init_error
+from servekit.health.initlog import last_init_error
 
 FAIL = (
     "{t} [INFO ] W-{port}-{model}_1.0-stdout MODEL_LOG - "

@@ -1,4 +1,4 @@
-"""servekit.loadgen against a tiny real HTTP server on a free loopback port."""
+"""servekit.bench.loadgen against a tiny real HTTP server on a free loopback port."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from servekit.bench.loadgen import Load, LoadResult, Percentiles, Progress, Target, percentile, run
 from servekit.errors import ConfigError
-from servekit.loadgen import Load, LoadResult, Percentiles, Progress, Target, percentile, run
-from servekit.server import free_ports
+from servekit.serve.server import free_ports
 
 
 @dataclass

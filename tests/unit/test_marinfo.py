@@ -1,4 +1,4 @@
-"""inspect_mar.py / servekit.marinfo on broken and hostile archives: a clean error naming the
+"""inspect_mar.py / servekit.serve.marinfo on broken and hostile archives: a clean error naming the
 file and the problem (exit 1), never a traceback, and entries streamed, never held whole."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from servekit.errors import ArchiveError
-from servekit.marinfo import read_mar
-from servekit.reproducible import MANIFEST
+from servekit.serve.marinfo import read_mar
+from servekit.serve.reproducible import MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "scripts" / "inspect_mar.py"

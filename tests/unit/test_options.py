@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from handlers.digits_options import DigitsOptions
-from handlers.errors import ModelLoadError
-from handlers.options import HandlerOptions
+from servekit.runtime.errors import ModelLoadError
+from servekit.runtime.options import HandlerOptions
 
 
 def test_defaults_when_section_is_absent() -> None:

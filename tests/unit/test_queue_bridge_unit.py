@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from servekit.errors import ConfigError
-from servekit.queue_bridge import (
+from servekit.queue.bridge import (
     INTERNAL_ERROR,
     MAX_HEADER_CHARS,
     Bridge,
@@ -22,8 +22,8 @@ from servekit.queue_bridge import (
     Tries,
     dead_letter_headers,
 )
-from servekit.queue_messages import InferenceRequest
-from servekit.queue_retry import RetryPolicy, Verdict, classify, timed_out
+from servekit.queue.messages import InferenceRequest
+from servekit.queue.retry import RetryPolicy, Verdict, classify, timed_out
 
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens; a connect would be refused
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from servekit.queue_messages import (
+from servekit.queue.messages import (
     InferenceRequest,
     MalformedMessage,
     StoredResult,

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from servekit.errors import ConfigError
-from servekit.queue_bridge import BridgeConfig
-from servekit.queue_retry import (
+from servekit.queue.bridge import BridgeConfig
+from servekit.queue.retry import (
     MESSAGE_CHARS,
     RetryPolicy,
     Verdict,

@@ -1,8 +1,8 @@
-"""``handlers.readiness``: client errors never count, 5xx ask the self-test, rechecks are paced."""
+"""``servekit.runtime.readiness``: 4xx never count, 5xx ask the self-test, rechecks are paced."""
 
 from __future__ import annotations
 
-from handlers.readiness import Readiness
+from servekit.runtime.readiness import Readiness
 
 
 class Clock:

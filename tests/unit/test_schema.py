@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from servekit import schema
+from servekit.config import schema
+from servekit.config.findings import CODES
+from servekit.config.properties import parse_properties
+from servekit.config.schema_docs import render
 from servekit.errors import ConfigError
-from servekit.findings import CODES
-from servekit.properties import parse_properties
-from servekit.schema_docs import render
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

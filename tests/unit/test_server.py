@@ -1,4 +1,4 @@
-"""How servekit.server writes each private TorchServe's config (the servers run in e2e tests)."""
+"""How servekit.serve.server writes each private TorchServe's config (e2e tests run them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.server import TorchServe, absolute_log_config, read_properties
+from servekit.serve.server import TorchServe, absolute_log_config, read_properties
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

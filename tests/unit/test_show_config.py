@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from servekit.specs import config_sources, effective_config, load_spec, read_yaml
+from servekit.config.specs import config_sources, effective_config, load_spec, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "scripts" / "show_config.py"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servekit.config.spec_edit import set_section, write_sections
+from servekit.config.specs import load_spec
+from servekit.config.validate import has_errors, validate_paths
 from servekit.errors import ConfigError
-from servekit.spec_edit import set_section, write_sections
-from servekit.specs import load_spec
-from servekit.validate import has_errors, validate_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNED = {"batchSize": 8, "maxBatchDelay": 10, "minWorkers": 2, "maxWorkers": 2}

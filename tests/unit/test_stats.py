@@ -1,4 +1,4 @@
-"""``handlers.stats``: worker counters go to a private directory, never through a symlink."""
+"""``servekit.runtime.stats``: worker counters go to a private directory, never via a symlink."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.stats import WorkerStats, stats_dir
+from servekit.runtime.stats import WorkerStats, stats_dir
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from handlers.text_batching import LengthGroups, TextInput
+from servekit.runtime.text_batching import LengthGroups, TextInput
 
 PAD = 0
 

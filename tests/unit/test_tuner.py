@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from servekit import tuner
+from servekit.bench import tuner
+from servekit.bench.tuner import Level, Objective, Search, Space
 from servekit.errors import ConfigError
-from servekit.settings import Setting
-from servekit.tuner import Level, Objective, Search, Space
+from servekit.serve.settings import Setting
 
 SPACE = Space((1, 2, 4, 8, 16, 32), (5, 10, 20, 50), (1, 2))
 OBJECTIVE = Objective(p95_ms=100, max_concurrency=64)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from servekit import tuner
-from servekit.settings import Setting
-from servekit.tuner import Level, Objective, Search, Space
+from servekit.bench import tuner
+from servekit.bench.tuner import Level, Objective, Search, Space
+from servekit.serve.settings import Setting
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 GRIDS = [

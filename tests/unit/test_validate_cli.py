@@ -114,7 +114,7 @@ def test_queue_size_of_properties_applies_to_model_configs(tmp_path: Path) -> No
 
 
 def test_the_projects_log_config_is_found_from_the_configs_directory() -> None:
-    from servekit.check_properties import check_properties
+    from servekit.config.check_properties import check_properties
 
     findings, values = check_properties(ROOT / "config.properties", "config.properties")
     assert "-Dlog4j.configurationFile=config/log4j2.xml" in values["vmargs"]
@@ -160,7 +160,14 @@ def test_import_handlers_keeps_the_range_checks() -> None:
     spec = ROOT / "tests" / "corpus" / "specs" / "spec_option_range.yml"
     for flags in ([], ["--import-handlers"]):
         (finding,) = json.loads(run(*flags, "--json", spec).stdout)["findings"]
-        assert (finding["code"], finding["key"]) == ("bad-option", "handler.top_k")
+        assert (finding["code"], finding["key"]) == ("bad-option", "handler.warmup_batch_size")
+
+
+def test_only_import_handlers_runs_a_projects_own_range_checks() -> None:
+    spec = ROOT / "tests" / "data" / "spec_project_option_range.yml"
+    assert json.loads(run("--json", spec).stdout)["findings"] == []
+    (finding,) = json.loads(run("--import-handlers", "--json", spec).stdout)["findings"]
+    assert (finding["code"], finding["key"]) == ("bad-option", "handler.top_k")
 
 
 HOSTILE = {

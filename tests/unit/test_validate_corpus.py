@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from servekit.findings import printable
-from servekit.validate import validate_paths
+from servekit.config.findings import printable
+from servekit.config.validate import validate_paths
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CORPUS = ROOT / "tests" / "corpus"

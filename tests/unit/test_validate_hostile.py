@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servekit.findings import jsonable, show
-from servekit.validate import validate_paths
-from servekit.yamlpos import YamlTooLarge, int_bits, load_yaml
+from servekit.config.findings import jsonable, show
+from servekit.config.validate import validate_paths
+from servekit.config.yamlpos import YamlTooLarge, int_bits, load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VALIDATE = ROOT / "scripts" / "validate_config.py"
@@ -90,7 +90,7 @@ def test_allowed_urls_checks_take_bounded_time(tmp_path: Path) -> None:
 
 # ----- 4. handler annotations too deep to read ----------------------------------------------
 HANDLER = (
-    "from handlers.base import BaseHandler\nfrom deep_options import DeepOptions\n\n\n"
+    "from servekit.runtime.base import BaseHandler\nfrom deep_options import DeepOptions\n\n\n"
     "class Deep(BaseHandler):\n    options_class = DeepOptions\n"
 )
 
@@ -103,7 +103,7 @@ HANDLER = (
 def test_a_deep_annotation_is_unchecked_not_a_crash(tmp_path: Path, annotation: str) -> None:
     (tmp_path / "deep.py").write_text(HANDLER)
     (tmp_path / "deep_options.py").write_text(
-        "import dataclasses\nfrom handlers.options import HandlerOptions\n\n\n"
+        "import dataclasses\nfrom servekit.runtime.options import HandlerOptions\n\n\n"
         "@dataclasses.dataclass(frozen=True)\nclass DeepOptions(HandlerOptions):\n"
         f"    x: {annotation} = 1\n"
     )

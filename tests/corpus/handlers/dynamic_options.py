@@ -1,7 +1,7 @@
 """Corpus: options only running the code would reveal."""
 
-from handlers.base import ToolkitHandler
-from handlers.options import HandlerOptions
+from servekit.runtime.base import ToolkitHandler
+from servekit.runtime.options import HandlerOptions
 
 
 def make() -> type[HandlerOptions]:

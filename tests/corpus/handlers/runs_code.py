@@ -2,8 +2,8 @@
 
 import pathlib
 
-from handlers.base import ToolkitHandler
 from handlers.digits_options import DigitsOptions
+from servekit.runtime.base import ToolkitHandler
 
 pathlib.Path("IMPORTED-BY-THE-VALIDATOR").write_text("the validator ran this handler\n")
 raise SystemExit("the validator imported a handler it should only have read")

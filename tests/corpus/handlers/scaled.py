@@ -1,6 +1,6 @@
 """Corpus: a handler with its own options class, in a sibling module."""
 
-from handlers.base import ToolkitHandler
+from servekit.runtime.base import ToolkitHandler
 
 from .scaled_options import ScaledOptions
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from handlers.options import HandlerOptions
+from servekit.runtime.options import HandlerOptions
 
 
 @dataclasses.dataclass(frozen=True)

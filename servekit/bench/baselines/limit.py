@@ -1,0 +1,143 @@
+"""The physical limit: the model's in-process batched throughput, with no server.
+
+Batches of ``batch_size`` one-sentence requests (the sentences the benchmarks send, cycled)
+go through ``LocalModel.predict``: TorchServe's own worker code and the archived handler,
+tokenization, padding, forward and pooling included, with no HTTP and no queue.
+
+    python -m servekit.bench.baselines.limit --mar model_store/minilm.mar --batch-size 16 \
+        --duration 5
+    python -m servekit.bench.baselines.limit --batch-size 16 --processes 2   # 2 x 1 thread, summed
+
+With ``--processes N`` it runs N such loops at once in separate processes, each with
+cores / N torch threads (as N TorchServe workers get here), and reports their sum: the limit
+for N workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from servekit.bench import payloads as bench_payloads
+from servekit.errors import ConfigError
+from servekit.serve.harness import LocalModel, Request
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitResult:
+    """Items per second over ``batches`` batches of ``batch_size`` (warm-up batches left out)."""
+
+    batch_size: int
+    batches: int
+    items: int
+    seconds: float
+    threads: int
+    batch_ms_p50: float
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {**dataclasses.asdict(self), "items_per_s": round(self.items_per_s, 2)}
+
+
+def sentence_batches(batch_size: int) -> itertools.cycle[list[Request]]:
+    """Batches of one-sentence JSON requests, the bodies ``bench_payloads.minilm`` sends."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size is {batch_size}; it must be at least 1")
+    bodies = bench_payloads.minilm().bodies
+    requests = [Request.raw(body, "application/json") for body in bodies]
+    stream = itertools.cycle(requests)
+    return itertools.cycle([[next(stream) for _ in range(batch_size)] for _ in range(len(bodies))])
+
+
+def measure(
+    model: LocalModel, batch_size: int, duration: float = 5.0, warmup_batches: int = 2
+) -> LimitResult:
+    """Run batches for about ``duration`` seconds (at least one) and count the items served."""
+    if duration <= 0:
+        raise ConfigError(f"duration is {duration} s; give a positive number of seconds")
+    batches = sentence_batches(batch_size)
+    for _ in range(warmup_batches):
+        _serve(model, next(batches))
+    times: list[float] = []
+    start = time.perf_counter()
+    while not times or time.perf_counter() - start < duration:
+        began = time.perf_counter()
+        _serve(model, next(batches))
+        times.append(time.perf_counter() - began)
+    return LimitResult(
+        batch_size=batch_size,
+        batches=len(times),
+        items=len(times) * batch_size,
+        seconds=sum(times),
+        threads=torch.get_num_threads(),
+        batch_ms_p50=round(statistics.median(times) * 1000, 3),
+    )
+
+
+def _serve(model: LocalModel, batch: list[Request]) -> None:
+    failed = [reply.status for reply in model.predict(batch) if reply.status != 200]
+    if failed:
+        raise RuntimeError(f"{model.name}: {len(failed)} of {len(batch)} requests failed: {failed}")
+
+
+def in_processes(mar: Path, batch_size: int, duration: float, processes: int) -> dict[str, Any]:
+    """``processes`` limit loops at once, cores / processes threads each; their sum."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    command = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar)]
+    command += ["--batch-size", str(batch_size), "--duration", str(duration)]
+    command += ["--threads", str(threads)]
+    running = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for _ in range(processes)
+    ]
+    outputs = [p.communicate(timeout=duration + 600)[0] for p in running]
+    if any(p.returncode != 0 for p in running):
+        raise RuntimeError(f"a limit process failed: {[p.returncode for p in running]}")
+    each = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    return {
+        "batch_size": batch_size,
+        "processes": processes,
+        "threads": threads,
+        "items_per_s": round(sum(r["items_per_s"] for r in each), 2),
+        "each": each,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mar", type=Path, default=Path("model_store/minilm.mar"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of batches (5)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--processes", type=int, default=1, help="loops in parallel (1)")
+    args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes is {args.processes}; it must be >= 1")
+    if args.processes > 1:
+        print(json.dumps(in_processes(args.mar, args.batch_size, args.duration, args.processes)))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with LocalModel.from_mar(args.mar) as model:
+        result = measure(model, args.batch_size, args.duration)
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

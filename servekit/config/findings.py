@@ -1,0 +1,176 @@
+"""What the validator reports: one ``Finding`` per problem, each with its fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import json
+import math
+import reprlib
+from collections.abc import Iterable
+from typing import Any
+
+from servekit.config.limits import MAX_INT_BITS
+
+ERROR = "error"
+WARNING = "warning"
+MAX_SHOWN = 200  # characters of a value or key a finding repeats; the file holds the rest
+
+
+class _Short(reprlib.Repr):
+    """``reprlib.Repr`` that never converts a huge int to text (Python refuses to)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > MAX_INT_BITS:
+            return f"(an integer of {x.bit_length()} bits)"
+        return super().repr_int(x, level)
+
+
+_SHORT = _Short()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 4, 20, 20, MAX_SHOWN
+_SHORT.maxother = _SHORT.maxlong = MAX_SHOWN
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One problem in one file: where, which key, what it is, what is expected, how to fix it.
+
+    >>> Finding(ERROR, "unknown-key", "model-config.yml", 3, "maxBatchdelay", "50",
+    ...         "a key TorchServe reads", "rename it to 'maxBatchDelay'",
+    ...         "unknown key: TorchServe ignores it silently").text()
+    "model-config.yml:3: error: maxBatchdelay=50: unknown key: TorchServe ignores it silently; \
+expected a key TorchServe reads; fix: rename it to 'maxBatchDelay' [unknown-key]"
+    """
+
+    severity: str
+    code: str
+    file: str
+    line: int | None
+    key: str
+    value: str
+    expected: str
+    fix: str
+    problem: str
+
+    def text(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        value = f"={self.value}" if self.value else ""
+        return printable(  # problems and fixes may quote the file's own text
+            f"{where}: {self.severity}: {self.key}{value}: {self.problem}; "
+            f"expected {self.expected}; fix: {self.fix} [{self.code}]"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def malformed(file: str, line: int | None, expected: str, fix: str, why: str) -> Finding:
+    """The one finding for a file that cannot be read at all."""
+    return Finding(ERROR, "malformed-file", file, line, "(file)", "", expected, fix, why)
+
+
+def show(value: Any) -> str:
+    """A value as the user wrote it: YAML scalars keep their quotes so types are visible.
+
+    Long values are cut and deep ones elided, so a finding stays one readable line.
+    """
+    if isinstance(value, str):
+        if not value or value != value.strip() or value.isdigit():
+            return _SHORT.repr(value)
+        return value if len(value) <= MAX_SHOWN else f"{value[:MAX_SHOWN]}... ({len(value)} chars)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        return _SHORT.repr(value)
+    if isinstance(value, int):
+        return _SHORT.repr(value)
+    text = str(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} chars)"
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as YAML writes it: ``1``, ``true``, ``null``, ``2024-01-01``, ``name``."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    return show(key)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON holds it: string keys, finite floats (NaN and infinities as
+    the strings ``"NaN"``, ``"Infinity"``), dates as ISO text, other objects as text.
+
+    >>> jsonable({1: float("nan"), None: [float("-inf")], "d": datetime.date(2024, 1, 1)})
+    {'1': 'NaN', 'null': ['-Infinity'], 'd': '2024-01-01'}
+    """
+    if isinstance(value, dict):
+        return {key_text(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+        return show(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return show(value)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped: one line, any terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to ``name`` (case first, then spelling), if any is close."""
+    names = list(known)
+    for candidate in names:
+        if candidate.lower() == name.lower() or _squash(candidate) == _squash(name):
+            return candidate
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _squash(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+# Every finding code, its severity and what it catches (rendered into docs/config-keys.md).
+CODES: dict[str, tuple[str, str]] = {
+    "malformed-file": (ERROR, "YAML or properties syntax TorchServe cannot read"),
+    "malformed-json": (ERROR, "the models= value is not JSON: TorchServe does not start"),
+    "unknown-key": (ERROR, "a key TorchServe 0.12 does not read (ignored silently); did you mean"),
+    "wrong-type": (ERROR, "a value of the wrong type: YAML keeps the default, properties crash"),
+    "out-of-range": (ERROR, "a value TorchServe clamps, ignores or cannot hold"),
+    "bad-value": (ERROR, "a value outside the allowed choices, a bad address or regex"),
+    "unresolved-variable": (ERROR, "$$VAR$$ whose variable is not set: TorchServe fails at start"),
+    "missing-key": (ERROR, "a required model spec key is missing"),
+    "missing-file": (ERROR, "a model spec names a file that does not exist"),
+    "bad-handler": (ERROR, "the handler file is not Python or defines not exactly one class"),
+    "options-unchecked": (
+        WARNING,
+        "handler options declared in a way only running the handler tells (--import-handlers)",
+    ),
+    "undeclared-option": (ERROR, "a handler option the handler does not declare"),
+    "bad-option": (ERROR, "a handler option of the wrong type or out of range"),
+    "max-below-min": (ERROR, "maxWorkers < minWorkers: TorchServe ignores both"),
+    "workers-ignored": (ERROR, "minWorkers or maxWorkers missing: TorchServe ignores the other"),
+    "queue-below-batch": (ERROR, "the job queue is smaller than batchSize"),
+    "timeout-below-delay": (ERROR, "responseTimeout (s) not above maxBatchDelay (ms)"),
+    "retry-below-startup": (WARNING, "maxRetryTimeoutInSec shorter than startupTimeout"),
+    "open-without-token": (ERROR, "an API bound off loopback while token authorization is off"),
+    "open-allowed-urls": (ERROR, "allowed_urls admits remote URLs or files outside a model store"),
+    "model-api-on": (WARNING, "enable_model_api=true (error when the management API is public)"),
+    "pip-per-model": (WARNING, "install_py_dep_per_model=true: archives pip-install at load"),
+    "metrics-open": (WARNING, "the metrics API (no token) bound off loopback"),
+    "duplicate-key": (WARNING, "a key written twice; the last one wins"),
+    "internal-key": (WARNING, "a key TorchServe sets itself"),
+}

@@ -1,0 +1,430 @@
+"""Validate TorchServe config files before the server sees them.
+
+TorchServe 0.12 ignores unknown keys, keeps defaults on wrong types with a log
+line, and ships insecure defaults. ``validate_paths`` reads ``.properties``
+files, ``model-config.yml`` files and model specs (``config/<model>.yml``) and
+returns one ``Finding`` per problem, each naming file, line, key, value, what is
+expected and a fix.
+
+    >>> findings = validate_paths([Path("config.properties")], Path("."))  # doctest: +SKIP
+    >>> [f.text() for f in findings]                                      # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from servekit.config import schema
+from servekit.config.check_model_config import Where, check_effective, check_keys
+from servekit.config.check_properties import check_properties
+from servekit.config.findings import (
+    ERROR,
+    MAX_SHOWN,
+    WARNING,
+    Finding,
+    did_you_mean,
+    malformed,
+    show,
+)
+from servekit.config.handler_options import check_options, declared_options
+from servekit.config.handler_source import Unresolved
+from servekit.config.limits import is_file, read_capped
+from servekit.config.yamlpos import YamlDoc, YamlTooComplex, YamlTooLarge, load_yaml
+from servekit.errors import ConfigError
+from servekit.runtime.options import HandlerOptions
+
+PROPERTIES_SUFFIXES = (".properties",)
+YAML_SUFFIXES = (".yml", ".yaml")
+SPEC_MARKERS = ("name", "model_config", "handler_options", "serialized_file", "extra_files")
+DEFAULT_QUEUE = int(str(schema.PROPERTIES["job_queue_size"].default))
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A parsed YAML file and the name findings use for it."""
+
+    label: str
+    doc: YamlDoc
+
+    def where(self, *path: str) -> Where:
+        return Where(self.label, self.doc.line(*path))
+
+
+def validate_paths(
+    paths: Sequence[Path], root: Path, import_handlers: bool = False
+) -> list[Finding]:
+    """Findings for every file, in file order; ``root`` is what spec paths are relative to.
+
+    A spec's handler file is read, not run; ``import_handlers`` imports it instead (which
+    runs its code) to check options declared in ways reading cannot follow.
+    """
+    findings: list[Finding] = []
+    queue = DEFAULT_QUEUE
+    for path in paths:
+        if path.suffix in PROPERTIES_SUFFIXES:
+            found, values = check_properties(path, str(path))
+            findings += found
+            queue = _queue_size(values.get("job_queue_size"), queue)
+    yamls = [p for p in paths if p.suffix in YAML_SUFFIXES]
+    loaded = {p: _load(p, findings) for p in yamls}
+    kinds = {p: _kind(doc.doc.data) for p, doc in loaded.items() if doc is not None}
+    given_defaults = [loaded[p] for p, kind in kinds.items() if kind == "model-config"]
+    defaults = given_defaults[0] if len(given_defaults) == 1 else _root_defaults(root)
+    for path, kind in kinds.items():
+        doc = loaded[path]
+        if doc is None:
+            continue
+        if kind == "model-config":
+            findings += _model_config(doc, queue)
+        elif kind == "spec":
+            findings += _spec(path, doc, defaults, root, queue, import_handlers)
+        else:
+            findings.append(_not_a_mapping(doc))
+    return list(dict.fromkeys(findings))
+
+
+def has_errors(findings: Sequence[Finding]) -> bool:
+    return any(f.severity == ERROR for f in findings)
+
+
+# ----- files --------------------------------------------------------------------------------
+def _load(path: Path, findings: list[Finding]) -> Loaded | None:
+    label = str(path)
+    try:
+        doc = load_yaml(read_capped(path).decode("utf-8"))
+    except ConfigError as err:
+        findings.append(
+            malformed(
+                label,
+                None,
+                "a small YAML file",
+                "check that this is the config you meant",
+                str(err),
+            )
+        )
+        return None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if isinstance(err, YamlTooLarge):
+            fix = "check that this is the config you meant: a config holds a few dozen values"
+        elif isinstance(err, YamlTooComplex):
+            fix = "write the values out: no alias that expands without bound or refers to itself"
+        else:
+            fix = "fix the YAML syntax at that line (indentation, quotes, colons)"
+        why = (
+            f"malformed YAML: {problem}; TorchServe logs an error and loads the model "
+            "without its config"
+        )
+        findings.append(malformed(label, mark.line + 1 if mark else None, "valid YAML", fix, why))
+        return None
+    except UnicodeDecodeError as err:
+        findings.append(
+            malformed(
+                label,
+                None,
+                "UTF-8 text",
+                "save the file as UTF-8",
+                f"not UTF-8: {err.reason} at byte {err.start}",
+            )
+        )
+        return None
+    for key_path, line in doc.duplicates:
+        findings.append(
+            Finding(
+                WARNING,
+                "duplicate-key",
+                label,
+                line,
+                ".".join(key_path),
+                "",
+                "each key once",
+                "remove one of them",
+                "written twice; the last one wins",
+            )
+        )
+    findings += [_odd_key(label, *odd) for odd in doc.odd_keys]
+    return Loaded(label, dataclasses.replace(doc, data={} if doc.data is None else doc.data))
+
+
+def _odd_key(label: str, path: tuple[str, ...], line: int, kind: str) -> Finding:
+    """A key YAML reads as a number, date, boolean or null: checks below skip it."""
+    written = path[-1] if len(path[-1]) <= MAX_SHOWN else f"{path[-1][:MAX_SHOWN]}..."
+    key = ".".join((*path[:-1], written))
+    return Finding(
+        ERROR,
+        "wrong-type",
+        label,
+        line,
+        key,
+        "",
+        "a string key",
+        f'quote it ("{written}": ...) if it is meant as a name, or remove it',
+        f"a YAML {kind} key, not a string: no TorchServe setting or handler option has it",
+    )
+
+
+def _string_keys(section: Mapping[Any, Any]) -> dict[str, Any]:
+    """``section`` without the keys that are not strings (each reported by ``_odd_key``)."""
+    return {k: v for k, v in section.items() if isinstance(k, str)}
+
+
+def _kind(data: Any) -> str:
+    if not isinstance(data, dict):
+        return "not-a-mapping"
+    if any(k in data for k in SPEC_MARKERS) or isinstance(data.get("handler"), str):
+        return "spec"
+    return "model-config"
+
+
+def _root_defaults(root: Path) -> Loaded | None:
+    path = root / "model-config.yml"
+    if not is_file(path):
+        return None
+    return _load(path, [])
+
+
+def _queue_size(text: str | None, current: int) -> int:
+    valid = text is not None and re.fullmatch(r"[0-9]{1,10}", text) is not None
+    return int(str(text)) if valid else current
+
+
+def _not_a_mapping(doc: Loaded) -> Finding:
+    return Finding(
+        ERROR,
+        "wrong-type",
+        doc.label,
+        doc.doc.line(),
+        "(file)",
+        show(doc.doc.data),
+        "a mapping of 'key: value' lines",
+        "write one 'key: value' per line",
+        f"the file is a {type(doc.doc.data).__name__}, not a mapping",
+    )
+
+
+# ----- model-config.yml ---------------------------------------------------------------------
+def _model_config(doc: Loaded, queue: int) -> list[Finding]:
+    data: dict[str, Any] = doc.doc.data
+    findings = check_keys(data, lambda k: doc.where(*k.split(".")))
+    section = data.get("handler")
+    if isinstance(section, dict):
+        findings += check_options(
+            HandlerOptions,
+            _string_keys(section),
+            lambda k: (doc.label, doc.doc.line("handler", k)),
+            "the base HandlerOptions (every toolkit handler)",
+        )
+    return findings + check_effective(data, lambda k: doc.where(k), queue)
+
+
+# ----- model specs --------------------------------------------------------------------------
+def _spec(
+    path: Path, doc: Loaded, defaults: Loaded | None, root: Path, queue: int, imports: bool
+) -> list[Finding]:
+    data: dict[str, Any] = doc.doc.data
+    findings = _spec_keys(path, doc, root)
+    overrides = data.get("model_config")
+    if isinstance(overrides, dict):
+        findings += check_keys(
+            overrides, lambda k: doc.where("model_config", *k.split(".")), "model_config."
+        )
+    else:
+        overrides = {}
+    base: dict[str, Any] = defaults.doc.data if defaults is not None else {}
+    effective = {**base, **overrides}
+
+    def locate(key: str) -> Where:
+        if key in overrides or defaults is None:
+            return doc.where("model_config", key)
+        return defaults.where(key)
+
+    findings += check_effective(effective, locate, queue, "")
+    findings += _spec_options(data, doc, defaults, root, imports)
+    return findings
+
+
+def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
+    data: dict[str, Any] = doc.doc.data
+    findings = []
+
+    def finding(code: str, key: str, expected: str, fix: str, why: str) -> Finding:
+        value = show(data[key]) if key in data else "(unset)"
+        return Finding(ERROR, code, doc.label, doc.doc.line(key), key, value, expected, fix, why)
+
+    for key in _string_keys(data):
+        if key not in schema.SPEC:
+            close = did_you_mean(str(key), schema.SPEC)
+            findings.append(
+                finding(
+                    "unknown-key",
+                    str(key),
+                    "a model spec key: " + ", ".join(schema.SPEC),
+                    f"did you mean '{close}'?" if close else "remove it",
+                    "unknown key: make archive would refuse the spec",
+                )
+            )
+    for key in schema.SPEC_REQUIRED:
+        if not isinstance(data.get(key), str) or not data[key]:
+            why = "missing" if key not in data else f"a {type(data[key]).__name__}, not a string"
+            fix = f'quote it: {key}: "{show(data[key])}"' if key in data else f"add {key}: ..."
+            findings.append(
+                finding(
+                    "missing-key" if key not in data else "wrong-type",
+                    key,
+                    "a non-empty string",
+                    fix,
+                    why,
+                )
+            )
+    if isinstance(data.get("name"), str) and data["name"] != path.stem:
+        findings.append(
+            finding(
+                "bad-value",
+                "name",
+                f"the file name, '{path.stem}'",
+                f"rename the file to {data['name']}.yml or set name: {path.stem}",
+                "the model name must match the spec's file name",
+            )
+        )
+    findings += _spec_files(doc, root)
+    for key in ("model_config", "handler_options"):
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            findings.append(
+                finding(
+                    "wrong-type",
+                    key,
+                    "a mapping",
+                    f"write {key}: followed by indented 'key: value' lines",
+                    "not a mapping",
+                )
+            )
+    return findings
+
+
+def _spec_files(doc: Loaded, root: Path) -> list[Finding]:
+    data: dict[str, Any] = doc.doc.data
+    listed: list[tuple[str, Any, int | None]] = [
+        (key, data[key], doc.doc.line(key))
+        for key in ("handler", "serialized_file")
+        if data.get(key) is not None
+    ]
+    extra = data.get("extra_files") or []
+    if not isinstance(extra, list):
+        return [
+            Finding(
+                ERROR,
+                "wrong-type",
+                doc.label,
+                doc.doc.line("extra_files"),
+                "extra_files",
+                show(extra),
+                "a list of paths",
+                "write one '- path' line per file",
+                "not a list",
+            )
+        ]
+    listed += [
+        (f"extra_files.{i}", v, doc.doc.line("extra_files", str(i))) for i, v in enumerate(extra)
+    ]
+    findings = []
+    for key, value, line in listed:
+        if not isinstance(value, str) or not is_file(root / value):
+            findings.append(
+                Finding(
+                    ERROR,
+                    "missing-file",
+                    doc.label,
+                    line,
+                    key,
+                    show(value),
+                    "a file path relative to the repository",
+                    "fix the path or add the file",
+                    "no such file: make archive fails",
+                )
+            )
+    return findings
+
+
+def _spec_options(
+    data: Mapping[str, Any], doc: Loaded, defaults: Loaded | None, root: Path, imports: bool
+) -> list[Finding]:
+    own = data.get("handler_options") or {}
+    base = (defaults.doc.data.get("handler") if defaults is not None else None) or {}
+    if not isinstance(own, dict) or not isinstance(base, dict):
+        return []
+    own, base = _string_keys(own), _string_keys(base)
+    handler = data.get("handler")
+    if not isinstance(handler, str) or not is_file(root / handler):
+        return []
+
+    def finding(
+        sev: str, code: str, key: str, value: Any, expected: str, fix: str, why: str
+    ) -> Finding:
+        return Finding(
+            sev, code, doc.label, doc.doc.line(key), key, show(value), expected, fix, why
+        )
+
+    try:
+        options = declared_options(root / handler, root, imports)
+    except Unresolved as err:
+        if not {**base, **own}:
+            return []
+        return [
+            finding(
+                WARNING,
+                "options-unchecked",
+                "handler",
+                handler,
+                "an options_class readable without running the handler: a dataclass of "
+                "bool, int, float, str fields with literal defaults",
+                "validate with --import-handlers to import the handler (runs its code)",
+                f"handler options not checked: {err}",
+            )
+        ]
+    except ConfigError as err:  # not one class, not Python, or (imported) raised on import
+        one_class = "exactly one class" in str(err)
+        return [
+            finding(
+                ERROR,
+                "bad-handler",
+                "handler",
+                handler,
+                "a handler file with exactly one class"
+                if one_class
+                else "a readable Python handler file",
+                "move helper classes to their own module" if one_class else "fix the handler file",
+                str(err),
+            )
+        ]
+    section = {**base, **own}
+    if options is None:
+        if not own:
+            return []
+        return [
+            Finding(
+                ERROR,
+                "undeclared-option",
+                doc.label,
+                doc.doc.line("handler_options"),
+                "handler_options",
+                show(own),
+                "no options: the handler declares none",
+                "remove handler_options or give the handler an options_class",
+                "the handler declares no options_class",
+            )
+        ]
+
+    def where(key: str) -> tuple[str, int | None]:
+        if key in own or defaults is None:
+            return doc.label, doc.doc.line("handler_options", key)
+        return defaults.label, defaults.doc.line("handler", key)
+
+    return check_options(options, section, where, handler)

@@ -1,0 +1,449 @@
+"""``ToolkitHandler``: the base every toolkit handler subclasses.
+
+It keeps TorchServe's batch contract (one result or one error per request,
+always), decodes and validates each request on its own, loads weights with
+errors that name the file, warms up, counts, times and describes itself.
+
+A leaf handler only says what differs::
+
+    class IrisHandler(ToolkitHandler[list[float]]):
+        def load_model(self) -> torch.nn.Module: ...
+        def parse_request(self, payload: Payload) -> list[float]: ...
+        def preprocess(self, items: list[list[float]]) -> torch.Tensor: ...
+        def postprocess(self, outputs: torch.Tensor) -> list[dict]: ...
+        def warmup_items(self, n: int) -> list[list[float]]: ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from ts.metrics.dimension import Dimension
+from ts.torch_handler.base_handler import BaseHandler
+
+from servekit.runtime import recycle
+from servekit.runtime.decoding import DEFAULT_FIELDS, Payload, select_payload
+from servekit.runtime.errors import (
+    BadRequest,
+    InsufficientMemory,
+    InternalError,
+    ModelLoadError,
+    PayloadTooLarge,
+    RequestError,
+    ServiceUnavailable,
+)
+from servekit.runtime.options import HandlerOptions
+from servekit.runtime.readiness import Readiness
+from servekit.runtime.stats import WorkerStats
+
+logger = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+class ToolkitHandler(BaseHandler, Generic[ItemT]):
+    """Base handler: subclass it and fill in the hooks below."""
+
+    options_class: ClassVar[type[HandlerOptions]] = HandlerOptions
+    input_fields: ClassVar[tuple[str, ...]] = DEFAULT_FIELDS
+    accepts_empty: ClassVar[bool] = False
+    input_schema: ClassVar[dict[str, Any]] = {}
+    output_schema: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.options: HandlerOptions = self.options_class()
+        self.stats = WorkerStats()
+        self.labels: list[str] | None = None
+        self.warmup_ms: float | None = None
+        self.model_dir = Path(".")
+        self.model_name = ""
+        self.model_version = ""
+        self.batch_size = 1
+        self.model_config: dict[str, Any] = {}
+        self.warming = False
+        self.health = Readiness()
+        self.publish_stats = False
+
+    # ----- lifecycle ---------------------------------------------------------------------
+    def initialize(self, context: Any) -> None:
+        self._read_context(context)
+        self.options = self.options_class.from_section(self.model_config.get("handler"))
+        self.health = Readiness(self.options.degraded_after_errors, self.options.recheck_seconds)
+        if self.options.torch_threads:
+            torch.set_num_threads(self.options.torch_threads)
+        self.model = self.load_model()
+        self.labels = self.load_labels()
+        if self.options.recycle_on_sigusr1:
+            recycle.install(self.model_name)
+        self.publish_stats = recycle.in_torchserve_worker()
+        if self.publish_stats:
+            self.stats.publish(self.model_name, force=True)
+        if self.options.warmup and self.options.warmup_in_background:
+            self.warming = True
+            threading.Thread(target=self._warmup, name="warmup", daemon=True).start()
+        elif self.options.warmup:
+            self._warmup()
+        self.initialized = True
+        logger.info("%s initialized (status %s)", self.model_name, self.status)
+
+    def _read_context(self, context: Any) -> None:
+        props = context.system_properties
+        self.model_dir = Path(props["model_dir"])
+        self.batch_size = int(props.get("batch_size") or 1)
+        self.model_name = context.model_name
+        manifest = context.manifest or {}
+        self.model_version = str(manifest.get("model", {}).get("modelVersion", ""))
+        self.model_config = dict(context.model_yaml_config or {})
+
+    def _warmup(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._serve_warmup_items()
+            self.warmup_ms = round((time.perf_counter() - started) * 1000, 3)
+        except Exception as err:
+            if not self.warming:
+                raise  # blocking warmup: initialize fails, as it should
+            logger.exception("%s: background warmup failed", self.model_name)
+            self.health.fail(err)
+        finally:
+            self.warming = False
+
+    @property
+    def status(self) -> str:
+        """``initializing``, ``warming``, ``ready`` or ``degraded`` (see ``readiness``)."""
+        if not self.initialized:
+            return "initializing"
+        if self.warming:
+            return "warming"
+        return "degraded" if self.health.degraded else "ready"
+
+    # ----- hooks for subclasses ------------------------------------------------------------
+    def load_model(self) -> Any:
+        """Build the model from files in ``self.model_dir``; ``None`` for model-less handlers."""
+        return None
+
+    def load_labels(self) -> list[str] | None:
+        """The class names, where the model has them."""
+        return None
+
+    def parse_request(self, payload: Payload) -> ItemT:
+        """Validate one request's input; raise ``RequestError`` to fail only that request."""
+        raise NotImplementedError
+
+    def preprocess(self, items: list[ItemT]) -> Any:
+        """Collate the valid inputs of a batch into the model's input."""
+        return items
+
+    def inference(self, batch: Any) -> Any:
+        """Run the model on a collated batch (under ``torch.inference_mode``)."""
+        return self.model(batch)
+
+    def postprocess(self, outputs: Any) -> list[Any]:
+        """One JSON-able result per input, in order."""
+        return list(outputs)
+
+    def warmup_items(self, n: int) -> list[ItemT]:
+        """``n`` valid inputs for the warmup batch; an empty list skips warmup."""
+        return []
+
+    cost_unit: ClassVar[str] = "requests"
+
+    def item_cost(self, item: ItemT) -> int:
+        """The work one parsed request asks of the model, in ``cost_unit``s (tokens for text);
+        batches hold at most the option ``max_batch_cost`` of it."""
+        return 1
+
+    # ----- helpers for subclasses ----------------------------------------------------------
+    def artifact(self, name: str) -> Path:
+        """Path of a file shipped in the archive; a clear error when it is missing."""
+        path = self.model_dir / name
+        if not path.is_file():
+            shipped = (
+                sorted(p.name for p in self.model_dir.iterdir()) if self.model_dir.is_dir() else []
+            )
+            raise ModelLoadError(
+                f"model '{self.model_name}': file '{name}' is missing from the archive "
+                f"(it holds: {', '.join(shipped) or 'nothing'}); "
+                "add it to the model spec in config/"
+            )
+        return path
+
+    def load_state_dict(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
+        """Load weights ``name`` from the archive into ``module``, in eval mode."""
+        path = self.artifact(name)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        except Exception as err:  # torch raises many types for a broken file
+            raise ModelLoadError(
+                f"model '{self.model_name}': weights file '{name}' is broken or does not fit "
+                f"{type(module).__name__}: {err}"
+            ) from err
+        return module.eval()
+
+    # ----- the TorchServe entry point ------------------------------------------------------
+    def handle(self, data: list[Any], context: Any) -> list[Any]:
+        if is_describe(data, context):
+            if recycle.draining():
+                recycle.exit_for_recycling(self.model_name)
+            self.health.recheck(self._self_test)
+            return [self.describe_handle()]
+        results: list[Any] = [None] * len(data)
+        good: list[int] = []
+        items: list[ItemT] = []
+        for idx, request in enumerate(data):
+            try:
+                items.append(self._parse(request, context, idx))
+                good.append(idx)
+            except RequestError as err:
+                results[idx] = self._error(context, idx, err)
+        good, items = self._within_budget(good, items, results, context)
+        timings = dict.fromkeys(STAGES, 0.0)
+        if items:
+            outcomes = self._predict_isolating(items, timings)
+            for idx, result in zip(good, outcomes, strict=True):
+                results[idx] = self._reply(context, idx, result)
+        statuses = [context.get_response_status(i)[0] for i in range(len(data))]
+        self.health.record(statuses, self._self_test)
+        errors = sum(1 for code in statuses if code >= 400)
+        self.stats.record_batch(len(data), errors, timings)
+        if self.publish_stats:
+            self.stats.publish(self.model_name)
+        self._emit_metrics(context, len(data), errors, timings)
+        return results
+
+    def _parse(self, request: Any, context: Any, idx: int) -> ItemT:
+        """One request's input, validated; whatever goes wrong here is the input's fault.
+
+        ``parse_request`` sees only the client's bytes, so an exception it did not expect
+        (a ``RecursionError`` from deep JSON, an ``OverflowError`` from a huge number, a
+        decoder's own error type) is still a 400: logged with its stack trace for the
+        handler's author, never a 500, never counted against the model's health.
+        """
+        try:
+            return self.parse_request(self._payload(request, context, idx))
+        except RequestError:
+            raise
+        except Exception as err:
+            logger.warning(
+                "%s: request %d of a batch: parse_request raised %s; answered 400",
+                self.model_name,
+                idx,
+                type(err).__name__,
+                exc_info=err,
+            )
+            raise BadRequest(
+                f"the input could not be read ({type(err).__name__}); "
+                "see the model's input_schema (GET /models/{name}?customized=true)"
+            ) from None
+
+    def _within_budget(
+        self, good: list[int], items: list[ItemT], results: list[Any], context: Any
+    ) -> tuple[list[int], list[ItemT]]:
+        """The requests the model serves in this batch: at most ``max_batch_cost`` of work.
+
+        A batch that runs past ``responseTimeout`` makes the frontend kill the worker and fail
+        every request in it, so valid but costly requests must not add up past the budget:
+        one that alone costs more is a 413; the ones after the budget is spent get a 503
+        with ``Retry-After``, as when the queue is full, and are not counted as failures.
+        """
+        budget = self.options.max_batch_cost
+        if not budget:
+            return good, items
+        admitted: tuple[list[int], list[ItemT]] = ([], [])
+        spent = 0
+        for idx, item in zip(good, items, strict=True):
+            cost = self.item_cost(item)
+            if cost > budget:
+                err: RequestError = PayloadTooLarge(
+                    f"this request asks for {cost} {self.cost_unit}; one batch may hold "
+                    f"{budget}: split it"
+                )
+            elif spent + cost > budget:
+                err = ServiceUnavailable(
+                    f"this batch's budget of {budget} {self.cost_unit} is spent; retry"
+                )
+                context.set_response_header(idx, "Retry-After", "1")
+            else:
+                spent += cost
+                admitted[0].append(idx)
+                admitted[1].append(item)
+                continue
+            results[idx] = self._error(context, idx, err)
+        return admitted
+
+    def _serve_warmup_items(self) -> None:
+        """One batch of the handler's own known-good inputs; nothing when it has none."""
+        items = self.warmup_items(self.options.warmup_batch_size)
+        if items:
+            self._predict(items, dict.fromkeys(STAGES, 0.0))
+
+    def _self_test(self) -> BaseException | None:
+        """``None`` if the model answers the warmup inputs (or there are none to ask)."""
+        try:
+            self._serve_warmup_items()
+        except Exception as err:
+            logger.error("%s: self-test on warmup inputs failed", self.model_name, exc_info=err)
+            return err
+        return None
+
+    def _payload(self, request: Any, context: Any, idx: int) -> Payload:
+        payload = select_payload(request, self.input_fields, allow_empty=self.accepts_empty)
+        header = context.get_request_header(idx, payload.field)
+        content_type = header.get("content-type", "") if isinstance(header, dict) else ""
+        return Payload(payload.value, payload.field, content_type)
+
+    def _predict_isolating(self, items: list[ItemT], timings: dict[str, float]) -> list[Any]:
+        """Predict a batch; if it fails as a whole, retry one by one so only culprits fail."""
+        try:
+            return self._predict(items, timings)
+        except Exception as err:
+            if len(items) == 1:
+                return [err]
+            logger.warning("batch of %d failed (%r); retrying one by one", len(items), err)
+        outcomes: list[Any] = []
+        for item in items:
+            try:
+                outcomes.extend(self._predict([item], timings))
+            except Exception as err:
+                outcomes.append(err)
+        return outcomes
+
+    def _predict(self, items: list[ItemT], timings: dict[str, float]) -> list[Any]:
+        """Run the three stages on valid items, adding each stage's milliseconds to ``timings``."""
+        with _timed("preprocess", timings):
+            batch = self.preprocess(items)
+        with _timed("inference", timings), torch.inference_mode():
+            outputs = self.inference(batch)
+        with _timed("postprocess", timings):
+            results = self.postprocess(outputs)
+        if len(results) != len(items):
+            raise RuntimeError(
+                f"postprocess returned {len(results)} results for {len(items)} inputs"
+            )
+        return results
+
+    def _reply(self, context: Any, idx: int, result: Any) -> Any:
+        if isinstance(result, BaseException):
+            return self._error(context, idx, result)
+        if not isinstance(result, (bytes, bytearray, str)) and not _valid_json(result):
+            # TorchServe would send NaN/Infinity as such (not JSON) or fail the whole batch
+            bad = ValueError(f"result is not strict JSON (NaN, Infinity, a type): {result!r:.200}")
+            return self._error(context, idx, bad)
+        context.set_response_content_type(idx, "application/json")
+        return result
+
+    def _error(self, context: Any, idx: int, err: BaseException) -> dict[str, Any]:
+        if not isinstance(err, RequestError):
+            logger.error("request %d of a batch failed", idx, exc_info=err)
+            err = InsufficientMemory() if _out_of_memory(err) else InternalError()
+        status = HTTPStatus(err.status)
+        context.set_response_status(int(status), status.phrase, idx)
+        context.set_response_content_type(idx, "application/json")
+        return err.body()
+
+    def _emit_metrics(
+        self, context: Any, size: int, errors: int, timings: dict[str, float]
+    ) -> None:
+        """This batch's counts and stage times, through TorchServe's metrics cache."""
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+
+        # TorchServe's metric methods append to the dimension list they get: pass fresh ones.
+        def dims() -> list[Dimension]:
+            return [Dimension("ModelName", self.model_name)]
+
+        metrics.add_counter("ToolkitRequests", size, None, dims())
+        metrics.add_counter("ToolkitRequestErrors", errors, None, dims())
+        for stage, ms in timings.items():
+            metrics.add_time(f"Toolkit{stage.title()}Time", round(ms, 3), None, "ms", dims())
+
+    # ----- custom metadata -----------------------------------------------------------------
+    def describe_handle(self) -> dict[str, Any]:
+        """What ``GET /models/{name}?customized=true`` shows as ``customizedMetadata``."""
+        cls = type(self)
+        described: dict[str, Any] = {
+            "status": self.status,
+            "failures_in_a_row": self.health.failures_in_a_row,
+            "self_test": self.health.as_dict(),
+            "model": {"name": self.model_name, "version": self.model_version},
+            "handler": f"{cls.__module__}.{cls.__qualname__}",
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "batching": self.batch_settings(),
+            "warmup": {
+                "enabled": self.options.warmup,
+                "ran": self.warmup_ms is not None,
+                "ms": self.warmup_ms,
+            },
+            "options": {"declared": self.options_class.declared(), "values": vars(self.options)},
+            "worker": self.stats.as_dict(),
+            "torch_threads": torch.get_num_threads(),
+        }
+        if self.labels is not None:
+            described["labels"] = self.labels
+        return described
+
+    def batch_settings(self) -> dict[str, Any]:
+        """Batch settings in force: ``batchSize`` as the frontend sent it, the rest as archived."""
+        keys: Sequence[str] = (
+            "maxBatchDelay",
+            "minWorkers",
+            "maxWorkers",
+            "responseTimeout",
+            "maxRetryTimeoutInSec",
+            "jobQueueSize",
+        )
+        settings = {k: self.model_config[k] for k in keys if k in self.model_config}
+        return {"batchSize": self.batch_size, **settings}
+
+
+def is_describe(data: list[Any], context: Any) -> bool:
+    """True for a customized describe (``GET /models/{name}?customized=true``).
+
+    TorchServe sends it as a request with the header ``describe: True``, always alone in
+    its batch and with no input at all. A client can send the same header on a
+    prediction: that one carries a body (or form fields, or a form content type), so it
+    is served as the prediction it is, and its batch keeps one answer per request.
+    """
+    if len(data) != 1 or data[0] or context.get_request_header(0, "describe") != "True":
+        return False
+    headers = context.get_all_request_header(0) or {}
+    content_type = next(
+        (str(v) for k, v in headers.items() if str(k).lower() == "content-type"), ""
+    ).lower()
+    return not content_type.startswith(("multipart/", "application/x-www-form-urlencoded"))
+
+
+def _valid_json(result: Any) -> bool:
+    """What TorchServe's ``json.dumps`` would send is strict JSON: no NaN, no Infinity."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError))
+
+
+@contextmanager
+def _timed(stage: str, timings: dict[str, float]) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] += (time.perf_counter() - started) * 1000

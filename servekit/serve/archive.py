@@ -1,0 +1,144 @@
+"""Build ``.mar`` files from model specs with ``torch-model-archiver``.
+
+Each archive carries the project's whole ``handlers`` package and the handler runtime
+(``servekit/runtime``), so the handler imports exactly what was archived and the archive serves
+where only the model's own dependencies are installed, and the effective model config. A build is
+skipped when a digest of all its inputs matches the one recorded beside the archive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import servekit.runtime
+from servekit.config.specs import ModelSpec, effective_config
+from servekit.errors import ArchiveError
+from servekit.serve.reproducible import make_public, normalize_mar, write_public
+
+HANDLER_PACKAGE = "handlers"
+RUNTIME = Path(str(servekit.runtime.__file__)).parent
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    name: str
+    path: Path
+    rebuilt: bool
+
+
+def handler_sources(root: Path) -> dict[str, Path]:
+    """What every archive ships besides the spec's files: the archive-relative name of each
+    module of the project's handler package and of the handler runtime, and where it is read."""
+    sources = {
+        f"{HANDLER_PACKAGE}/{p.name}": p for p in sorted((root / HANDLER_PACKAGE).glob("*.py"))
+    }
+    sources["servekit/__init__.py"] = RUNTIME.parent / "__init__.py"
+    sources |= {f"servekit/runtime/{p.name}": p for p in sorted(RUNTIME.glob("*.py"))}
+    return sources
+
+
+def inputs_digest(spec: ModelSpec, config: Mapping[str, Any], root: Path) -> str:
+    """sha256 over every input of an archive: files, effective config, archiver version."""
+    digest = hashlib.sha256()
+    digest.update(f"torch-model-archiver=={version('torch-model-archiver')}\n".encode())
+    digest.update(b"normalized zip v1\n")  # servekit.serve.reproducible; bump when it changes
+    digest.update(yaml.safe_dump(dict(config), sort_keys=True).encode())
+    for name, source in handler_sources(root).items():
+        digest.update(name.encode() + b"\0")
+        digest.update(source.read_bytes())
+    for path in spec.inputs():
+        digest.update(_relative(path, root).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the repo; a spec kept elsewhere (tests, tools) counts by name."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read in chunks (weights files are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build(
+    spec: ModelSpec, defaults: Mapping[str, Any], root: Path, store: Path, force: bool = False
+) -> BuildResult:
+    """Build ``store/<name>.mar`` unless it is up to date."""
+    config = effective_config(spec, defaults)
+    mar = store / f"{spec.name}.mar"
+    stamp = store / f"{spec.name}.mar.inputs"
+    digest = inputs_digest(spec, config, root)
+    sha = store / f"{spec.name}.mar.sha256"
+    if not force and mar.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        for path in (mar, stamp, sha):
+            if path.is_file():
+                make_public(path)
+        return BuildResult(spec.name, mar, rebuilt=False)
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"archive-{spec.name}-") as tmp:
+        _archive(spec, config, root, store, Path(tmp))
+    normalize_mar(mar)
+    write_public(stamp, digest + "\n")
+    write_public(sha, f"{file_sha256(mar)}  {mar.name}\n")
+    return BuildResult(spec.name, mar, rebuilt=True)
+
+
+def _archive(
+    spec: ModelSpec, config: Mapping[str, Any], root: Path, store: Path, tmp: Path
+) -> None:
+    stage = tmp / "stage"
+    for name, source in handler_sources(root).items():
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, stage / name)
+    for extra in spec.extra_files:
+        shutil.copy2(extra, stage / extra.name)
+    config_file = tmp / "model-config.yml"
+    config_file.write_text(yaml.safe_dump(dict(config), sort_keys=True))
+    command = [
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        spec.name,
+        "--version",
+        spec.version,
+        "--handler",
+        str(spec.handler),
+        "--extra-files",
+        str(stage),
+        "--config-file",
+        str(config_file),
+        "--export-path",
+        str(store),
+        "--force",
+    ]
+    if spec.serialized_file is not None:
+        command += ["--serialized-file", str(spec.serialized_file)]
+    # The archiver stages files in $TMPDIR/<model name>: give it a private TMPDIR.
+    scratch = tmp / "archiver-tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ArchiveError(
+            f"torch-model-archiver failed for '{spec.name}' ({spec.source}):\n"
+            f"{done.stderr.strip() or done.stdout.strip()}"
+        )

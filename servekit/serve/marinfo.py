@@ -1,0 +1,273 @@
+"""Read a built ``.mar`` and check it against the model spec it was built from.
+
+The archive may be anything (corrupt, hostile, a zip bomb): ``read_mar`` answers with a
+``MarInfo`` or an ``ArchiveError`` naming the file and the problem. Entries are streamed
+through sha256 in chunks; only the manifest and the model config (at most
+``MAX_METADATA_BYTES`` each) are kept in memory, and ``MAX_TOTAL_BYTES`` bounds the work.
+
+>>> info = read_mar(Path("model_store/iris.mar"))              # doctest: +SKIP
+>>> info.manifest["model"]["modelName"], sorted(info.files)[:2]  # doctest: +SKIP
+('iris', ['MAR-INF/MANIFEST.json', 'handlers/__init__.py'])
+>>> check_against_spec(info, spec, defaults, root)                # doctest: +SKIP
+[]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from servekit.config.findings import show
+from servekit.config.limits import is_file, read_capped
+from servekit.config.specs import ModelSpec, effective_config
+from servekit.config.yamlpos import load_yaml
+from servekit.errors import ArchiveError, ConfigError
+from servekit.serve.archive import file_sha256, handler_sources
+from servekit.serve.reproducible import MANIFEST
+
+CHUNK = 1 << 20
+MAX_METADATA_BYTES = 1 << 20  # the manifest and the model config: a few hundred bytes
+MAX_ENTRIES = 10_000
+MAX_TOTAL_BYTES = 16 << 30  # uncompressed, all entries: the largest model here is 0.1 GB
+# Deflate reaches about 1000x on zeros; weights and code compress less than 10x. An entry
+# over MAX_RATIO x its compressed size (and over RATIO_FLOOR bytes) is a bomb, not a model.
+MAX_RATIO = 200
+RATIO_FLOOR = 4 << 20
+MAX_MANIFEST_DEPTH = 16  # a manifest nests two levels
+LOCAL_HEADER = 30  # bytes of a zip local file header before its name
+READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}  # what Java reads
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # TorchServe's model name rule
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One file of the archive: its uncompressed size and sha256."""
+
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MarInfo:
+    """What a ``.mar`` holds: its manifest, its model config and every file's size and digest."""
+
+    path: Path
+    manifest: Mapping[str, Any]
+    model_config: Mapping[str, Any] | None
+    files: Mapping[str, Entry]
+
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+    def recorded_sha256(self) -> str | None:
+        """The digest ``make archive`` wrote beside the archive, if any."""
+        stamp = self.path.with_name(self.path.name + ".sha256")
+        if not is_file(stamp):
+            return None
+        try:
+            words = read_capped(stamp, 4096).decode("ascii", "replace").split()
+        except ConfigError:
+            return "(unreadable)"
+        return words[0] if words else "(empty)"
+
+
+def read_mar(path: Path, max_total: int = MAX_TOTAL_BYTES, max_ratio: int = MAX_RATIO) -> MarInfo:
+    """Open ``path``; ``ArchiveError`` names what is wrong with a broken archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = [i for i in archive.infolist() if not i.is_dir()]
+            _check_entries(path, infos, max_total, max_ratio)
+            files, kept = _stream(path, archive, infos)
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        raise ArchiveError(f"{path}: not a readable .mar (zip) file: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ArchiveError(f"{path}: an entry name is not valid UTF-8: {err.reason}") from None
+    manifest = _manifest(path, kept.get(MANIFEST))
+    config_name = manifest["model"].get("configFile")
+    config = _model_config(path, config_name, kept.get(config_name)) if config_name else None
+    return MarInfo(path, manifest, config, files)
+
+
+def _check_entries(
+    path: Path, infos: list[zipfile.ZipInfo], max_total: int, max_ratio: int
+) -> None:
+    """Refuse, before reading a byte, what no TorchServe archive holds."""
+    if len(infos) > MAX_ENTRIES:
+        raise ArchiveError(f"{path}: {len(infos)} entries; a .mar holds at most {MAX_ENTRIES}")
+    names = [i.filename for i in infos]
+    if MANIFEST not in names:
+        raise ArchiveError(f"{path}: no {MANIFEST}; not built by torch-model-archiver")
+    if len(set(names)) != len(names):
+        raise ArchiveError(f"{path}: an entry name appears twice; the archive is corrupt")
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"{path}: {info.filename} is encrypted; TorchServe cannot read it")
+        if info.compress_type not in READABLE:
+            raise ArchiveError(
+                f"{path}: {info.filename} uses compression method {info.compress_type}; "
+                "TorchServe reads only stored and deflate entries"
+            )
+    for info in infos:
+        if info.file_size > RATIO_FLOOR and info.file_size > max_ratio * info.compress_size:
+            raise ArchiveError(
+                f"{path}: {info.filename} declares {info.file_size} bytes from "
+                f"{info.compress_size} compressed, over {max_ratio}x (a zip bomb?)"
+            )
+    _check_overlap(path, infos)
+    total = sum(i.file_size for i in infos)
+    if total > max_total:
+        raise ArchiveError(
+            f"{path}: its entries declare {total} bytes uncompressed, over the {max_total} "
+            "bytes this reader inspects (a zip bomb?)"
+        )
+
+
+def _check_overlap(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse entries whose data overlap (a zip bomb reuses one deflate stream many times)."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    for first, second in itertools.pairwise(ordered):
+        # a lower bound of where the first entry's data end: its name may take more bytes
+        # than characters, and local extra fields are not counted
+        end = first.header_offset + LOCAL_HEADER + len(first.orig_filename) + first.compress_size
+        start = second.header_offset
+        if start < end:
+            raise ArchiveError(
+                f"{path}: {second.filename} overlaps {first.filename} in the file "
+                "(entries sharing data: a zip bomb?)"
+            )
+
+
+def _stream(
+    path: Path, archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]
+) -> tuple[dict[str, Entry], dict[str, bytes]]:
+    """Each entry's size and sha256, read in chunks; the small metadata entries kept."""
+    files: dict[str, Entry] = {}
+    kept: dict[str, bytes] = {}
+    for info in infos:
+        keep = info.filename == MANIFEST or info.filename.endswith((".yml", ".yaml"))
+        try:
+            with archive.open(info) as stream:
+                files[info.filename], data = _digest(stream, keep)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            raise ArchiveError(f"{path}: {info.filename} is corrupt: {err}") from None
+        if data is not None:
+            kept[info.filename] = data
+    return files, kept
+
+
+def _digest(stream: IO[bytes], keep: bool) -> tuple[Entry, bytes | None]:
+    digest = hashlib.sha256()
+    size = 0
+    head = bytearray()
+    while chunk := stream.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if keep and len(head) <= MAX_METADATA_BYTES:
+            head += chunk[: MAX_METADATA_BYTES + 1 - len(head)]
+    small = keep and len(head) <= MAX_METADATA_BYTES
+    return Entry(size, digest.hexdigest()), bytes(head) if small else None
+
+
+def _manifest(path: Path, data: bytes | None) -> dict[str, Any]:
+    where = f"{path}: {MANIFEST}"
+    if data is None:
+        raise ArchiveError(f"{where} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, huge numbers
+        raise ArchiveError(f"{where} is not JSON: {str(err)[:200]}") from None
+    if _depth(manifest) > MAX_MANIFEST_DEPTH:
+        raise ArchiveError(f"{where} nests deeper than {MAX_MANIFEST_DEPTH} levels")
+    model = manifest.get("model") if isinstance(manifest, dict) else None
+    if not isinstance(model, dict):
+        raise ArchiveError(f'{where} is not {{"model": {{...}}, ...}}; not a .mar manifest')
+    for field in ("modelName", "handler", "serializedFile", "configFile", "modelVersion"):
+        if model.get(field) is not None and not isinstance(model[field], str):
+            raise ArchiveError(f"{where}: model.{field} is not a string")
+    if not isinstance(model.get("modelName"), str) or not MODEL_NAME.fullmatch(model["modelName"]):
+        raise ArchiveError(f"{where}: model.modelName is missing or not a model name")
+    return dict(manifest)
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack += [(child, depth + 1) for child in children]
+    return deepest
+
+
+def _model_config(path: Path, name: str, data: bytes | None) -> dict[str, Any]:
+    where = f"{path}: {name}"
+    if data is None:
+        raise ArchiveError(f"{where}: the manifest's configFile is missing or too large")
+    try:
+        config = load_yaml(data.decode("utf-8")).data
+    except UnicodeDecodeError as err:
+        raise ArchiveError(f"{where} is not UTF-8: {err.reason}") from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ArchiveError(f"{where} is not valid YAML: {problem}") from None
+    if config is not None and not isinstance(config, dict):
+        raise ArchiveError(f"{where} is a {type(config).__name__}, not a mapping")
+    return dict(config or {})
+
+
+def check_against_spec(
+    info: MarInfo, spec: ModelSpec, defaults: Mapping[str, Any], root: Path
+) -> list[str]:
+    """Every difference between the archive and what its spec says it should hold."""
+    model = info.manifest.get("model", {})
+    problems = [
+        f"manifest {field} is {show(model.get(field))}; the spec says {show(want)}"
+        for field, want in (
+            ("modelName", spec.name),
+            ("modelVersion", spec.version),
+            ("handler", spec.handler.name),
+            ("serializedFile", spec.serialized_file.name if spec.serialized_file else None),
+        )
+        if model.get(field) != want
+    ]
+    config = effective_config(spec, defaults)
+    if info.model_config != config:
+        problems.append(
+            f"model config differs from model-config.yml + {spec.source.name}: "
+            f"archive {show(info.model_config)}, spec {show(config)}"
+        )
+    expected = handler_sources(root)
+    expected |= {p.name: p for p in [spec.handler, *spec.extra_files]}
+    if spec.serialized_file is not None:
+        expected[spec.serialized_file.name] = spec.serialized_file
+    for name, source in sorted(expected.items()):
+        if name not in info.files:
+            problems.append(f"{name} is missing from the archive")
+        elif info.files[name].sha256 != file_sha256(source):
+            problems.append(f"{name} differs from {_shown_path(source, root)}")
+    known = {*expected, MANIFEST, model.get("configFile")}
+    problems += [
+        f"{name} is in the archive but not in the spec" for name in info.files if name not in known
+    ]
+    recorded = info.recorded_sha256()
+    if recorded is not None and recorded != info.sha256():
+        problems.append(f"sha256 is {info.sha256()}; {info.path.name}.sha256 records {recorded}")
+    return problems
+
+
+def _shown_path(path: Path, root: Path) -> str:
+    """``path`` relative to the project, or as it is (the installed handler runtime)."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
