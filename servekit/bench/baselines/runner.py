@@ -26,8 +26,6 @@ from servekit.errors import ConfigError, ToolkitError
 from servekit.serve.processes import stop_group
 from servekit.serve.server import free_ports
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-
 
 class BaselineError(ToolkitError):
     """A baseline server exited or did not become healthy."""
@@ -104,7 +102,7 @@ def start(
     with open(log, "ab") as out:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=log_dir,  # the installed package runs; nothing is read from here
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
