@@ -1,0 +1,107 @@
+"""``servekit``: one command, with a subcommand for each thing the toolkit does.
+
+Each subcommand is a module with ``main(argv) -> int`` and its own ``--help``; this file only
+dispatches, importing the module when its command runs (``servekit health`` never imports torch).
+Exit codes everywhere: 0 ok, 1 a check failed, 2 usage or bad input, 3 server unreachable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from servekit import __version__
+
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+
+
+class Command(NamedTuple):
+    module: str
+    summary: str
+    extra: str = ""  # the pip extra its imports need, named when one is missing
+
+
+COMMANDS: dict[str, Command] = {
+    # config
+    "validate": Command(
+        "servekit.config.validate", "check config.properties, model-config.yml and specs"
+    ),
+    "show-config": Command(
+        "servekit.config.show", "a model's effective config and where each value comes from"
+    ),
+    "config-docs": Command("servekit.config.schema_docs", "write the config key reference"),
+    # serve
+    "archive": Command("servekit.serve.archive", "build every model's .mar into model_store/"),
+    "inspect": Command("servekit.serve.marinfo", "show a .mar and check it against its spec"),
+    "examples": Command("servekit.serve.examples", "how to call the served models, live"),
+    # health
+    "health": Command("servekit.health.cli", "probe /ping and every model's READY workers"),
+    "recycle": Command("servekit.health.recycle", "recycle workers past a memory limit"),
+    # queue
+    "bridge": Command("servekit.queue.bridge", "serve requests from RabbitMQ into Redis", "queue"),
+    "ask": Command("servekit.queue.client", "submit a request through the queue bridge", "queue"),
+    # bench
+    "bench": Command("servekit.bench.run", "load-test a served model", "bench"),
+    "compare": Command(
+        "servekit.bench.compare", "TorchServe vs the in-process limit and peers", "bench"
+    ),
+    "tune": Command("servekit.bench.tune", "find batchSize, maxBatchDelay, workers", "bench"),
+    "bench-bridge": Command(
+        "servekit.bench.bridge", "the queue bridge vs direct HTTP", "bench,queue"
+    ),
+    "bench-ops": Command("servekit.bench.ops", "503 latency, recovery, recycling", "bench"),
+    "profile": Command("servekit.bench.profile", "where a served model's time goes", "bench"),
+    "limit": Command(
+        "servekit.bench.baselines.limit", "a model's in-process throughput limit", "bench"
+    ),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: servekit [--version] COMMAND [--help] [ARGS]  (servekit {__version__})",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()),
+        "",
+        "Every command works on --project DIR or the current directory.",
+        "Exit codes: 0 ok, 1 a check failed, 2 usage or bad input, 3 server unreachable.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return OK if args else USAGE
+    if args[0] == "--version":
+        print(f"servekit {__version__}")
+        return OK
+    name, rest = args[0], args[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        print(f"servekit: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return USAGE
+    try:
+        module = importlib.import_module(command.module)
+    except ModuleNotFoundError as err:
+        if not command.extra or (err.name or "").startswith("servekit"):
+            raise
+        print(
+            f"servekit {name}: needs {err.name}, part of the [{command.extra}] extra: "
+            f"pip install 'torchserve-kit[{command.extra}]'",
+            file=sys.stderr,
+        )
+        return USAGE
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
