@@ -1,5 +1,8 @@
 """Check that a running TorchServe can serve: ``/ping``, then each model's READY workers.
 
+The documented health-check script (the Kubernetes and KServe probes run it); the same command
+as ``servekit health``, and it needs servekit installed (``pip install torchserve-kit``).
+
     python scripts/health_check.py                         # every registered model, once
     python scripts/health_check.py --model iris --wait 60  # poll until iris is up (or 60 s)
     python scripts/health_check.py --customized --json --key-file key_file.json
@@ -8,14 +11,9 @@ Prints ``ping: Healthy`` and one ``iris: 2/2 workers READY`` line per model (``-
 object). Exit codes: 0 healthy, 1 unhealthy, 2 usage error, 3 server unreachable.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from servekit.health.check import main
+from servekit.health.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="health_check.py"))

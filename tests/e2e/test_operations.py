@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from servekit.health.check import HealthReport, Target, probe
+from servekit.health.probe import Target, probe
+from servekit.health.verdict import HealthReport
 from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, customized, describe
 

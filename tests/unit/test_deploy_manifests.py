@@ -20,7 +20,8 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from servekit.health.check import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, build_parser
+from servekit.health.cli import build_parser
+from servekit.health.probe import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL
 from servekit.serve.server import read_properties
 
 ROOT = Path(__file__).resolve().parent.parent.parent

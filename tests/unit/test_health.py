@@ -1,4 +1,4 @@
-"""servekit.health: verdicts from describe documents, rendering, waiting, and the CLI's exits."""
+"""servekit.health: verdicts (pure), probing, rendering, waiting, and the CLI's exits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from servekit.health.check import (
+from servekit.health.cli import UsageError, load_keys, main
+from servekit.health.probe import http_reason, wait_until_healthy
+from servekit.health.render import render_json, render_text
+from servekit.health.verdict import (
     EXIT_HEALTHY,
     EXIT_UNHEALTHY,
     EXIT_UNREACHABLE,
@@ -20,18 +23,11 @@ from servekit.health.check import (
     HealthReport,
     ModelHealth,
     PingResult,
-    UsageError,
     evaluate_describe,
     evaluate_model,
-    http_reason,
-    load_keys,
-    main,
     not_registered,
     parse_model_page,
     plan_checks,
-    render_json,
-    render_text,
-    wait_until_healthy,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
