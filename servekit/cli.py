@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from servekit import __version__
+from servekit.errors import ConfigError, ToolkitError, Unreachable
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
@@ -99,8 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE
     try:
         return int(module.main(rest) or 0)
+    except SystemExit as done:  # argparse's --help (0) and usage errors (2)
+        return done.code if isinstance(done.code, int) else (OK if done.code is None else USAGE)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as err:  # bad input: a file, a key, a value, not a project
+        print(f"servekit {name}: {err}", file=sys.stderr)
+        return USAGE
+    except Unreachable as err:
+        print(f"servekit {name}: {err}", file=sys.stderr)
+        return UNREACHABLE
+    except ToolkitError as err:
+        print(f"servekit {name}: {err}", file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":

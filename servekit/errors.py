@@ -17,3 +17,7 @@ class ArchiveError(ToolkitError):
 
 class ServerError(ToolkitError):
     """A TorchServe instance could not be started, reached or stopped."""
+
+
+class Unreachable(ServerError):
+    """A server gave no answer at all (refused, timed out, reset): ``servekit`` exits 3."""

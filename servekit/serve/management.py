@@ -24,12 +24,12 @@ from urllib.parse import quote
 
 import requests
 
-from servekit.errors import ServerError
+from servekit.errors import ServerError, Unreachable
 
 READY = "READY"
 
 
-class ManagementUnreachable(ServerError):
+class ManagementUnreachable(Unreachable):
     """The management API gave no HTTP answer."""
 
 
