@@ -119,7 +119,7 @@ baselines: install archive ## the in-process limit of minilm at batch 16, 3 s (f
 	$(BIN)/python -m servekit.bench.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 3
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
-	$(BIN)/python models/train.py
+	$(BIN)/python -m models.train
 
 clean: ## remove built archives, logs and caches (not .venv)
 	rm -rf model_store/*.mar model_store/*.mar.* logs .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Train the example models deterministically from scikit-learn's bundled data.
 
-    python models/train.py            # writes models/*.pt and models/accuracy.json
+    python -m models.train            # from the repo root (make train): models/*.pt, accuracy.json
 
 Same code, same machine: same weights. Held-out accuracy goes to accuracy.json.
 """
@@ -8,18 +8,16 @@ Same code, same machine: same weights. Held-out accuracy goes to accuracy.json.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from handlers.nets import DIGIT_MAX, DigitsNet, IrisNet
+from servekit.datasets import SEED, digits_split, iris_split
 
-from handlers.nets import DIGIT_MAX, DigitsNet, IrisNet  # noqa: E402
-from servekit.datasets import SEED, digits_split, iris_split  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "models"
 
