@@ -11,30 +11,42 @@ Gunicorn's ``max_requests`` for TorchServe, which has none. One worker at a time
    it, scale back down (TorchServe removes the newest worker), so no request it had
    taken is dropped.
 
+    servekit recycle --model leaky_model --max-memory-mb 800
+    servekit recycle --model iris --max-requests 10000 --every 60
+
 Memory is each worker's resident set (psutil; the describe API's ``memoryUsage`` when the
 process is not visible from here); requests come from the counters the handler publishes
 in ``$TMPDIR/servekit-<uid>/<model>/<pid>.json`` (run with the server's ``TMPDIR``).
+Exit codes: 0 done (or nothing to do), 1 a recycle failed, 2 usage error, 3 unreachable.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psutil
-import requests
 
 from servekit.errors import ServerError
+from servekit.health.cli import UsageError, load_keys
+from servekit.runtime.stats import stats_dir
+from servekit.serve.management import (
+    READY,
+    Management,
+    ManagementError,
+    ManagementUnreachable,
+    model_path,
+)
 
-READY = "READY"
 POLL_SECONDS = 0.05
 
 
@@ -92,21 +104,15 @@ class Recycler:
         model: str,
         stats_dir: Path,
         timeout: float = 120.0,
-        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
-        self.url = f"{management_url.rstrip('/')}/models/{quote(model, safe='')}"
+        self.api = Management(management_url, token, timeout=min(timeout, 10.0))
         self.model = model
         self.stats_dir = stats_dir
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers.update(headers or {})
 
     def describe(self) -> dict[str, Any]:
-        response = self.session.get(self.url, timeout=10)
-        if response.status_code != 200:
-            raise ServerError(f"describe {self.model} failed: HTTP {response.status_code}")
-        entry: dict[str, Any] = response.json()[0]
-        return entry
+        return self.api.entry(self.model)
 
     def workers(self, entry: Mapping[str, Any] | None = None) -> list[Worker]:
         entry = entry or self.describe()
@@ -152,8 +158,10 @@ class Recycler:
         while _alive(pid):
             if time.monotonic() > deadline:
                 raise ServerError(f"{self.model}: worker {pid} did not leave in {self.timeout:g} s")
-            with contextlib.suppress(requests.RequestException):
-                self.session.get(self.url, params={"customized": "true"}, timeout=self.timeout)
+            with contextlib.suppress(ServerError):
+                self.api.request(
+                    "GET", model_path(self.model), {"customized": "true"}, timeout=self.timeout
+                )
 
     def _retire_newest(self, count: int, max_workers: int) -> dict[str, Any]:
         """Scale back to ``count`` while the newest worker restarts: it holds no request."""
@@ -168,22 +176,15 @@ class Recycler:
         )
 
     def _scale(self, workers: int, max_workers: int) -> None:
-        params = {"min_worker": str(workers), "max_worker": str(max_workers), "synchronous": "true"}
-        response = self.session.put(self.url, params=params, timeout=self.timeout)
-        if response.status_code not in (200, 202):
-            raise ServerError(
-                f"scaling {self.model} to {workers} failed: "
-                f"HTTP {response.status_code} {response.text[:200]}"
-            )
+        self.api.scale(self.model, workers, max_workers, timeout=self.timeout)
 
     def _wait(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            entry = self.describe()
-            if done(entry):
-                return entry
-            time.sleep(POLL_SECONDS)
-        raise ServerError(f"{self.model}: timed out after {self.timeout:g} s waiting for {what}")
+        try:
+            return self.api.wait_ready(
+                self.model, workers=0, timeout=self.timeout, interval=POLL_SECONDS, until=done
+            )
+        except ManagementError as err:
+            raise ServerError(f"{self.model}: waiting for {what}: {err}") from None
 
 
 def _pids(entry: Mapping[str, Any]) -> Sequence[int]:
@@ -200,3 +201,87 @@ def _alive(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return False
     return bool(status != psutil.STATUS_ZOMBIE)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servekit recycle",
+        description="Recycle a model's workers past a memory or request limit, never below "
+        "minWorkers READY. Run it with the server's TMPDIR (request counters live there). "
+        "Exit codes: 0 done, 1 a recycle failed, 2 usage error, 3 server unreachable.",
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--max-memory-mb", type=_positive(float), metavar="MB")
+    parser.add_argument("--max-requests", type=_positive(int), metavar="N")
+    parser.add_argument("--stats-dir", type=Path, help="default: $TMPDIR/servekit-<uid>/<model>")
+    parser.add_argument(
+        "--every",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="check again every SECONDS until interrupted (default: once)",
+    )
+    parser.add_argument("--timeout", type=_positive(float), default=120.0)
+    parser.add_argument("--json", action="store_true", help="one JSON line per recycled worker")
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help="TorchServe's key_file.json, when token authorization is on",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_memory_mb is None and args.max_requests is None:
+        parser.error("give --max-memory-mb, --max-requests or both")
+    try:
+        token = None if args.key_file is None else load_keys(args.key_file).management
+    except UsageError as err:
+        parser.error(str(err))
+    limits = Limits(args.max_memory_mb, args.max_requests)
+    directory = args.stats_dir or stats_dir(args.model)
+    recycler = Recycler(args.management_url, args.model, directory, args.timeout, token)
+    try:
+        while True:
+            for done in recycler.run(limits):
+                print(_line(args.model, done, args.json), flush=True)
+            if args.every is None:
+                return 0
+            time.sleep(args.every)
+    except ManagementUnreachable as err:
+        print(f"{parser.prog}: error: {err}; is TorchServe running?", file=sys.stderr)
+        return 3
+    except ServerError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _line(model: str, done: Recycled, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(asdict(done))
+    return (
+        f"{model}: worker {done.old_pid} -> {done.new_pid} ({done.reason}) in {done.seconds:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,7 @@ import requests
 
 from servekit.config.properties import LOG4J_OPTION, log_config_file
 from servekit.errors import ServerError
+from servekit.serve.management import Management
 from servekit.serve.processes import stop_group
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
@@ -106,6 +107,10 @@ class TorchServe:
     @property
     def tmpdir(self) -> Path:
         return self.workdir / "tmp"
+
+    def management(self, timeout: float = 10.0) -> Management:
+        """The management API client of this server; its errors end with the log tail."""
+        return Management(self.management_url, timeout=timeout, context=self.log_tail)
 
     @property
     def log_dir(self) -> Path:

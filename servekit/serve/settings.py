@@ -17,13 +17,13 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from servekit.config.specs import effective_config, load_spec, read_yaml
 from servekit.errors import ConfigError, ServerError
+from servekit.project import Project
 from servekit.serve.server import TorchServe, running
 
 
@@ -59,12 +59,10 @@ class Setting:
 
 
 def archived_setting(root: Path, model: str) -> Setting:
-    """The setting ``make archive`` puts into ``model``'s archive (defaults + its spec)."""
-    from servekit.config.schema import MODEL_CONFIG_FILE
-    from servekit.config.specs import effective_config, load_spec, read_yaml
-
-    spec = load_spec(root / "config" / f"{model}.yml", root)
-    config = effective_config(spec, read_yaml(root / MODEL_CONFIG_FILE) or {})
+    """The setting ``servekit archive`` puts into ``model``'s archive (defaults + its spec)."""
+    project = Project(root)
+    spec = load_spec(project.spec(model), root)
+    config = effective_config(spec, read_yaml(project.model_config) or {})
     return Setting(
         int(config.get("batchSize", 1)),
         int(config.get("maxBatchDelay", 100)),
@@ -101,81 +99,44 @@ def batch_server(config: Path, workdir: Path, workers: int = 1) -> Iterator[Torc
 def register(ts: TorchServe, model: str, setting: Setting, timeout: float = 300.0) -> float:
     """Register ``model_store/<model>.mar`` with ``setting``; seconds until its workers answer."""
     began = time.monotonic()
-    params: dict[str, Any] = {
-        "url": f"{model}.mar",
-        "batch_size": setting.batch_size,
-        "max_batch_delay": setting.max_batch_delay,
-        "initial_workers": setting.workers,
-        "synchronous": "true",
-    }
-    doing = f"registering {model} ({setting.label})"
-    _management(ts, "POST", "/models", params, doing, timeout, ok=(200,))
+    ts.management().register(
+        f"{model}.mar",
+        workers=setting.workers,
+        batch_size=setting.batch_size,
+        max_batch_delay=setting.max_batch_delay,
+        timeout=timeout,
+    )
     # The archive's minWorkers/maxWorkers win over initial_workers: scale to the asked count.
     scale(ts, model, setting, timeout)
     return time.monotonic() - began
 
 
 def scale(ts: TorchServe, model: str, setting: Setting, timeout: float = 300.0) -> None:
-    """Scale a registered ``model`` to ``setting.workers`` READY workers (no more, no fewer)."""
+    """Scale a registered ``model`` to ``setting.workers`` READY workers (no more, no fewer),
+    served with the asked batch settings (``ServerError`` naming what TorchServe serves)."""
     began = time.monotonic()
-    params = {"min_worker": setting.workers, "max_worker": setting.workers, "synchronous": "true"}
-    doing = f"scaling {model} to {setting.workers} workers"
-    _management(ts, "PUT", f"/models/{model}", params, doing, timeout, ok=(200, 202))
-    _wait_ready(ts, model, setting, began + timeout)
+    api = ts.management()
+    api.scale(model, setting.workers, timeout=timeout)
+    remaining = max(0.0, timeout - (time.monotonic() - began))
+    api.wait_ready(
+        model, setting.workers, remaining, exact=True, until=lambda e: _batching(model, setting, e)
+    )
 
 
-def _management(
-    ts: TorchServe,
-    method: str,
-    path: str,
-    params: dict[str, Any],
-    doing: str,
-    timeout: float,
-    ok: tuple[int, ...],
-) -> None:
-    """One management API call; a transport error or a status not in ``ok`` raises
-    ``ServerError`` naming what was being done, with the end of the model log."""
-    try:
-        reply = requests.request(
-            method, f"{ts.management_url}{path}", params=params, timeout=timeout
-        )
-    except requests.RequestException as err:
-        raise ServerError(f"{doing} failed: {err}") from err
-    if reply.status_code not in ok:
+def _batching(model: str, setting: Setting, entry: Mapping[str, Any]) -> bool:
+    """True when ``entry`` batches as ``setting`` asks; ``ServerError`` when it does not."""
+    served = (entry.get("batchSize"), entry.get("maxBatchDelay"))
+    if served != (setting.batch_size, setting.max_batch_delay):
         raise ServerError(
-            f"{doing}: HTTP {reply.status_code} {reply.text.strip()}\n{ts.log_tail()}"
+            f"{model}: asked for {setting.label}; TorchServe serves "
+            f"batchSize {served[0]}, maxBatchDelay {served[1]}"
         )
-
-
-def _wait_ready(ts: TorchServe, model: str, setting: Setting, deadline: float) -> None:
-    """Until ``setting.workers`` workers are READY and the batch settings are the asked ones."""
-    described: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException, ValueError):
-            described = requests.get(f"{ts.management_url}/models/{model}", timeout=10).json()[0]
-            ready = [w for w in described.get("workers", []) if w.get("status") == "READY"]
-            if len(ready) == setting.workers == len(described.get("workers", [])):
-                if (described.get("batchSize"), described.get("maxBatchDelay")) != (
-                    setting.batch_size,
-                    setting.max_batch_delay,
-                ):
-                    served = (described.get("batchSize"), described.get("maxBatchDelay"))
-                    raise ServerError(
-                        f"{model}: asked for {setting.label}; TorchServe serves "
-                        f"batchSize {served[0]}, maxBatchDelay {served[1]}"
-                    )
-                return
-        time.sleep(0.1)
-    raise ServerError(f"{model} ({setting.label}) not READY in time: {described}\n{ts.log_tail()}")
+    return True
 
 
 def unregister(ts: TorchServe, model: str, timeout: float = 120.0) -> None:
     """Unregister ``model`` and wait until its workers are gone (synchronously)."""
-    reply = requests.delete(
-        f"{ts.management_url}/models/{model}", params={"synchronous": "true"}, timeout=timeout
-    )
-    if reply.status_code not in (200, 404):
-        raise ServerError(f"unregistering {model}: HTTP {reply.status_code} {reply.text.strip()}")
+    ts.management().unregister(model, timeout=timeout)
 
 
 @contextlib.contextmanager

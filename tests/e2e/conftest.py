@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from servekit.serve.server import TorchServe, running
 
@@ -17,10 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def describe(server: TorchServe, model: str, customized: bool = False) -> Any:
-    query = "?customized=true" if customized else ""
-    response = requests.get(f"{server.management_url}/models/{model}{query}", timeout=10)
-    response.raise_for_status()
-    return response.json()[0]
+    """The model's describe entry (its default version)."""
+    return server.management().entry(model, customized=customized)
 
 
 def customized(server: TorchServe, model: str) -> Any:
@@ -30,18 +27,11 @@ def customized(server: TorchServe, model: str) -> Any:
 
 
 def wait_ready(server: TorchServe, models: list[str], timeout: float = 180.0) -> None:
-    """Poll describe until every model has at least minWorkers READY workers."""
+    """Until every model has at least minWorkers READY workers (polling describe)."""
     deadline = time.monotonic() + timeout
-    pending = list(models)
-    while pending and time.monotonic() < deadline:
-        entry = describe(server, pending[0])
-        ready = sum(w["status"] == "READY" for w in entry["workers"])
-        if ready >= max(entry["minWorkers"], 1):
-            pending.pop(0)
-        else:
-            time.sleep(0.2)
-    if pending:
-        raise AssertionError(f"not READY after {timeout} s: {pending}\n{server.log_tail()}")
+    api = server.management()
+    for model in models:
+        api.wait_ready(model, timeout=max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture(scope="module")

@@ -181,12 +181,7 @@ def test_customized_describe_in_a_full_queue_is_explained(saturated: OpsServer) 
 
 # ----- Q3 scaling and a killed worker -------------------------------------------------------
 def scale(server: TorchServe, model: str, workers: int) -> None:
-    response = requests.put(
-        f"{server.management_url}/models/{model}",
-        params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
+    server.management().scale(model, workers, timeout=120)
 
 
 def test_scaling_through_the_management_api(ops: OpsServer) -> None:
@@ -245,10 +240,12 @@ def wait_for(ops: OpsServer, done: Any, model: str, timeout: float = 120) -> Hea
 
 # ----- recycling ------------------------------------------------------------------------------
 def run_recycler(server: TorchServe, *args: str) -> subprocess.CompletedProcess[str]:
-    """scripts/recycle_workers.py on leaky_model, with the server's TMPDIR."""
+    """``servekit recycle`` on leaky_model, with the server's TMPDIR."""
     command = [
         sys.executable,
-        str(ROOT / "scripts" / "recycle_workers.py"),
+        "-m",
+        "servekit.cli",
+        "recycle",
         "--management-url",
         server.management_url,
         "--model",
