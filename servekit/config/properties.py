@@ -38,6 +38,15 @@ def parse_properties(text: str) -> list[Entry]:
     return entries
 
 
+def property_values(text: str) -> dict[str, str]:
+    """``key -> value`` as Java's ``Properties`` holds them: a repeated key keeps its last value.
+
+    >>> property_values("a=1\\n! c\\nb : x \\na=2\\n")
+    {'a': '2', 'b': 'x '}
+    """
+    return {entry.key: entry.value for entry in parse_properties(text)}
+
+
 def _logical_lines(text: str) -> list[tuple[int, str]]:
     natural = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     result: list[tuple[int, str]] = []

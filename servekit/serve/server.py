@@ -25,7 +25,7 @@ from types import TracebackType
 
 import requests
 
-from servekit.config.properties import LOG4J_OPTION, log_config_file
+from servekit.config.properties import LOG4J_OPTION, log_config_file, property_values
 from servekit.errors import ServerError
 from servekit.serve.management import Management
 from servekit.serve.processes import stop_group
@@ -44,14 +44,9 @@ def free_ports(count: int) -> list[int]:
 
 
 def read_properties(text: str) -> dict[str, str]:
-    """``key=value`` lines of a Java properties file (comments and blanks skipped)."""
-    props = {}
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith(("#", "!")) and "=" in stripped:
-            key, value = stripped.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
+    """``key -> value`` of a Java properties file, as TorchServe reads it (the one parser:
+    ``servekit.config.properties``); ``ConfigError`` on a malformed ``\\u`` escape."""
+    return property_values(text)
 
 
 def rewrite_properties(text: str, overrides: Mapping[str, str]) -> str:
