@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from servekit.errors import ServerError
+from servekit.errors import Unreachable
 from servekit.health.initlog import last_init_error
 from servekit.health.verdict import (
     HealthReport,
@@ -42,7 +42,7 @@ POLL_INTERVAL = 0.5
 PAGE_LIMIT = 100
 
 
-class ServerUnreachable(ServerError):
+class ServerUnreachable(Unreachable):
     """``/ping`` or the management API did not answer at all (exit 3)."""
 
 

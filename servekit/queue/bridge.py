@@ -708,7 +708,7 @@ class Bridge:
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="queue_bridge.py",
+        prog="servekit bridge",
         description="Consume inference requests from RabbitMQ, call TorchServe, store results "
         "in Redis. Stops cleanly on SIGTERM/Ctrl-C (unfinished messages go back to the queue).",
     )
@@ -856,11 +856,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.info("local brokers up: %s %s", rabbit.url, red.url)
             _serve(Bridge(config, args.name), args.stop_timeout)
     except ConfigError as error:
-        print(f"queue_bridge.py: {error}", file=sys.stderr)
+        print(f"servekit bridge: {error}", file=sys.stderr)
         return 2
     except (ServerError, pika.exceptions.AMQPError, redis.ConnectionError) as error:
         # RabbitMQ gone or the connection blocked too long: what the bridge held is redelivered;
         # a supervisor (systemd Restart=, a Kubernetes Deployment) starts it again.
-        print(f"queue_bridge.py: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"servekit bridge: {type(error).__name__}: {error}", file=sys.stderr)
         return 3
     return 0

@@ -11,10 +11,10 @@
 costs nothing and wakes as soon as the bridge stores the answer. A client holds one AMQP
 and one Redis connection and is not thread-safe: use one per thread.
 
-CLI (``scripts/queue_client.py``)::
+CLI (``servekit ask``, with the ``[queue]`` extra)::
 
-    python scripts/queue_client.py iris request.json          # submit, wait, print the answer
-    python scripts/queue_client.py digits digit.png --timeout 60 --json
+    servekit ask iris request.json          # submit, wait, print the answer
+    servekit ask digits digit.png --timeout 60 --json
 
 Exit codes: 0 a 2xx answer, 1 an error answer (4xx/5xx, dead-lettered), 2 usage error,
 3 no answer in time or a broker unreachable.
@@ -161,7 +161,7 @@ class QueueClient:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="queue_client.py",
+        prog="servekit ask",
         description="Submit a file to a model through RabbitMQ and wait for the answer in Redis.",
     )
     parser.add_argument("model", help="TorchServe model name, e.g. iris")
@@ -193,7 +193,7 @@ def _render(result: StoredResult, as_json: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.file.is_file():
-        print(f"queue_client.py: {args.file} is not a file", file=sys.stderr)
+        print(f"servekit ask: {args.file} is not a file", file=sys.stderr)
         return EXIT_USAGE
     content_type = args.content_type or mimetypes.guess_type(args.file.name)[0]
     try:
@@ -204,11 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"submitted {request_id}", file=sys.stderr)
             result = client.result(request_id, args.timeout)
     except QueueError as error:
-        print(f"queue_client.py: {error}", file=sys.stderr)
+        print(f"servekit ask: {error}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(error, ResultTimeout) else EXIT_NO_ANSWER
     except (pika.exceptions.AMQPError, redis.RedisError) as error:
         print(
-            f"queue_client.py: broker unreachable: {type(error).__name__}: {error}", file=sys.stderr
+            f"servekit ask: broker unreachable: {type(error).__name__}: {error}", file=sys.stderr
         )
         return EXIT_NO_ANSWER
     print(_render(result, args.json))

@@ -4,10 +4,15 @@ Each archive carries the project's whole ``handlers`` package and the handler ru
 (``servekit/runtime``), so the handler imports exactly what was archived and the archive serves
 where only the model's own dependencies are installed, and the effective model config. A build is
 skipped when a digest of all its inputs matches the one recorded beside the archive.
+
+    servekit archive                 # every spec in config/, only what changed
+    servekit archive iris --force    # one model, rebuilt even if up to date
+    servekit archive --project ~/my-models
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import os
@@ -15,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,9 @@ from typing import Any
 import yaml
 
 import servekit.runtime
-from servekit.config.specs import ModelSpec, effective_config
-from servekit.errors import ArchiveError
+from servekit import project
+from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
+from servekit.errors import ArchiveError, ConfigError, ToolkitError
 from servekit.serve.reproducible import make_public, normalize_mar, write_public
 
 HANDLER_PACKAGE = "handlers"
@@ -142,3 +148,67 @@ def _archive(
             f"torch-model-archiver failed for '{spec.name}' ({spec.source}):\n"
             f"{done.stderr.strip() or done.stdout.strip()}"
         )
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servekit archive",
+        description="Build every model's .mar into the project's model_store/ (only what "
+        "changed). Exit codes: 0 built or up to date, 1 a build failed, 2 usage or bad input.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="models (default: every spec)")
+    parser.add_argument("-f", "--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--config-dir", type=Path, metavar="DIR", help="the specs (default: the project's config/)"
+    )
+    parser.add_argument(
+        "--defaults", type=Path, metavar="FILE", help="default: the project's model-config.yml"
+    )
+    parser.add_argument(
+        "--store", type=Path, metavar="DIR", help="default: the project's model_store/"
+    )
+    project.add_argument(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        where = project.from_args(args)
+        specs_dir = args.config_dir or where.specs_dir
+        defaults_file = args.defaults or where.model_config
+        # a project may do without model-config.yml; a --defaults file must exist
+        defaults = read_yaml(defaults_file) if args.defaults or defaults_file.is_file() else {}
+        specs = [load_spec(p, where.root) for p in sorted(specs_dir.glob("*.yml"))]
+    except ConfigError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if not specs:
+        parser.error(f"no model spec (*.yml) in {specs_dir}: write config/<model>.yml first")
+    unknown = sorted(set(args.names) - {s.name for s in specs})
+    if unknown:
+        known = ", ".join(s.name for s in specs)
+        parser.error(f"no spec in {specs_dir} for: {', '.join(unknown)} (there are: {known})")
+    store = args.store or where.model_store
+    try:
+        for spec in specs:
+            if not args.names or spec.name in args.names:
+                result = build(spec, defaults or {}, where.root, store, force=args.force)
+                state = "built" if result.rebuilt else "up to date"
+                print(f"{result.name:<16} {state:<11} {_shown(result.path, where.root)}")
+    except ToolkitError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _shown(path: Path, root: Path) -> Path:
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,28 +10,36 @@ through sha256 in chunks; only the manifest and the model config (at most
 ('iris', ['MAR-INF/MANIFEST.json', 'handlers/__init__.py'])
 >>> check_against_spec(info, spec, defaults, root)                # doctest: +SKIP
 []
+
+The command, ``servekit inspect NAME|FILE.mar [--json]``, shows the manifest, model config and
+files, and checks them against the project's ``config/<modelName>.yml``. Exit codes: 0 the
+archive matches its spec, 1 it does not (or cannot be read), 2 usage error.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import re
+import sys
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from servekit.config.findings import show
-from servekit.config.limits import is_file, read_capped
-from servekit.config.specs import ModelSpec, effective_config
+from servekit import project
+from servekit.config.findings import jsonable, printable, show
+from servekit.config.limits import is_file, not_a_file, read_capped
+from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
 from servekit.config.yamlpos import load_yaml
-from servekit.errors import ArchiveError, ConfigError
+from servekit.errors import ArchiveError, ConfigError, ToolkitError
 from servekit.serve.archive import file_sha256, handler_sources
 from servekit.serve.reproducible import MANIFEST
 
@@ -271,3 +279,121 @@ def check_against_spec(
 def _shown_path(path: Path, root: Path) -> str:
     """``path`` relative to the project, or as it is (the installed handler runtime)."""
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servekit inspect",
+        description="Show a .mar's manifest, model config and files, and check it against its "
+        "spec. Exit codes: 0 it matches its spec, 1 it does not (or cannot be read), 2 usage.",
+    )
+    parser.add_argument(
+        "mar", metavar="NAME|FILE.mar", help="a model name (model_store/NAME.mar) or a .mar file"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--config-dir", type=Path, metavar="DIR", help="the specs (default: the project's config/)"
+    )
+    parser.add_argument(
+        "--defaults", type=Path, metavar="FILE", help="default: the project's model-config.yml"
+    )
+    project.add_argument(parser)
+    return parser
+
+
+def archive_path(argument: str, where: project.Project) -> Path:
+    """A path when ``argument`` looks like one (ends in ``.mar`` or has a ``/``), else the
+    project's ``model_store/<argument>.mar``."""
+    if argument.endswith(".mar") or "/" in argument:
+        return Path(argument)
+    return where.archive(argument)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.mar = Path(args.mar)  # what _fail reports until it is resolved
+    with_project = args.project is not None or not str(args.mar).endswith(".mar")
+    try:
+        where = project.from_args(args, check=with_project)
+    except ConfigError as err:
+        return _fail(args, f"{parser.prog}: error: {err}", 2)
+    args.mar = archive_path(str(args.mar), where)
+    config_dir = args.config_dir or where.specs_dir
+    defaults_file = args.defaults or where.model_config
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    if (why := not_a_file(args.mar)) is not None:
+        return _fail(args, f"{parser.prog}: error: {args.mar}: {why}", 2, parser.format_usage())
+    try:
+        info = read_mar(args.mar)
+        name = str(info.manifest.get("model", {}).get("modelName", ""))
+        spec_path = config_dir / f"{name}.yml"
+        if not is_file(spec_path):
+            problems = [f"no spec {spec_path} for model '{name}'"]
+        else:
+            spec = load_spec(spec_path, where.root)
+            defaults = read_yaml(defaults_file) if is_file(defaults_file) else {}
+            problems = check_against_spec(info, spec, defaults or {}, where.root)
+    except ToolkitError as err:
+        return _fail(args, f"{parser.prog}: error: {err}", 1)
+    if args.json:
+        print(_strict_json(_report(info, problems)))
+    else:
+        _print(info, problems)
+    return 1 if problems else 0
+
+
+def _fail(args: argparse.Namespace, message: str, code: int, usage: str = "") -> int:
+    """A clean error: on stderr, and with --json a JSON object on stdout as well."""
+    if args.json:
+        print(_strict_json({"file": str(args.mar), "matches_spec": False, "error": message}))
+    print(f"{usage}{printable(message)}", file=sys.stderr)
+    return code
+
+
+def _strict_json(report: dict[str, object]) -> str:
+    """JSON any parser reads: no NaN or Infinity, string keys only (see ``jsonable``)."""
+    return json.dumps(jsonable(report), indent=2, allow_nan=False)
+
+
+def _report(info: MarInfo, problems: list[str]) -> dict[str, object]:
+    return {
+        "file": str(info.path),
+        "sha256": info.sha256(),
+        "manifest": info.manifest,
+        "model_config": info.model_config,
+        "files": {
+            name: {"bytes": entry.size, "sha256": entry.sha256}
+            for name, entry in sorted(info.files.items())
+        },
+        "matches_spec": not problems,
+        "problems": problems,
+    }
+
+
+def _print(info: MarInfo, problems: list[str]) -> None:
+    """The report as text; every name and key from the archive escaped (no forged lines or
+    terminal escapes)."""
+    print(printable(f"{info.path}  sha256 {info.sha256()}"))
+    print("manifest:")
+    print("  " + json.dumps(jsonable(info.manifest), indent=2).replace("\n", "\n  "))
+    print("model config:")
+    config = jsonable(info.model_config or {})
+    for key in sorted(config):
+        print(f"  {printable(key)}: {json.dumps(config[key])}")
+    print("files:")
+    for name, entry in sorted(info.files.items()):
+        print(f"  {entry.size:>9}  {entry.sha256[:12]}  {printable(name)}")
+    if problems:
+        print("does NOT match its spec:")
+        print("\n".join(f"  - {printable(p)}" for p in problems))
+    else:
+        print("matches its spec")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -364,9 +364,9 @@ def bridge_process(
     log: Path,
     *options: str,
 ) -> subprocess.Popen[bytes]:
-    """``scripts/queue_bridge.py`` in its own session; ``options`` are added (the last wins)."""
+    """``servekit bridge`` in its own session; ``options`` are added (the last wins)."""
     command = [
-        sys.executable, str(ROOT / "scripts" / "queue_bridge.py"),
+        sys.executable, "-m", "servekit.cli", "bridge",
         "--amqp-url", pair[0].url, "--redis-url", pair[1].url,
         "--inference-url", ts.inference_url, "--queue", names[0], "--prefix", names[1],
         "--prefetch", "8", "--name", name, *options,
@@ -469,17 +469,17 @@ def test_cli_submits_a_file_and_prints_the_answer(
         "--timeout",
         "60",
     ]
-    script = str(ROOT / "scripts" / "queue_client.py")
+    ask = [sys.executable, "-m", "servekit.cli", "ask"]
     cfg = BridgeConfig(broker_pair[0].url, broker_pair[1].url, torchserve.inference_url, names[0])
     with bridge_thread(cfg, "bridge-cli"):
         ok = subprocess.run(
-            [sys.executable, script, "iris", str(good), *common],
+            [*ask, "iris", str(good), *common],
             capture_output=True,
             text=True,
             timeout=WAIT,
         )
         failed = subprocess.run(
-            [sys.executable, script, "iris", str(bad), "--json", *common],
+            [*ask, "iris", str(bad), "--json", *common],
             capture_output=True,
             text=True,
             timeout=WAIT,

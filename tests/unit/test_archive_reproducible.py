@@ -18,6 +18,7 @@ from servekit.serve.marinfo import check_against_spec, read_mar
 from servekit.serve.reproducible import CREATED_ON, MANIFEST, ZIP_EPOCH
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+INSPECT = [sys.executable, "-m", "servekit.cli", "inspect"]
 SOURCES = [
     "handlers",
     "models/iris.pt",
@@ -89,7 +90,7 @@ def test_inspect_matches_spec_and_catches_a_changed_input(tmp_path: Path) -> Non
 def test_inspect_cli_shows_manifest_and_files(model_store: Path) -> None:
     mar = model_store / "iris.mar"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "inspect_mar.py"), "--json", str(mar)],
+        [*INSPECT, "--json", str(mar)],
         capture_output=True,
         text=True,
         check=False,
@@ -104,13 +105,10 @@ def test_inspect_cli_shows_manifest_and_files(model_store: Path) -> None:
 
 
 def test_inspect_cli_usage_and_broken_file(tmp_path: Path) -> None:
-    script = str(ROOT / "scripts" / "inspect_mar.py")
-    missing = subprocess.run([sys.executable, script, str(tmp_path / "nope.mar")], check=False)
+    missing = subprocess.run([*INSPECT, str(tmp_path / "nope.mar")], check=False)
     assert missing.returncode == 2
     broken = tmp_path / "broken.mar"
     broken.write_bytes(b"not a zip")
-    done = subprocess.run(
-        [sys.executable, script, str(broken)], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([*INSPECT, str(broken)], capture_output=True, text=True, check=False)
     assert done.returncode == 1
     assert "not a readable .mar (zip) file" in done.stderr

@@ -1,5 +1,5 @@
-"""inspect_mar.py / servekit.serve.marinfo on broken and hostile archives: a clean error naming the
-file and the problem (exit 1), never a traceback, and entries streamed, never held whole."""
+"""servekit inspect (servekit.serve.marinfo) on broken and hostile archives: a clean error naming
+the file and the problem (exit 1), never a traceback, and entries streamed, never held whole."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from servekit.serve.marinfo import read_mar
 from servekit.serve.reproducible import MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPT = ROOT / "scripts" / "inspect_mar.py"
+INSPECT = [sys.executable, "-m", "servekit.cli", "inspect"]
 GOOD_MANIFEST = {
     "createdOn": "01/01/1980 00:00:00",
     "runtime": "python",
@@ -145,7 +145,7 @@ def test_broken_archive_is_a_clean_error(tmp_path: Path, case: str) -> None:
     assert message in str(caught.value)
     for flags in ([], ["--json"]):
         done = subprocess.run(
-            [sys.executable, str(SCRIPT), *flags, str(mar)],
+            [*INSPECT, *flags, str(mar)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -153,7 +153,7 @@ def test_broken_archive_is_a_clean_error(tmp_path: Path, case: str) -> None:
         )
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr
-        assert done.stderr.startswith(f"error: {mar}") and message in done.stderr
+        assert done.stderr.startswith(f"servekit inspect: error: {mar}") and message in done.stderr
 
 
 def test_a_zip_bomb_is_streamed_not_held(tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_declared_sizes_over_the_budget_are_refused_before_reading(tmp_path: Pat
 # ----- found by the second hostile review ---------------------------------------------------
 def inspect(mar: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *flags, str(mar)],
+        [*INSPECT, *flags, str(mar)],
         capture_output=True,
         text=True,
         timeout=60,
