@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from servekit.bench.stats import Percentiles, summarize
 from servekit.errors import ConfigError
 
 PROGRESS_INTERVAL = 0.5
@@ -86,33 +87,6 @@ class Load:
     @property
     def in_flight_cap(self) -> int:
         return self.concurrency if self.concurrency is not None else self.max_in_flight
-
-
-@dataclass(frozen=True)
-class Percentiles:
-    p50: float
-    p95: float
-    p99: float
-    max: float
-    mean: float
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation, as ``numpy.percentile``."""
-    if not sorted_values:
-        return math.nan
-    position = (len(sorted_values) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-def summarize(values: Sequence[float]) -> Percentiles:
-    ordered = sorted(values)
-    mean = sum(ordered) / len(ordered) if ordered else math.nan
-    top = ordered[-1] if ordered else math.nan
-    p50, p95, p99 = (percentile(ordered, q) for q in (50, 95, 99))
-    return Percentiles(p50=p50, p95=p95, p99=p99, max=top, mean=mean)
 
 
 @dataclass(frozen=True)

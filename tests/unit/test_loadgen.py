@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 
-from servekit.bench.loadgen import Load, LoadResult, Percentiles, Progress, Target, percentile, run
+from servekit.bench.loadgen import Load, LoadResult, Progress, Target, run
+from servekit.bench.stats import Percentiles
 from servekit.errors import ConfigError
 from servekit.serve.server import free_ports
 
@@ -129,22 +129,6 @@ def test_progress_is_reported(server: tuple[str, Recorder]) -> None:
     seen: list[Progress] = []
     run(Target.post(url, [b"ok"]), Load(concurrency=2, requests=10), seen.append)
     assert seen and seen[-1].done == 10 and seen[-1].in_flight == 0
-
-
-def test_percentile_on_known_inputs() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == pytest.approx(50.5)
-    assert percentile(values, 95) == pytest.approx(95.05)
-    assert percentile(values, 99) == pytest.approx(99.01)
-    assert percentile(values, 100) == 100.0
-    assert percentile([7.0], 99) == 7.0
-    assert np.isnan(percentile([], 50))
-
-
-def test_percentile_matches_numpy() -> None:
-    values = sorted(np.random.default_rng(0).exponential(20.0, size=997).tolist())
-    for q in (0, 1, 50, 90, 95, 99, 99.9, 100):
-        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
 def test_result_json_round_trip(server: tuple[str, Recorder]) -> None:

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from servekit.bench import tuner
-from servekit.bench.tuner import Level, Objective, Search, Space
+from servekit.bench import search as tuner
+from servekit.bench.search import Level, Objective, Search, Space
 from servekit.errors import ConfigError
 from servekit.serve.settings import Setting
 

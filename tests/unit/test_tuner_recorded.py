@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from servekit.bench import tuner
-from servekit.bench.tuner import Level, Objective, Search, Space
+from servekit.bench import search as tuner
+from servekit.bench.search import Level, Objective, Search, Space
 from servekit.serve.settings import Setting
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 GRIDS = [
-    ROOT / "docs" / "bench" / "tune-minilm-grid.json",  # scripts/tune.py --grid, this version
+    ROOT / "docs" / "bench" / "tune-minilm-grid.json",  # servekit tune --grid, this version
     ROOT / "tests" / "data" / "tune-minilm-grid-earlier.json",  # an earlier version's grid
 ]
 

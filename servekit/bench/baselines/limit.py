@@ -4,18 +4,16 @@ Batches of ``batch_size`` one-sentence requests (the sentences the benchmarks se
 go through ``LocalModel.predict``: TorchServe's own worker code and the archived handler,
 tokenization, padding, forward and pooling included, with no HTTP and no queue.
 
-    python -m servekit.bench.baselines.limit --mar model_store/minilm.mar --batch-size 16 \
-        --duration 5
-    python -m servekit.bench.baselines.limit --batch-size 16 --processes 2   # 2 x 1 thread, summed
+    servekit limit --mar model_store/minilm.mar --batch-size 16 --duration 5
+    servekit limit --batch-size 16 --processes 2   # the project's minilm.mar, 2 x 1 thread, summed
 
 With ``--processes N`` it runs N such loops at once in separate processes, each with
 cores / N torch threads (as N TorchServe workers get here), and reports their sum: the limit
-for N workers.
+for N workers. Prints one JSON line; exit 2 when the archive or the project is missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -30,8 +28,9 @@ from typing import Any
 
 import torch
 
+from servekit.bench import command
 from servekit.bench import payloads as bench_payloads
-from servekit.errors import ConfigError
+from servekit.errors import ConfigError, ToolkitError
 from servekit.serve.harness import LocalModel, Request
 
 
@@ -92,22 +91,22 @@ def measure(
 def _serve(model: LocalModel, batch: list[Request]) -> None:
     failed = [reply.status for reply in model.predict(batch) if reply.status != 200]
     if failed:
-        raise RuntimeError(f"{model.name}: {len(failed)} of {len(batch)} requests failed: {failed}")
+        raise ToolkitError(f"{model.name}: {len(failed)} of {len(batch)} requests failed: {failed}")
 
 
 def in_processes(mar: Path, batch_size: int, duration: float, processes: int) -> dict[str, Any]:
     """``processes`` limit loops at once, cores / processes threads each; their sum."""
     threads = max(1, (os.cpu_count() or 1) // processes)
-    command = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar)]
-    command += ["--batch-size", str(batch_size), "--duration", str(duration)]
-    command += ["--threads", str(threads)]
+    limit_argv = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar)]
+    limit_argv += ["--batch-size", str(batch_size), "--duration", str(duration)]
+    limit_argv += ["--threads", str(threads)]
     running = [
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        subprocess.Popen(limit_argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for _ in range(processes)
     ]
     outputs = [p.communicate(timeout=duration + 600)[0] for p in running]
     if any(p.returncode != 0 for p in running):
-        raise RuntimeError(f"a limit process failed: {[p.returncode for p in running]}")
+        raise ToolkitError(f"a limit process failed (exit codes {[p.returncode for p in running]})")
     each = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     return {
         "batch_size": batch_size,
@@ -119,8 +118,10 @@ def in_processes(mar: Path, batch_size: int, duration: float, processes: int) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mar", type=Path, default=Path("model_store/minilm.mar"))
+    parser = command.parser("limit", __doc__)
+    parser.add_argument(
+        "--mar", type=Path, help="the archive (default: the project's model_store/minilm.mar)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of batches (5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -128,15 +129,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error(f"--processes is {args.processes}; it must be >= 1")
-    if args.processes > 1:
-        print(json.dumps(in_processes(args.mar, args.batch_size, args.duration, args.processes)))
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with LocalModel.from_mar(args.mar) as model:
-        result = measure(model, args.batch_size, args.duration)
+    if (
+        args.batch_size < 1
+        or not args.duration > 0
+        or (args.threads is not None and args.threads < 1)
+    ):
+        parser.error("--batch-size and --threads must be >= 1, --duration > 0")
+    try:
+        mar = args.mar or command.archive_of(command.project_of(parser, args), "minilm")
+        if not mar.is_file():
+            raise ConfigError(f"archive {mar} does not exist; build it with `servekit archive`")
+        if args.processes > 1:
+            print(json.dumps(in_processes(mar, args.batch_size, args.duration, args.processes)))
+            return command.OK
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        with LocalModel.from_mar(mar) as model:
+            result = measure(model, args.batch_size, args.duration)
+    except ToolkitError as err:
+        return command.fail("servekit limit", err)
     print(json.dumps(result.to_dict()))
-    return 0
+    return command.OK
 
 
 if __name__ == "__main__":

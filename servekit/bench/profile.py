@@ -1,10 +1,10 @@
 """Where the time goes when TorchServe serves a model under load: CPU per process, py-spy per stage.
 
-    python scripts/profile_served.py                       # minilm, batch 16, concurrency 64
-    python scripts/profile_served.py --batch-size 1 -c 1 --out docs/bench/profile-bs1.json
+    servekit profile                       # minilm, batch 16, concurrency 64
+    servekit profile --batch-size 1 -c 1 --out docs/bench/profile-bs1.json
 
-Starts a private TorchServe (as scripts/bench.py does), drives the model with the same
-client at a fixed concurrency and meanwhile:
+Starts a private TorchServe from the project (as ``servekit bench`` does), drives the model
+with the same client at a fixed concurrency and meanwhile:
 
 * counts the CPU seconds of the Java frontend, of each Python worker and of the client, per
   request served (psutil), so the frontend's share is visible next to the worker's;
@@ -21,7 +21,6 @@ import argparse
 import collections
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -32,16 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from servekit.bench import loadgen  # noqa: E402
-from servekit.bench import payloads as bench_payloads  # noqa: E402
-from servekit.errors import ToolkitError  # noqa: E402
-from servekit.serve.processes import exit_on_sigterm  # noqa: E402
-from servekit.serve.settings import Setting, batch_server, registered  # noqa: E402
+from servekit.bench import command, loadgen
+from servekit.bench import payloads as bench_payloads
+from servekit.bench.machine import machine
+from servekit.errors import ServerError, ToolkitError
+from servekit.serve.management import Management
+from servekit.serve.processes import exit_on_sigterm
+from servekit.serve.server import TorchServe
+from servekit.serve.settings import Setting, batch_server, registered
 
 # (stage, substrings of a collapsed stack): the first stage whose pattern occurs wins, so the
 # more specific ones come first. Frames read "function (path:line)".
@@ -59,7 +57,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command.parser("profile", __doc__)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-batch-delay", type=int, default=10)
@@ -67,14 +65,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=15.0, help="profiled seconds")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "profile-minilm.json")
+    parser.add_argument(
+        "--config", type=Path, help="config.properties to serve with (default: the project's)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results JSON (default: the project's docs/bench/profile-MODEL.json)",
+    )
     args = parser.parse_args(argv)
     try:
         args.setting = Setting(args.batch_size, args.max_batch_delay, args.workers)
     except ToolkitError as err:
         parser.error(str(err))
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.concurrency < 1 or args.duration < 1 or args.warmup < 0:
+        parser.error("--concurrency and --duration must be >= 1, --warmup >= 0")
+    args.project = command.project_of(parser, args)
+    args.config = args.config or args.project.properties
+    args.out = args.out or args.project.root / "docs" / "bench" / f"profile-{args.model}.json"
+    args.command = command.line("profile", argv)
     return args
 
 
@@ -95,15 +104,16 @@ def read_collapsed(path: Path) -> collections.Counter[str]:
     return stages
 
 
-def processes(ts: Any, model: str) -> tuple[psutil.Process, list[psutil.Process]]:
-    assert ts.process is not None
+def processes(ts: TorchServe, model: str) -> tuple[psutil.Process, list[psutil.Process]]:
+    """The Java frontend and ``model``'s worker processes."""
+    if ts.process is None:
+        raise ServerError("TorchServe is not running")
     tree = psutil.Process(ts.process.pid).children(recursive=True)
     java = next((p for p in tree if p.name().startswith("java")), None)
     if java is None:
-        raise ToolkitError("no Java frontend found under the torchserve process")
-    described = requests.get(f"{ts.management_url}/models/{model}", timeout=10).json()[0]
-    workers = [psutil.Process(int(w["pid"])) for w in described["workers"]]
-    return java, workers
+        raise ServerError("no Java frontend found under the torchserve process")
+    entry = Management(ts.management_url, context=ts.log_tail).entry(model)
+    return java, [psutil.Process(int(w["pid"])) for w in Management.ready_workers(entry)]
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -115,7 +125,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise ToolkitError("py-spy is not installed: make install (it is a dev dependency)")
+    command.archive_of(args.project, args.model)
     payload = bench_payloads.built_in(args.model)
+    info = machine()
     with (
         tempfile.TemporaryDirectory(prefix="profile-") as workdir,
         batch_server(args.config, Path(workdir), args.setting.workers) as ts,
@@ -147,11 +159,12 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     frontend = after[java.pid] - before[java.pid]
     worker_cpu = sum(after[p.pid] - before[p.pid] for p in workers)
     return {
-        "command": "python scripts/profile_served.py " + shlex.join(args.argv),
+        "command": args.command,
         "model": args.model,
         "setting": args.setting.to_dict(),
         "concurrency": args.concurrency,
         "profiled_seconds": args.duration,
+        "machine": info,
         "cpus": os.cpu_count(),
         "load": {
             "goodput_rps": round(result.goodput_rps, 1),
@@ -196,13 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         document = profile(args)
     except ToolkitError as err:
-        print(f"profile_served: {err}", file=sys.stderr)
-        return 1
+        return command.fail("servekit profile", err)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(table(document))
     print(f"wrote {args.out}")
-    return 0
+    return command.OK
 
 
 if __name__ == "__main__":

@@ -1,50 +1,44 @@
 """Measure the operations figures: 503 latency, init-failure detection, recovery, recycling.
 
-    python scripts/bench_ops.py            # or: make bench-ops; writes docs/bench/ops.json
+    servekit bench-ops            # or: make bench-ops; writes docs/bench/ops.json
 
-Starts its own TorchServe servers (free ports, own TMPDIR) from config.properties.
+Builds the project's archives (as ``servekit archive`` does), then starts its own TorchServe
+servers (free ports, own TMPDIR) from the project's config.properties, serving its
+``slow_model``, ``leaky_model``, ``empty_model`` and ``failing_model``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from servekit.config.specs import load_specs, read_yaml  # noqa: E402
-from servekit.health.check import Target, probe  # noqa: E402
-from servekit.health.recycle import Limits, Recycler  # noqa: E402
-from servekit.runtime.stats import stats_dir  # noqa: E402
-from servekit.serve.archive import build  # noqa: E402
-from servekit.serve.server import TorchServe, running  # noqa: E402
-
-OUT = ROOT / "docs" / "bench" / "ops.json"
-CONFIG = ROOT / "config.properties"
+from servekit.bench import command
+from servekit.bench.machine import machine
+from servekit.config.specs import load_specs, read_yaml
+from servekit.errors import ToolkitError
+from servekit.health.check import Target, probe
+from servekit.health.recycle import Limits, Recycler
+from servekit.project import Project
+from servekit.runtime.stats import stats_dir
+from servekit.serve.archive import build
+from servekit.serve.management import Management
+from servekit.serve.server import TorchServe, running
 
 
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-def describe(server: TorchServe, model: str) -> dict[str, Any]:
-    entry: dict[str, Any] = requests.get(
-        f"{server.management_url}/models/{model}", timeout=10
-    ).json()[0]
-    return entry
 
 
 def queue_overflow(server: TorchServe, burst: int = 30) -> dict[str, Any]:
@@ -76,7 +70,7 @@ def queue_overflow(server: TorchServe, burst: int = 30) -> dict[str, Any]:
 
 
 def killed_worker_recovery(server: TorchServe) -> dict[str, Any]:
-    victim = describe(server, "leaky_model")["workers"][0]["pid"]
+    victim = Management(server.management_url).entry("leaky_model")["workers"][0]["pid"]
     target = Target(server.inference_url, server.management_url)
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -127,8 +121,8 @@ def recycling(server: TorchServe) -> dict[str, Any]:
     }
 
 
-def init_failure(workdir: Path) -> dict[str, Any]:
-    with running(CONFIG, workdir, models=["empty_model", "failing_model"]) as server:
+def init_failure(config: Path, workdir: Path) -> dict[str, Any]:
+    with running(config, workdir, models=["empty_model", "failing_model"]) as server:
         target = Target(server.inference_url, server.management_url)
         up = time.monotonic()
         ours = None
@@ -147,28 +141,42 @@ def init_failure(workdir: Path) -> dict[str, Any]:
             time.sleep(0.05)
 
 
-def main() -> int:
-    defaults = read_yaml(ROOT / "model-config.yml")
-    for spec in load_specs(ROOT / "config", ROOT):
-        build(spec, defaults, ROOT, ROOT / "model_store")
-    results: dict[str, Any] = {
-        "command": "python scripts/bench_ops.py",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-    }
+def measure(project: Project, command_line: str) -> dict[str, Any]:
+    defaults = read_yaml(project.model_config)
+    for spec in load_specs(project.specs_dir, project.root):
+        build(spec, defaults, project.root, project.model_store)
+    results: dict[str, Any] = {"command": command_line, "machine": machine()}
+    config = project.properties
     with tempfile.TemporaryDirectory(prefix="bench-ops-") as tmp:
-        with running(CONFIG, Path(tmp) / "ops", models=["slow_model", "leaky_model"]) as server:
-            Recycler(server.management_url, "leaky_model", Path(tmp))._wait(
-                lambda e: sum(w["status"] == "READY" for w in e["workers"]) == 2, "READY"
-            )
+        models = ["slow_model", "leaky_model"]
+        with running(config, Path(tmp) / "ops", models=models) as server:
+            api = Management(server.management_url, context=server.log_tail)
+            api.wait_ready("leaky_model", workers=2, timeout=300)
+            api.wait_ready("slow_model", timeout=300)
             time.sleep(2)  # slow_model's background warmup
             results["queue_overflow"] = queue_overflow(server)
             results["killed_worker"] = killed_worker_recovery(server)
             results["recycling"] = recycling(server)
-        results["init_failure"] = init_failure(Path(tmp) / "failing")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
+        results["init_failure"] = init_failure(config, Path(tmp) / "failing")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command.parser("bench-ops", __doc__)
+    parser.add_argument(
+        "--out", type=Path, help="results JSON (default: the project's docs/bench/ops.json)"
+    )
+    args = parser.parse_args(argv)
+    project = command.project_of(parser, args)
+    out: Path = args.out or project.root / "docs" / "bench" / "ops.json"
+    try:
+        results = measure(project, command.line("bench-ops", argv))
+    except ToolkitError as err:
+        return command.fail("servekit bench-ops", err)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
-    return 0
+    return command.OK
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """MiniLM on TorchServe against the in-process limit and the peers, in turn, with the same client.
 
-    python scripts/bench_compare.py                      # what `make bench` runs
-    python scripts/bench_compare.py --concurrency 64 --batch-size 16 --duration 20
+    servekit compare                      # what `make bench` runs
+    servekit compare --concurrency 64 --batch-size 16 --duration 20
 
-Systems, each alone on the machine in turn, each serving model_store/minilm.mar with the same
-handler code and torch threads (one per core, shared out between workers):
+Systems, each alone on the machine in turn, each serving the project's model_store/minilm.mar
+with the same handler code and torch threads (one per core, shared out between workers):
 
   limit              the handler's batched forward in process, no server (bench.baselines.limit);
                      with W workers, W such processes at once, cores / W threads each
@@ -15,8 +15,8 @@ handler code and torch threads (one per core, shared out between workers):
   litserve           LitServe with its own batching, max batch B, timeout D, W workers
 
 The same closed-loop client (servekit.bench.loadgen) drives each at concurrency C. Writes the
-figures as JSON, a Markdown table and a PNG (default docs/bench/compare-minilm.*), with the
-ratios the performance targets are stated in. Figures, not a test: nothing is asserted.
+figures as JSON, a Markdown table and a PNG (default: the project's docs/bench/compare-minilm.*),
+with the ratios the performance targets are stated in. Figures, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -24,26 +24,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from matplotlib.figure import Figure
 
-from servekit.bench import loadgen  # noqa: E402
-from servekit.bench import payloads as bench_payloads  # noqa: E402
-from servekit.bench.baselines.runner import running_baseline  # noqa: E402
-from servekit.errors import ToolkitError  # noqa: E402
-from servekit.serve.processes import exit_on_sigterm  # noqa: E402
-from servekit.serve.settings import Setting, batch_server, registered, threads_per_worker  # noqa: E402
+from servekit.bench import command, loadgen
+from servekit.bench import payloads as bench_payloads
+from servekit.bench.baselines.runner import running_baseline
+from servekit.bench.machine import machine
+from servekit.errors import ToolkitError
+from servekit.serve.processes import exit_on_sigterm
+from servekit.serve.settings import Setting, batch_server, registered, threads_per_worker
 
 MODEL = "minilm"
 TARGETS = (  # (name, numerator, denominator, at least) as the issue states them
@@ -55,7 +51,7 @@ TARGETS = (  # (name, numerator, denominator, at least) as the issue states them
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command.parser("compare", __doc__)
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16, help="B for every batching system")
     parser.add_argument("--delay", type=int, default=10, help="D: batch deadline, ms (10)")
@@ -65,8 +61,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", action="append", help="run only these systems (repeatable; default all)"
     )
-    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "compare-minilm.json")
+    parser.add_argument(
+        "--config", type=Path, help="config.properties to serve with (default: the project's)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results JSON (default: the project's docs/bench/compare-minilm.json)",
+    )
     args = parser.parse_args(argv)
     if args.duration <= args.warmup or args.warmup < 0:
         parser.error("--duration must be longer than --warmup (>= 0)")
@@ -74,7 +76,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         Setting(args.batch_size, args.delay, args.workers)
     except ToolkitError as err:
         parser.error(str(err))
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.concurrency < 1:
+        parser.error(f"--concurrency is {args.concurrency}; it must be >= 1")
+    known = list(systems(args))
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:
+        parser.error(f"unknown system(s) {unknown}; known: {', '.join(known)}")
+    args.project = command.project_of(parser, args)
+    args.config = args.config or args.project.properties
+    args.out = args.out or args.project.root / "docs" / "bench" / "compare-minilm.json"
+    args.command = command.line("compare", argv)
     return args
 
 
@@ -93,10 +104,10 @@ def drive(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def limit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The in-process limit in a fresh interpreter (as a worker would be), no server."""
-    command = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar(args))]
-    command += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
-    command += ["--processes", str(args.workers)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    limit_argv = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar(args))]
+    limit_argv += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
+    limit_argv += ["--processes", str(args.workers)]
+    done = subprocess.run(limit_argv, cwd=workdir, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise ToolkitError(f"limit failed ({done.returncode}):\n{done.stderr[-2000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -141,17 +152,13 @@ def systems(args: argparse.Namespace) -> dict[str, Callable[[argparse.Namespace,
 
 
 def mar(args: argparse.Namespace) -> Path:
-    path: Path = args.config.parent / "model_store" / f"{MODEL}.mar"
-    if not path.exists():
-        raise ToolkitError(f"{path} does not exist; build it with `make archive`")
-    return path
+    return command.archive_of(args.project, MODEL)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = systems(args)
-    unknown = set(args.only or ()) - set(chosen)
-    if unknown:
-        raise ToolkitError(f"unknown system(s) {sorted(unknown)}; known: {', '.join(chosen)}")
+    mar(args)  # before any system runs
+    info = machine()
     results: dict[str, Any] = {}
     for name, measure in chosen.items():
         if args.only and name not in args.only:
@@ -165,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         best = max(bs1, key=lambda k: results[k]["goodput_rps"])
         results["torchserve-bs1"] = {**results[best], "best_of": bs1, "chosen": best}
     return {
-        "command": "python scripts/bench_compare.py " + shlex.join(args.argv),
+        "command": args.command,
         "date": datetime.date.today().isoformat(),
         "model": MODEL,
         "payload": bench_payloads.minilm().description,
@@ -176,14 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "seconds_per_system": args.duration,
         "warmup_s": args.warmup,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_at_start": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-            "torch": metadata.version("torch"),
-            "torchserve": metadata.version("torchserve"),
-            "litserve": metadata.version("litserve"),
-        },
+        "machine": info,
         "systems": results,
         "targets": targets(results),
     }
@@ -260,8 +260,6 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
     names = [n for n in document["systems"] if n not in ("limit", "torchserve-bs1")]
     figures = [document["systems"][n] for n in names]
     fig = Figure(figsize=(10, 4.5))
@@ -294,8 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         document = run(args)
     except ToolkitError as err:
-        print(f"bench_compare: {err}", file=sys.stderr)
-        return 1
+        return command.fail("servekit compare", err)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     table = args.out.with_suffix(".md")
@@ -303,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(document, args.out.with_suffix(".png"))
     print(markdown(document))
     print(f"wrote {args.out}, {table} and {args.out.with_suffix('.png')}")
-    return 0
+    return command.OK
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
 """Find batchSize, maxBatchDelay and workers that give the most throughput under a p95 objective.
 
-    python scripts/tune.py --model minilm --p95 100            # climb, write config/minilm.yml
-    python scripts/tune.py --model minilm --p95 100 --grid     # also the full grid, to compare
-    python scripts/tune.py --model iris --p95 50 --batch-sizes 1,4,16 --no-write
+    servekit tune --model minilm --p95 100            # climb, write config/minilm.yml
+    servekit tune --model minilm --p95 100 --grid     # also the full grid, to compare
+    servekit tune --model iris --p95 50 --batch-sizes 1,4,16 --no-write
 
-It starts its own TorchServe from config.properties (loopback, free ports, own temp dir; the
-model API switched on there only), registers the model's archive once per setting and
-ramps the concurrency of the same client as ``scripts/bench.py`` (servekit.bench.loadgen). A
+It starts its own TorchServe from the project's config.properties (loopback, free ports, own
+temp dir; the model API switched on there only), registers the model's archive once per setting and
+ramps the concurrency of the same client as ``servekit bench`` (servekit.bench.loadgen). A
 setting's score is its goodput (2xx/s) where its p95 reaches the objective: the best level
 that meets it with no errors, interpolated towards the next level when that one misses on p95
-alone; see servekit/bench/tuner.py for the search. With a grid (``--grid`` or ``--grid-from``) the
+alone; see servekit/bench/search.py for the search. With a grid (``--grid`` or ``--grid-from``) the
 climb's and the grid's winners are then measured side by side, alternating, and their means
 compared: the grid's best single reading is the luckiest of 48. The winner is written
-under ``model_config:`` in config/<model>.yml (``make archive`` then bakes it in), unless
+under ``model_config:`` in config/<model>.yml (``servekit archive`` then bakes it in), unless
 ``--no-write``.
 
-Exit codes: 0 a setting met the objective, 1 none did (nothing written), 2 bad arguments.
+Exit codes: 0 a setting met the objective, 1 none did (nothing written) or the run failed,
+2 bad arguments (a missing project or archive included), 3 a management API did not answer.
 """
 
 from __future__ import annotations
@@ -23,23 +24,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from servekit.bench import payloads as bench_payloads  # noqa: E402
-from servekit.bench import tuner  # noqa: E402
-from servekit.config.spec_edit import write_sections  # noqa: E402
-from servekit.errors import ToolkitError  # noqa: E402
-from servekit.serve.processes import exit_on_sigterm  # noqa: E402
-from servekit.serve.settings import Setting, archived_setting, threads_per_worker  # noqa: E402
+from servekit.bench import command
+from servekit.bench import payloads as bench_payloads
+from servekit.bench import search as tuner
+from servekit.bench.machine import machine
+from servekit.bench.plot import plot_tuning
+from servekit.bench.trials import ServedTrials
+from servekit.config.spec_edit import write_sections
+from servekit.errors import ToolkitError
+from servekit.serve.processes import exit_on_sigterm
+from servekit.serve.settings import Setting, archived_setting, threads_per_worker
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -52,7 +52,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command.parser("tune", __doc__)
     parser.add_argument("--model", required=True, help="archive model_store/MODEL.mar")
     parser.add_argument("--p95", type=float, default=100.0, help="objective: p95 in ms (100)")
     parser.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32))
@@ -81,11 +81,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with a grid: measure the climb's and the grid's winners this many times each, "
         "alternating, and compare their means (3; 0: no head-to-head)",
     )
-    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    parser.add_argument(
+        "--config", type=Path, help="config.properties to serve with (default: the project's)"
+    )
     parser.add_argument("--spec", type=Path, help="spec to write (default config/MODEL.yml)")
     parser.add_argument("--no-write", action="store_true", help="do not write the spec")
     parser.add_argument(
-        "--out", type=Path, help="results JSON (default docs/bench/tune-MODEL.json)"
+        "--out", type=Path, help="results JSON (default: the project's docs/bench/tune-MODEL.json)"
     )
     parser.add_argument("--plot", type=Path, help="PNG (default: next to --out)")
     args = parser.parse_args(argv)
@@ -98,14 +100,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--level-seconds must be > 0 and the warmups >= 0")
     if args.judge_rounds < 0:
         parser.error(f"--judge-rounds is {args.judge_rounds}; give 0 or more")
-    args.spec = args.spec or ROOT / "config" / f"{args.model}.yml"
-    args.out = args.out or ROOT / "docs" / "bench" / f"tune-{args.model}.json"
+    args.project = command.project_of(parser, args)
+    args.config = args.config or args.project.properties
+    args.spec = args.spec or args.project.spec(args.model)
+    args.out = args.out or args.project.root / "docs" / "bench" / f"tune-{args.model}.json"
     args.plot = args.plot or args.out.with_suffix(".png")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.command = command.line("tune", argv)
     return args
 
 
-def announce(name: str) -> Any:
+def announce(name: str) -> Callable[[tuner.Trial], None]:
     def show(trial: tuner.Trial) -> None:
         best = trial.best
         found = (
@@ -137,15 +141,13 @@ def search_summary(search: tuner.Search, seconds: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    archive = args.config.parent / "model_store" / f"{args.model}.mar"
-    if not archive.exists():
-        raise ToolkitError(f"{archive} does not exist; build it with `make archive`")
+    command.archive_of(args.project, args.model)
     payload = bench_payloads.built_in(args.model)
-    start = archived_setting(args.config.parent, args.model)
+    start = archived_setting(args.project.root, args.model)
     if start not in set(args.space.settings()):
         start = args.space.middle()
     document: dict[str, Any] = {
-        "command": "python scripts/tune.py " + shlex.join(args.argv),
+        "command": args.command,
         "model": args.model,
         "payload": payload.description,
         "objective": {"p95_ms": args.p95, "max_concurrency": args.max_concurrency},
@@ -161,11 +163,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "after_registration": args.setup_warmup,
             "fresh_server": args.server_warmup,
         },
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
+        "machine": machine(),
         "started_from": start.label,
     }
     with tempfile.TemporaryDirectory(prefix="tune-") as workdir:
-        measure = tuner.ServedTrials(
+        measure = ServedTrials(
             args.config,
             Path(workdir),
             args.model,
@@ -262,8 +264,6 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.out}")
-    from servekit.bench.plot import plot_tuning
-
     plot_tuning(document, args.plot)
     print(f"wrote {args.plot}")
     if "comparison" in document:
@@ -282,8 +282,11 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
                 f"climb/grid {h['ratio_climb_to_grid']:.3f}"
             )
     if best is None or best["mean_score_rps"] <= 0:
-        print(f"tune: no setting met p95 <= {args.p95:g} ms; nothing written", file=sys.stderr)
-        return 1
+        print(
+            f"servekit tune: no setting met p95 <= {args.p95:g} ms; nothing written",
+            file=sys.stderr,
+        )
+        return command.FAILED
     winner = Setting(**best["setting"])
     print(
         f"best: {winner.label} {best['mean_score_rps']:.1f} req/s (mean of its trials); last at "
@@ -293,7 +296,7 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
     if not args.no_write:
         note = (
             f"tuned {datetime.date.today()}: p95 <= {args.p95:g} ms, "
-            f"{best['mean_score_rps']:.0f} req/s (scripts/tune.py)"
+            f"{best['mean_score_rps']:.0f} req/s (servekit tune)"
         )
         sections = {"model_config": winner.model_config()}
         if winner.workers > 1:  # the workers must share the cores, as they did here
@@ -301,10 +304,10 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
         try:
             write_sections(args.spec, sections, note)
         except ToolkitError as err:
-            print(f"tune: {err}", file=sys.stderr)
-            return 1
+            print(f"servekit tune: {err}", file=sys.stderr)
+            return command.FAILED
         print(f"wrote {sections} into {args.spec}")
-    return 0
+    return command.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -313,8 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         document = run(args)
     except ToolkitError as err:
-        print(f"tune: {err}", file=sys.stderr)
-        return 1
+        return command.fail("servekit tune", err)
     return report(document, args)
 
 

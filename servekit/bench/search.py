@@ -28,21 +28,19 @@ Two searches share that measure:
 under the same conditions rather than one run of each.
 
 The measure is a callable, so the searches run as well on a real TorchServe
-(:class:`ServedTrials`) as on a recorded landscape in the unit tests.
+(:class:`servekit.bench.trials.ServedTrials`) as on a recorded landscape in the unit tests.
+This module is the pure search: no HTTP, no servers, no clock it does not get.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
-from servekit.bench import loadgen
 from servekit.errors import ConfigError, ToolkitError
 from servekit.serve.settings import Setting
 
@@ -86,16 +84,6 @@ class Level:
 
     def meets(self, objective: Objective) -> bool:
         return self.p95_ms <= objective.p95_ms and self.errors == 0 and self.count_503 == 0
-
-    @classmethod
-    def of(cls, result: loadgen.LoadResult) -> Level:
-        return cls(
-            concurrency=result.concurrency or 0,
-            goodput_rps=round(result.goodput_rps, 2),
-            p95_ms=round(result.latency_ms.p95, 2),
-            errors=result.errors - result.count_503,
-            count_503=result.count_503,
-        )
 
 
 @dataclasses.dataclass
@@ -273,7 +261,7 @@ class Search:
 
     @classmethod
     def from_record(cls, record: dict[str, Any], objective: Objective) -> Search:
-        """A finished search as ``scripts/tune.py`` wrote it (``trials``, ``seconds``)."""
+        """A finished search as ``servekit tune`` wrote it (``trials``, ``seconds``)."""
 
         def unavailable(setting: Setting, concurrency: int) -> Level:
             raise ToolkitError("a recorded search cannot measure anything new")
@@ -493,74 +481,3 @@ def _climb_plane(
             last_move, current = max(level, key=lambda mt: mt[1].score)
             flat_steps += 1
         best = max(best, current, key=lambda t: t.score)
-
-
-class ServedTrials:
-    """The real measure: ``model`` on a private TorchServe per worker count (its workers' torch
-    threads set for that count), re-registered whenever the batch settings change."""
-
-    def __init__(
-        self,
-        config: Path,
-        workdir: Path,
-        model: str,
-        bodies: Sequence[bytes],
-        content_type: str,
-        duration: float = 3.0,
-        warmup: float = 0.5,
-        setup_warmup: float = 1.0,
-        server_warmup: float = 8.0,
-    ) -> None:
-        """``setup_warmup`` seconds of load after each registration and ``server_warmup`` more
-        on a fresh server are not measured: a cold JVM made the first trial on a new server
-        read half what its neighbours read later (3 s of warmup: minilm batch 4, delay 5, first
-        on a two-worker server, 68 req/s; delays 10 and 20 later 129 and 145)."""
-        self.config, self.workdir, self.model = config, workdir, model
-        self.setup_warmup, self.server_warmup = setup_warmup, server_warmup
-        self.bodies, self.content_type = tuple(bodies), content_type
-        self.duration, self.warmup = duration, warmup
-        self.current: Setting | None = None
-        self.server: contextlib.ExitStack | None = None
-        self.ts: Any = None
-        self.servers_started = 0
-
-    def apply(self, setting: Setting) -> None:
-        from servekit.serve import settings
-
-        if setting == self.current:
-            return
-        fresh = self.current is None or self.current.workers != setting.workers
-        if not fresh:
-            settings.unregister(self.ts, self.model)
-        else:
-            self.close()
-            self.server = contextlib.ExitStack()
-            self.servers_started += 1
-            workdir = self.workdir / f"server-{self.servers_started}"
-            self.ts = self.server.enter_context(
-                settings.batch_server(self.config, workdir, setting.workers)
-            )
-        self.current = None
-        settings.register(self.ts, self.model, setting)
-        self.current = setting
-        warmup = self.setup_warmup + (self.server_warmup if fresh else 0.0)
-        if warmup > 0:
-            concurrency = 2 * setting.batch_size * setting.workers
-            loadgen.run(self.target(), loadgen.Load(concurrency=concurrency, duration=warmup))
-
-    def target(self) -> loadgen.Target:
-        url = f"{self.ts.inference_url}/predictions/{self.model}"
-        return loadgen.Target.post(url, self.bodies, self.content_type)
-
-    def __call__(self, setting: Setting, concurrency: int) -> Level:
-        self.apply(setting)
-        load = loadgen.Load(
-            concurrency=concurrency, duration=self.duration + self.warmup, warmup=self.warmup
-        )
-        return Level.of(loadgen.run(self.target(), load))
-
-    def close(self) -> None:
-        """Stop the current server (and so its model); safe to call twice."""
-        if self.server is not None:
-            self.server.close()
-        self.server, self.ts, self.current = None, None, None

@@ -1,14 +1,16 @@
 """Benchmark: iris through the queue bridge vs direct HTTP, same requests, same concurrency.
 
-    python scripts/bench_bridge.py                        # 2000 requests, concurrency 16
-    python scripts/bench_bridge.py -n 5000 -c 32 --bridges 2 --write docs/bench/bridge.json
+    servekit bench-bridge                        # 2000 requests, concurrency 16
+    servekit bench-bridge -n 5000 -c 32 --bridges 2 --write docs/bench/bridge.json
 
-Starts its own TorchServe (iris only), RabbitMQ and Redis on free loopback ports, and the
-bridges as separate processes (``scripts/queue_bridge.py``), like a deployment would. Each of
+Builds the project's iris archive if needed, starts its own TorchServe (iris only), RabbitMQ
+and Redis on free loopback ports, and the bridges as separate processes (``servekit bridge``),
+like a deployment would. Each of
 ``concurrency`` closed-loop clients sends a request and waits for its answer before the next:
 over HTTP with ``requests``, or with ``QueueClient.submit`` + ``result`` (publish, bridge, HTTP,
-Redis, BLPOP). Prints throughput and p50/p95/p99 end-to-end latency for both paths and writes
-them, with the command and the machine, to ``--write``. Figures, not a test: nothing is asserted.
+Redis, BLPOP). Prints throughput and p50/p95/p99 end-to-end latency for both paths (the
+percentiles of ``servekit.bench.stats``, as every benchmark's) and writes them, with the command
+and the machine, to ``--write``. Figures, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import shlex
 import signal
 import subprocess
 import sys
@@ -31,14 +31,17 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from servekit.config.specs import load_specs, read_yaml  # noqa: E402
-from servekit.queue.brokers import RabbitMQ, Redis, brokers  # noqa: E402
-from servekit.queue.client import QueueClient  # noqa: E402
-from servekit.serve.archive import build  # noqa: E402
-from servekit.serve.server import TorchServe, running  # noqa: E402
+from servekit.bench import command
+from servekit.bench.machine import machine
+from servekit.bench.stats import summarize
+from servekit.config.specs import load_specs, read_yaml
+from servekit.errors import ToolkitError
+from servekit.project import Project
+from servekit.queue.brokers import RabbitMQ, Redis, brokers
+from servekit.queue.client import QueueClient
+from servekit.serve.archive import build
+from servekit.serve.management import Management
+from servekit.serve.server import TorchServe, running
 
 PAYLOAD = {"features": [6.7, 3.0, 5.2, 2.3]}
 QUEUE, PREFIX = "bench", "bench"
@@ -56,10 +59,6 @@ class Figures:
     p99_ms: float
     max_ms: float
     errors: int
-
-
-def percentile(sorted_ms: Sequence[float], q: float) -> float:
-    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
 def closed_loop(
@@ -93,10 +92,10 @@ def closed_loop(
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - began
-    ms = sorted(latencies)
+    ms = summarize(latencies)
     return Figures(path, total, concurrency, round(seconds, 3), round(total / seconds, 1),
-                   round(percentile(ms, 0.50), 2), round(percentile(ms, 0.95), 2),
-                   round(percentile(ms, 0.99), 2), round(ms[-1], 2), errors[0])  # fmt: skip
+                   round(ms.p50, 2), round(ms.p95, 2), round(ms.p99, 2), round(ms.max, 2),
+                   errors[0])  # fmt: skip
 
 
 def direct_call(ts: TorchServe) -> Callable[[], Callable[[], bool]]:
@@ -133,14 +132,14 @@ def bridge_processes(
     processes = []
     try:
         for i in range(count):
-            command = [
-                sys.executable, str(ROOT / "scripts" / "queue_bridge.py"),
+            bridge = [
+                sys.executable, "-m", "servekit.cli", "bridge",
                 "--amqp-url", rabbit.url, "--redis-url", red.url, "--inference-url",
                 ts.inference_url, "--queue", QUEUE, "--prefix", PREFIX,
                 "--prefetch", str(prefetch), "--name", f"bench-{i}",
             ]  # fmt: skip
             with open(logs / f"bridge-{i}.log", "ab") as log:
-                processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                processes.append(subprocess.Popen(bridge, stdout=log, stderr=subprocess.STDOUT,
                                                   start_new_session=True))  # fmt: skip
         yield
     finally:
@@ -151,49 +150,33 @@ def bridge_processes(
             process.wait(60)
 
 
-def wait_iris(ts: TorchServe) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.post(f"{ts.inference_url}/predictions/iris", json=PAYLOAD,
-                             timeout=10).status_code == 200:  # fmt: skip
-                return
-        time.sleep(0.2)
-    raise SystemExit(f"iris did not answer within 180 s; see {ts.log_dir}")
-
-
 def model_settings(ts: TorchServe) -> dict[str, object]:
-    """iris's settings in force, as TorchServe describes them."""
-    entry = requests.get(f"{ts.management_url}/models/iris", timeout=10).json()[0]
+    """Until iris's workers are READY; its settings in force, as TorchServe describes them."""
+    entry = Management(ts.management_url, context=ts.log_tail).wait_ready("iris", timeout=180)
     keys = ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
     return {key: entry.get(key) for key in keys} | {"workers": len(entry.get("workers", []))}
 
 
-def machine() -> dict[str, object]:
-    import pika
-    import redis as redis_py
-
-    return {
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "pika": pika.__version__,
-        "redis_py": redis_py.__version__,
-    }
+def build_iris(project: Project) -> Path:
+    """The project's iris archive, built (or left as it is when up to date)."""
+    defaults = read_yaml(project.model_config)
+    for spec in load_specs(project.specs_dir, project.root):
+        if spec.name == "iris":
+            build(spec, defaults, project.root, project.model_store)
+            return project.archive("iris")
+    raise ToolkitError(f"no spec of iris in {project.specs_dir}: the bridge benchmark serves iris")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
-    store = ROOT / "model_store"
-    defaults = read_yaml(ROOT / "model-config.yml")
-    for spec in load_specs(ROOT / "config", ROOT):
-        if spec.name == "iris":
-            build(spec, defaults, ROOT, store)
+    project: Project = args.project
+    build_iris(project)
     info = machine()
     with (
         brokers(work / "brokers") as (rabbit, red),
-        running(ROOT / "config.properties", work / "ts", model_store=store, models=["iris"]) as ts,
+        running(
+            project.properties, work / "ts", model_store=project.model_store, models=["iris"]
+        ) as ts,
     ):
-        wait_iris(ts)
         model = model_settings(ts)
         warm = max(50, args.requests // 10)
         closed_loop("warmup", warm, args.concurrency, direct_call(ts))
@@ -210,7 +193,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
                     client.close()
         print(render(bridged), flush=True)
     return {
-        "command": "python scripts/bench_bridge.py " + shlex.join(args.argv),
+        "command": args.command,
         "model": model,
         "bridges": args.bridges,
         "prefetch_per_bridge": args.prefetch,
@@ -231,23 +214,28 @@ def render(f: Figures) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_bridge.py", description=__doc__.split("\n")[0])
+    parser = command.parser("bench-bridge", __doc__)
     parser.add_argument("-n", "--requests", type=int, default=2000)
     parser.add_argument("-c", "--concurrency", type=int, default=16)
     parser.add_argument("--bridges", type=int, default=1)
     parser.add_argument("--prefetch", type=int, default=16, help="per bridge (16)")
     parser.add_argument("--write", type=Path, help="write the figures as JSON here")
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.argv = [a for a in argv if a]
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as work:
-        report = run(args, Path(work))
+    if min(args.requests, args.concurrency, args.bridges, args.prefetch) < 1:
+        parser.error("--requests, --concurrency, --bridges and --prefetch must be >= 1")
+    args.project = command.project_of(parser, args)
+    args.command = command.line("bench-bridge", argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-bridge-") as work:
+            report = run(args, Path(work))
+    except ToolkitError as err:
+        return command.fail("servekit bench-bridge", err)
     print(json.dumps(report["bridge_over_direct"]))
     if args.write is not None:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.write}")
-    return 0
+    return command.OK
 
 
 if __name__ == "__main__":

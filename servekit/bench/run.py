@@ -1,17 +1,18 @@
-"""Benchmark a served model: throughput, p50/p95/p99 latency, errors and 503s, client CPU.
+"""Load-test a served model: throughput, p50/p95/p99 latency, errors and 503s, client CPU.
 
-    python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 --duration 10 \\
+    servekit bench --model minilm --concurrency 1 --concurrency 8 --duration 10 \\
         --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png
-    python scripts/bench.py --url http://127.0.0.1:8080/predictions/iris --model iris --rate 50
-    python scripts/bench.py --url http://127.0.0.1:9000/embed --payload body.json -c 4
+    servekit bench --url http://127.0.0.1:8080/predictions/iris --model iris --rate 50
+    servekit bench --url http://127.0.0.1:9000/embed --payload body.json -c 4
 
-Without ``--url`` it starts an isolated TorchServe from config.properties with only ``--model``
-loaded (own ports and temp dir), waits until its workers are READY, runs, and stops it.
+Without ``--url`` it starts an isolated TorchServe from the project's config.properties with
+only ``--model`` loaded (own ports and temp dir), waits until its workers are READY (through
+the management API), runs, and stops it.
 ``--concurrency`` (repeatable: a sweep) keeps N requests in flight; ``--rate`` sends R req/s
 on a fixed schedule. The client is ``servekit.bench.loadgen`` (one asyncio loop, aiohttp,
 keep-alive) for every server compared; its own CPU use is reported, since on 2 cores it
 competes with the server. Figures, not a test: nothing is asserted.
-Exit 0 after a run, even with errors.
+Exit 0 after a run, even with errors; 2 for bad arguments, a missing project or archive.
 """
 
 from __future__ import annotations
@@ -20,33 +21,28 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
-import platform
-import shlex
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-import requests
+from servekit.bench import command, loadgen
+from servekit.bench import payloads as bench_payloads
+from servekit.bench.machine import machine
+from servekit.bench.plot import plot_histogram, plot_sweep
+from servekit.errors import ToolkitError
+from servekit.project import Project
+from servekit.serve.management import Management
+from servekit.serve.processes import exit_on_sigterm
+from servekit.serve.server import running
+from servekit.serve.settings import Setting, archived_setting, batch_server, registered
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from servekit.bench import loadgen  # noqa: E402
-from servekit.bench import payloads as bench_payloads  # noqa: E402
-from servekit.errors import ToolkitError  # noqa: E402
-from servekit.health.check import Target as HealthTarget  # noqa: E402
-from servekit.health.check import probe, wait_until_healthy  # noqa: E402
-from servekit.serve.processes import exit_on_sigterm  # noqa: E402
-from servekit.serve.server import running  # noqa: E402
-from servekit.serve.settings import archived_setting, batch_server, registered  # noqa: E402
+READY_TIMEOUT = 300.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command.parser("bench", __doc__)
     parser.add_argument("--url", help="endpoint of a running server (default: start TorchServe)")
     parser.add_argument("--model", help="TorchServe model to start and/or its built-in payload")
     load = parser.add_mutually_exclusive_group()
@@ -77,7 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     parser.add_argument("--payload", type=Path, help="body file (.jsonl: one body a line)")
     parser.add_argument("--content-type", help="Content-Type (default: from payload)")
-    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    parser.add_argument(
+        "--config", type=Path, help="config.properties to serve with (default: the project's)"
+    )
     batching = parser.add_argument_group(
         "batch settings",
         "serve --model with these instead of its archived ones (registered through the "
@@ -100,9 +98,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     }
     if args.overrides and (args.url is not None or args.model is None):
         parser.error("--batch-size/--max-batch-delay/--workers need --model and no --url")
+    try:  # each override alone, before anything starts
+        Setting(**{"batch_size": 1, "max_batch_delay": 0, "workers": 1} | args.overrides)
+        loads_of(args)
+    except ToolkitError as err:
+        parser.error(str(err))
     if not args.concurrency and not args.rate:
         args.concurrency = [8]
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.project = command.project_of(parser, args) if args.url is None else None
+    args.config = args.config or (args.project.properties if args.project else None)
+    args.command = command.line("bench", argv)
     return args
 
 
@@ -123,9 +128,9 @@ def loads_of(args: argparse.Namespace) -> list[loadgen.Load]:
         "timeout": args.timeout,
         "max_in_flight": args.max_in_flight,
     }
-    if args.concurrency:
-        return [loadgen.Load(concurrency=n, **common) for n in args.concurrency]
-    return [loadgen.Load(rate=r, **common) for r in args.rate]
+    if args.rate:
+        return [loadgen.Load(rate=r, **common) for r in args.rate]
+    return [loadgen.Load(concurrency=n, **common) for n in args.concurrency or [8]]
 
 
 @contextlib.contextmanager
@@ -134,31 +139,24 @@ def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]
     if args.url is not None:
         yield args.url, {"kind": "given", "url": args.url}
         return
-    archive = args.config.parent / "model_store" / f"{args.model}.mar"
-    if not archive.exists():
-        raise ToolkitError(f"{archive} does not exist; build it with `make archive`")
+    project: Project = args.project
+    command.archive_of(project, args.model)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         if args.overrides:
             setting = dataclasses.replace(
-                archived_setting(args.config.parent, args.model), **args.overrides
+                archived_setting(project.root, args.model), **args.overrides
             )
             ts = stack.enter_context(batch_server(args.config, workdir, setting.workers))
             stack.enter_context(registered(ts, args.model, setting))
         else:
             ts = stack.enter_context(running(args.config, workdir, models=[args.model]))
-            target = HealthTarget(ts.inference_url, ts.management_url)
-            report = wait_until_healthy(lambda: probe(target, [args.model]), wait=300)
-            if not report.healthy:
-                raise ToolkitError(f"{args.model} not READY after 300 s:\n{ts.log_tail()}")
-        described = requests.get(f"{ts.management_url}/models/{args.model}", timeout=10).json()[0]
+        api = Management(ts.management_url, context=ts.log_tail)
+        described = api.wait_ready(args.model, timeout=READY_TIMEOUT)
+        keys = ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
         info = {
             "kind": "torchserve",
-            "version": metadata.version("torchserve"),
-            "model": {
-                k: described.get(k)
-                for k in ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
-            }
+            "model": {k: described.get(k) for k in keys}
             | {"workers": len(described.get("workers", []))},
             "worker_environment": dict(ts.environment),
         }
@@ -196,15 +194,6 @@ def summary_line(r: loadgen.LoadResult) -> str:
     )
 
 
-def machine() -> dict[str, object]:
-    return {
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "aiohttp": metadata.version("aiohttp"),
-    }
-
-
 def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadResult]]:
     payload = payload_of(args)
     info = machine()
@@ -219,7 +208,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadRe
             print(summary_line(result), flush=True)
             results.append(result)
     document = {
-        "command": "python scripts/bench.py " + shlex.join(args.argv),
+        "command": args.command,
         "client": "servekit.bench.loadgen: one asyncio loop, aiohttp, keep-alive connections",
         "server": server,
         "payload": payload.description,
@@ -237,8 +226,6 @@ def write(
         args.out.write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.plot is not None:
-        from servekit.bench.plot import plot_histogram, plot_sweep
-
         name = args.model or args.url
         title = f"{name} on {document['server']['kind']}, {document['payload']}"
         if len(results) > 1:
@@ -253,11 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_on_sigterm()  # a TERM stops the server it started, as Ctrl-C does
     try:
         document, results = bench(args)
+        write(document, results, args)
     except ToolkitError as err:
-        print(f"bench: {err}", file=sys.stderr)
-        return 1
-    write(document, results, args)
-    return 0
+        return command.fail("servekit bench", err)
+    return command.OK
 
 
 if __name__ == "__main__":
