@@ -1,65 +1,63 @@
-"""servekit.bench.stats: the one percentile definition, pinned on small known samples."""
+"""``servekit.runtime.stats``: worker counters go to a private directory, never via a symlink."""
 
 from __future__ import annotations
 
-import math
+import json
+import os
+from pathlib import Path
 
-import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from servekit.bench.stats import Percentiles, percentile, summarize
+from servekit.runtime.stats import WorkerStats, stats_dir
 
 
-@pytest.mark.parametrize(
-    ("values", "q", "expected"),
-    [
-        ([10.0, 20.0, 30.0, 40.0], 50, 25.0),  # between the two middle values
-        ([10.0, 20.0, 30.0, 40.0], 0, 10.0),
-        ([10.0, 20.0, 30.0, 40.0], 100, 40.0),
-        ([1.0, 2.0, 3.0, 4.0, 5.0], 95, 4.8),  # nearest rank would say 5
-        ([1.0, 2.0, 3.0, 4.0, 5.0], 25, 2.0),
-        ([1.0, 2.0], 95, 1.95),
-        ([7.0], 99, 7.0),
-    ],
-)
-def test_percentile_interpolates_between_closest_ranks(
-    values: list[float], q: float, expected: float
-) -> None:
-    assert percentile(values, q) == pytest.approx(expected)
+@pytest.fixture(autouse=True)
+def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    return tmp_path
 
 
-def test_percentile_of_one_to_a_hundred() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == pytest.approx(50.5)
-    assert percentile(values, 95) == pytest.approx(95.05)
-    assert percentile(values, 99) == pytest.approx(99.01)
-    assert percentile(values, 100) == 100.0
+def test_counters_land_in_a_private_directory(own_tmpdir: Path) -> None:
+    WorkerStats(requests=3).publish("iris", force=True)
+    directory = stats_dir("iris")
+    assert directory.parent == own_tmpdir / f"servekit-{os.getuid()}"
+    assert json.loads((directory / f"{os.getpid()}.json").read_text())["requests"] == 3
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert directory.parent.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in directory.iterdir()] == [f"{os.getpid()}.json"]
 
 
-def test_no_values_is_nan_and_a_bad_q_is_refused() -> None:
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError, match="outside 0..100"):
-        percentile([1.0], 101)
+def test_a_symlink_at_the_counters_name_is_replaced_not_followed(own_tmpdir: Path) -> None:
+    victim = own_tmpdir / "victim.txt"
+    victim.write_text("precious")
+    directory = stats_dir("iris")
+    directory.mkdir(parents=True, mode=0o700)
+    directory.parent.chmod(0o700)
+    (directory / f"{os.getpid()}.json").symlink_to(victim)
+    (directory / f".{os.getpid()}.json").symlink_to(victim)  # the old fixed temp name
+    WorkerStats(requests=1).publish("iris", force=True)
+    assert victim.read_text() == "precious"
+    assert not (directory / f"{os.getpid()}.json").is_symlink()
 
 
-def test_summarize_sorts_and_reports_every_figure() -> None:
-    assert summarize([4.0, 1.0, 3.0, 2.0]) == Percentiles(
-        p50=2.5, p95=pytest.approx(3.85), p99=pytest.approx(3.97), max=4.0, mean=2.5
-    )
-    empty = summarize([])
-    assert all(math.isnan(v) for v in (empty.p50, empty.p95, empty.p99, empty.max, empty.mean))
+def test_a_planted_directory_symlink_is_refused(own_tmpdir: Path) -> None:
+    elsewhere = own_tmpdir / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    stats_dir("iris").parent.symlink_to(elsewhere)
+    WorkerStats(requests=1).publish("iris", force=True)
+    assert list(elsewhere.iterdir()) == []
 
 
-@given(
-    st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=200),
-    st.floats(0, 100),
-)
-def test_percentile_matches_numpy_and_stays_within_the_values(
-    values: list[float], q: float
-) -> None:
-    ordered = sorted(values)
-    found = percentile(ordered, q)
-    assert ordered[0] <= found <= ordered[-1]
-    assert found == pytest.approx(float(np.percentile(ordered, q)), rel=1e-9, abs=1e-9)
+def test_a_directory_others_can_write_is_refused(own_tmpdir: Path) -> None:
+    directory = stats_dir("iris")
+    directory.mkdir(parents=True)
+    directory.parent.chmod(0o700)
+    directory.chmod(0o777)
+    WorkerStats(requests=1).publish("iris", force=True)
+    assert list(directory.iterdir()) == []
+
+
+def test_a_model_name_cannot_leave_the_directory() -> None:
+    assert stats_dir("../../etc").name == "_._.._etc"
+    assert stats_dir("../../etc").parent == stats_dir("iris").parent
