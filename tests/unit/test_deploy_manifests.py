@@ -281,6 +281,18 @@ def test_dockerfile_pins_torch_like_pyproject() -> None:
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
 
 
+def test_the_image_installs_the_toolkit_for_the_probe_script() -> None:
+    # The probes run scripts/health_check.py, a thin entry point importing the *installed*
+    # servekit: a regular install, no PYTHONPATH, and the copied sources gone after it.
+    steps = instructions(ROOT / "deploy/docker/Dockerfile")
+    runs = [args for word, args in steps if word == "RUN"]
+    (install,) = [run for run in runs if "pip install ." in run]
+    assert "-e" not in install.split() and "rm -rf build servekit " in install
+    assert not [args for word, args in steps if word == "ENV" and "PYTHONPATH" in args]
+    copies = [shlex.split(args) for word, args in steps if word == "COPY"]
+    assert ["scripts/health_check.py", "scripts/"] in copies
+
+
 def test_sagemaker_image_runs_the_entrypoint_with_serve() -> None:
     steps = dict(instructions(ROOT / "deploy/sagemaker/Dockerfile"))
     entrypoint, cmd = json.loads(steps["ENTRYPOINT"]), json.loads(steps["CMD"])
