@@ -1,4 +1,5 @@
-"""scripts/health_check.py against real TorchServe servers."""
+"""scripts/health_check.py (and ``servekit health``, the same command) against real TorchServe
+servers."""
 
 from __future__ import annotations
 
@@ -39,6 +40,20 @@ def test_healthy_server_exits_0(server: TorchServe) -> None:
         "empty_model: 1/1 workers READY",
         "iris: 1/1 workers READY",
     ]
+
+
+def test_servekit_health_is_the_same_command(server: TorchServe, tmp_path: Path) -> None:
+    urls = ["--inference-url", server.inference_url, "--management-url", server.management_url]
+    done = subprocess.run(
+        [sys.executable, "-m", "servekit.cli", "health", *urls, "--customized"],
+        cwd=tmp_path,  # any directory: a health check needs no project
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == health_check(server, "--customized").stdout
 
 
 def test_customized_json_reports_handler_status(server: TorchServe) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from servekit.serve.management import Management
 from servekit.serve.processes import stop_group
 from servekit.serve.server import free_ports, read_properties
 from tests.e2e.conftest import ROOT
@@ -159,8 +160,7 @@ def test_invocations_bad_body_is_a_json_4xx(
 def test_serves_only_the_sagemaker_model_with_management_on_loopback(
     container: Container,
 ) -> None:
-    models = requests.get(f"{container.management_url}/models", timeout=10).json()["models"]
-    assert [m["modelName"] for m in models] == ["iris"]
+    assert Management(container.management_url).models() == ["iris"]
     written = read_properties((container.workdir / "work" / "config.properties").read_text())
     project = read_properties((ROOT / "config.properties").read_text())
     changed = {k for k in written.keys() | project.keys() if written.get(k) != project.get(k)}
