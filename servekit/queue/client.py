@@ -207,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"servekit ask: {error}", file=sys.stderr)
         return EXIT_USAGE if not isinstance(error, ResultTimeout) else EXIT_NO_ANSWER
     except (pika.exceptions.AMQPError, redis.RedisError) as error:
-        print(
-            f"servekit ask: broker unreachable: {type(error).__name__}: {error}", file=sys.stderr
-        )
+        print(f"servekit ask: broker unreachable: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_NO_ANSWER
     print(_render(result, args.json))
     return EXIT_OK if result.ok else EXIT_ERROR_ANSWER
