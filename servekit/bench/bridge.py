@@ -34,13 +34,13 @@ import requests
 from servekit.bench import command
 from servekit.bench.machine import machine
 from servekit.bench.stats import summarize
+from servekit.cli import OK
 from servekit.config.specs import load_specs, read_yaml
 from servekit.errors import ToolkitError
 from servekit.project import Project
 from servekit.queue.brokers import RabbitMQ, Redis, brokers
 from servekit.queue.client import QueueClient
 from servekit.serve.archive import build
-from servekit.serve.management import Management
 from servekit.serve.server import TorchServe, running
 
 PAYLOAD = {"features": [6.7, 3.0, 5.2, 2.3]}
@@ -152,7 +152,7 @@ def bridge_processes(
 
 def model_settings(ts: TorchServe) -> dict[str, object]:
     """Until iris's workers are READY; its settings in force, as TorchServe describes them."""
-    entry = Management(ts.management_url, context=ts.log_tail).wait_ready("iris", timeout=180)
+    entry = ts.management().wait_ready("iris", timeout=180)
     keys = ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
     return {key: entry.get(key) for key in keys} | {"workers": len(entry.get("workers", []))}
 
@@ -223,20 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.requests, args.concurrency, args.bridges, args.prefetch) < 1:
         parser.error("--requests, --concurrency, --bridges and --prefetch must be >= 1")
-    args.project = command.project_of(parser, args)
+    args.project = command.project_of(args)
     args.command = command.line("bench-bridge", argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-bridge-") as work:
-            report = run(args, Path(work))
-    except ToolkitError as err:
-        return command.fail("servekit bench-bridge", err)
+    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as work:
+        report = run(args, Path(work))
     print(json.dumps(report["bridge_over_direct"]))
     if args.write is not None:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.write}")
-    return command.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return OK

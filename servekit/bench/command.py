@@ -1,8 +1,7 @@
-"""What every bench subcommand shares: its parser, its project, its exit codes.
+"""What every bench subcommand shares: its parser, its project, its archive, its record.
 
-Exit codes as everywhere in ``servekit``: 0 ok, 1 the run failed (or, for ``tune``, no
-setting met the objective), 2 usage or bad input (a missing project or archive included),
-3 a management API gave no answer.
+Errors are not caught here: a ``ToolkitError`` goes up to ``servekit.cli``, the one place
+that turns it into one line on stderr and an exit code (2 bad input, 3 unreachable, 1 else).
 """
 
 from __future__ import annotations
@@ -14,31 +13,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from servekit import project as projects
-from servekit.errors import ConfigError, ToolkitError
+from servekit.errors import ConfigError
 from servekit.project import Project
-from servekit.serve.management import ManagementUnreachable
-
-OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
 
 def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """``servekit <name>``'s parser: its docstring's first paragraph and ``--project``."""
-    summary = (doc or "").split("\n\n")[0]
     built = argparse.ArgumentParser(
         prog=f"servekit {name}",
-        description=summary,
+        description=(doc or "").split("\n\n")[0],
         epilog="exit codes: 0 ok, 1 the run failed, 2 usage or bad input, 3 unreachable",
     )
     projects.add_argument(built)
     return built
 
 
-def project_of(built: argparse.ArgumentParser, args: argparse.Namespace) -> Project:
-    """The project of ``--project`` or the current directory; exit 2 with the reason if none."""
-    try:
-        return projects.from_args(args)
-    except ConfigError as err:
-        built.exit(USAGE, f"{built.prog}: {err}\n")
+def project_of(args: argparse.Namespace) -> Project:
+    """The project of ``--project`` or the current directory (``NotAProject`` if none)."""
+    return projects.from_args(args)
 
 
 def archive_of(project: Project, model: str) -> Path:
@@ -50,20 +42,6 @@ def archive_of(project: Project, model: str) -> Path:
             f"(project {project.root})"
         )
     return path
-
-
-def exit_code(err: ToolkitError) -> int:
-    if isinstance(err, ManagementUnreachable):
-        return UNREACHABLE
-    if isinstance(err, ConfigError):
-        return USAGE
-    return FAILED
-
-
-def fail(prog: str, err: ToolkitError) -> int:
-    """Say what went wrong on stderr (no traceback) and return its exit code."""
-    print(f"{prog}: {err}", file=sys.stderr)
-    return exit_code(err)
 
 
 def line(name: str, argv: Sequence[str] | None) -> str:

@@ -37,6 +37,7 @@ from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
 from servekit.bench.baselines.runner import running_baseline
 from servekit.bench.machine import machine
+from servekit.cli import OK
 from servekit.errors import ToolkitError
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.settings import Setting, batch_server, registered, threads_per_worker
@@ -82,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.only or ()) - set(known))
     if unknown:
         parser.error(f"unknown system(s) {unknown}; known: {', '.join(known)}")
-    args.project = command.project_of(parser, args)
+    args.project = command.project_of(args)
     args.config = args.config or args.project.properties
     args.out = args.out or args.project.root / "docs" / "bench" / "compare-minilm.json"
     args.command = command.line("compare", argv)
@@ -104,7 +105,7 @@ def drive(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def limit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The in-process limit in a fresh interpreter (as a worker would be), no server."""
-    limit_argv = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar(args))]
+    limit_argv = [sys.executable, "-m", "servekit.cli", "limit", "--mar", str(mar(args))]
     limit_argv += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
     limit_argv += ["--processes", str(args.workers)]
     done = subprocess.run(limit_argv, cwd=workdir, capture_output=True, text=True, timeout=600)
@@ -289,10 +290,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    try:
-        document = run(args)
-    except ToolkitError as err:
-        return command.fail("servekit compare", err)
+    document = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     table = args.out.with_suffix(".md")
@@ -300,8 +298,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(document, args.out.with_suffix(".png"))
     print(markdown(document))
     print(f"wrote {args.out}, {table} and {args.out.with_suffix('.png')}")
-    return command.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return OK

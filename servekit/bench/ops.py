@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,14 +25,13 @@ import requests
 
 from servekit.bench import command
 from servekit.bench.machine import machine
+from servekit.cli import OK
 from servekit.config.specs import load_specs, read_yaml
-from servekit.errors import ToolkitError
-from servekit.health.check import Target, probe
+from servekit.health.probe import Target, probe
 from servekit.health.recycle import Limits, Recycler
 from servekit.project import Project
 from servekit.runtime.stats import stats_dir
 from servekit.serve.archive import build
-from servekit.serve.management import Management
 from servekit.serve.server import TorchServe, running
 
 
@@ -70,7 +68,7 @@ def queue_overflow(server: TorchServe, burst: int = 30) -> dict[str, Any]:
 
 
 def killed_worker_recovery(server: TorchServe) -> dict[str, Any]:
-    victim = Management(server.management_url).entry("leaky_model")["workers"][0]["pid"]
+    victim = server.management().entry("leaky_model")["workers"][0]["pid"]
     target = Target(server.inference_url, server.management_url)
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -150,7 +148,7 @@ def measure(project: Project, command_line: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ops-") as tmp:
         models = ["slow_model", "leaky_model"]
         with running(config, Path(tmp) / "ops", models=models) as server:
-            api = Management(server.management_url, context=server.log_tail)
+            api = server.management()
             api.wait_ready("leaky_model", workers=2, timeout=300)
             api.wait_ready("slow_model", timeout=300)
             time.sleep(2)  # slow_model's background warmup
@@ -167,17 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, help="results JSON (default: the project's docs/bench/ops.json)"
     )
     args = parser.parse_args(argv)
-    project = command.project_of(parser, args)
+    project = command.project_of(args)
     out: Path = args.out or project.root / "docs" / "bench" / "ops.json"
-    try:
-        results = measure(project, command.line("bench-ops", argv))
-    except ToolkitError as err:
-        return command.fail("servekit bench-ops", err)
+    results = measure(project, command.line("bench-ops", argv))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
-    return command.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return OK

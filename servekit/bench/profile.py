@@ -35,6 +35,7 @@ import psutil
 from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
 from servekit.bench.machine import machine
+from servekit.cli import OK
 from servekit.errors import ServerError, ToolkitError
 from servekit.serve.management import Management
 from servekit.serve.processes import exit_on_sigterm
@@ -80,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(err))
     if args.concurrency < 1 or args.duration < 1 or args.warmup < 0:
         parser.error("--concurrency and --duration must be >= 1, --warmup >= 0")
-    args.project = command.project_of(parser, args)
+    args.project = command.project_of(args)
     args.config = args.config or args.project.properties
     args.out = args.out or args.project.root / "docs" / "bench" / f"profile-{args.model}.json"
     args.command = command.line("profile", argv)
@@ -112,7 +113,7 @@ def processes(ts: TorchServe, model: str) -> tuple[psutil.Process, list[psutil.P
     java = next((p for p in tree if p.name().startswith("java")), None)
     if java is None:
         raise ServerError("no Java frontend found under the torchserve process")
-    entry = Management(ts.management_url, context=ts.log_tail).entry(model)
+    entry = ts.management().entry(model)
     return java, [psutil.Process(int(w["pid"])) for w in Management.ready_workers(entry)]
 
 
@@ -206,16 +207,9 @@ def table(document: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    try:
-        document = profile(args)
-    except ToolkitError as err:
-        return command.fail("servekit profile", err)
+    document = profile(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(table(document))
     print(f"wrote {args.out}")
-    return command.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return OK

@@ -31,9 +31,9 @@ from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_histogram, plot_sweep
+from servekit.cli import OK
 from servekit.errors import ToolkitError
 from servekit.project import Project
-from servekit.serve.management import Management
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.server import running
 from servekit.serve.settings import Setting, archived_setting, batch_server, registered
@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(err))
     if not args.concurrency and not args.rate:
         args.concurrency = [8]
-    args.project = command.project_of(parser, args) if args.url is None else None
+    args.project = command.project_of(args) if args.url is None else None
     args.config = args.config or (args.project.properties if args.project else None)
     args.command = command.line("bench", argv)
     return args
@@ -151,7 +151,7 @@ def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]
             stack.enter_context(registered(ts, args.model, setting))
         else:
             ts = stack.enter_context(running(args.config, workdir, models=[args.model]))
-        api = Management(ts.management_url, context=ts.log_tail)
+        api = ts.management()
         described = api.wait_ready(args.model, timeout=READY_TIMEOUT)
         keys = ("modelName", "minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
         info = {
@@ -238,13 +238,6 @@ def write(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()  # a TERM stops the server it started, as Ctrl-C does
-    try:
-        document, results = bench(args)
-        write(document, results, args)
-    except ToolkitError as err:
-        return command.fail("servekit bench", err)
-    return command.OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    document, results = bench(args)
+    write(document, results, args)
+    return OK

@@ -36,6 +36,7 @@ from servekit.bench import search as tuner
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_tuning
 from servekit.bench.trials import ServedTrials
+from servekit.cli import FAILED, OK
 from servekit.config.spec_edit import write_sections
 from servekit.errors import ToolkitError
 from servekit.serve.processes import exit_on_sigterm
@@ -100,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--level-seconds must be > 0 and the warmups >= 0")
     if args.judge_rounds < 0:
         parser.error(f"--judge-rounds is {args.judge_rounds}; give 0 or more")
-    args.project = command.project_of(parser, args)
+    args.project = command.project_of(args)
     args.config = args.config or args.project.properties
     args.spec = args.spec or args.project.spec(args.model)
     args.out = args.out or args.project.root / "docs" / "bench" / f"tune-{args.model}.json"
@@ -286,7 +287,7 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
             f"servekit tune: no setting met p95 <= {args.p95:g} ms; nothing written",
             file=sys.stderr,
         )
-        return command.FAILED
+        return FAILED
     winner = Setting(**best["setting"])
     print(
         f"best: {winner.label} {best['mean_score_rps']:.1f} req/s (mean of its trials); last at "
@@ -301,24 +302,13 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
         sections = {"model_config": winner.model_config()}
         if winner.workers > 1:  # the workers must share the cores, as they did here
             sections["handler_options"] = {"torch_threads": threads_per_worker(winner.workers)}
-        try:
-            write_sections(args.spec, sections, note)
-        except ToolkitError as err:
-            print(f"servekit tune: {err}", file=sys.stderr)
-            return command.FAILED
+        write_sections(args.spec, sections, note)
         print(f"wrote {sections} into {args.spec}")
-    return command.OK
+    return OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    try:
-        document = run(args)
-    except ToolkitError as err:
-        return command.fail("servekit tune", err)
+    document = run(args)
     return report(document, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,6 +30,7 @@ import torch
 
 from servekit.bench import command
 from servekit.bench import payloads as bench_payloads
+from servekit.cli import OK
 from servekit.errors import ConfigError, ToolkitError
 from servekit.serve.harness import LocalModel, Request
 
@@ -97,7 +98,7 @@ def _serve(model: LocalModel, batch: list[Request]) -> None:
 def in_processes(mar: Path, batch_size: int, duration: float, processes: int) -> dict[str, Any]:
     """``processes`` limit loops at once, cores / processes threads each; their sum."""
     threads = max(1, (os.cpu_count() or 1) // processes)
-    limit_argv = [sys.executable, "-m", "servekit.bench.baselines.limit", "--mar", str(mar)]
+    limit_argv = [sys.executable, "-m", "servekit.cli", "limit", "--mar", str(mar)]
     limit_argv += ["--batch-size", str(batch_size), "--duration", str(duration)]
     limit_argv += ["--threads", str(threads)]
     running = [
@@ -135,22 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         or (args.threads is not None and args.threads < 1)
     ):
         parser.error("--batch-size and --threads must be >= 1, --duration > 0")
-    try:
-        mar = args.mar or command.archive_of(command.project_of(parser, args), "minilm")
-        if not mar.is_file():
-            raise ConfigError(f"archive {mar} does not exist; build it with `servekit archive`")
-        if args.processes > 1:
-            print(json.dumps(in_processes(mar, args.batch_size, args.duration, args.processes)))
-            return command.OK
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        with LocalModel.from_mar(mar) as model:
-            result = measure(model, args.batch_size, args.duration)
-    except ToolkitError as err:
-        return command.fail("servekit limit", err)
+    mar = args.mar or command.archive_of(command.project_of(args), "minilm")
+    if not mar.is_file():
+        raise ConfigError(f"archive {mar} does not exist; build it with `servekit archive`")
+    if args.processes > 1:
+        print(json.dumps(in_processes(mar, args.batch_size, args.duration, args.processes)))
+        return OK
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with LocalModel.from_mar(mar) as model:
+        result = measure(model, args.batch_size, args.duration)
     print(json.dumps(result.to_dict()))
-    return command.OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return OK
