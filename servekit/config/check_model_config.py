@@ -49,15 +49,15 @@ def check_keys(config: Mapping[str, Any], locate: Locate, prefix: str = "") -> l
             code, why, fix = problem
             findings.append(
                 Finding(
-                    ERROR,
-                    code,
-                    where.file,
-                    where.line,
-                    prefix + key.name,
-                    show(value),
-                    key.allowed(),
-                    fix,
-                    why,
+                    severity=ERROR,
+                    code=code,
+                    file=where.file,
+                    line=where.line,
+                    key=prefix + key.name,
+                    value=show(value),
+                    expected=key.allowed(),
+                    fix=fix,
+                    problem=why,
                 )
             )
         elif key.name == "torchrun":
@@ -146,15 +146,15 @@ def _check_torchrun(section: Mapping[str, Any], locate: Locate, prefix: str) -> 
             code, why, fix = problem
             findings.append(
                 Finding(
-                    ERROR,
-                    code,
-                    where.file,
-                    where.line,
-                    f"{prefix}torchrun.{name}",
-                    show(value),
-                    key.allowed(),
-                    fix,
-                    why,
+                    severity=ERROR,
+                    code=code,
+                    file=where.file,
+                    line=where.line,
+                    key=f"{prefix}torchrun.{name}",
+                    value=show(value),
+                    expected=key.allowed(),
+                    fix=fix,
+                    problem=why,
                 )
             )
     return findings
@@ -164,15 +164,15 @@ def _unknown(name: str, value: Any, where: Where, prefix: str, known: Mapping[st
     close = did_you_mean(name, known)
     fix = f"did you mean '{close}'?" if close else "remove it; see docs/config-keys.md"
     return Finding(
-        ERROR,
-        "unknown-key",
-        where.file,
-        where.line,
-        prefix + name,
-        show(value),
-        "a key TorchServe 0.12 reads",
-        fix,
-        "unknown key: TorchServe ignores it silently",
+        severity=ERROR,
+        code="unknown-key",
+        file=where.file,
+        line=where.line,
+        key=prefix + name,
+        value=show(value),
+        expected="a key TorchServe 0.12 reads",
+        fix=fix,
+        problem="unknown key: TorchServe ignores it silently",
     )
 
 
@@ -192,7 +192,17 @@ def check_effective(
     ) -> Finding:
         where = locate(key) if key in config or not near else locate(near)
         value = show(config[key]) if key in config else "(unset)"
-        return Finding(sev, code, where.file, where.line, prefix + key, value, expected, fix, why)
+        return Finding(
+            severity=sev,
+            code=code,
+            file=where.file,
+            line=where.line,
+            key=prefix + key,
+            value=value,
+            expected=expected,
+            fix=fix,
+            problem=why,
+        )
 
     findings = []
     low, high = get("minWorkers"), get("maxWorkers")

@@ -92,15 +92,15 @@ def _log_config(
         if path is not None and not is_file(base / path):
             return [
                 Finding(
-                    ERROR,
-                    "missing-file",
-                    label,
-                    lines.get("vmargs"),
-                    "vmargs",
-                    word,
-                    f"a log4j2 config file (relative paths from {base.name or '.'}/)",
-                    "fix the path, or remove the option to keep TorchServe's default logging",
-                    f"{base / path} does not exist: log4j would log errors to the console "
+                    severity=ERROR,
+                    code="missing-file",
+                    file=label,
+                    line=lines.get("vmargs"),
+                    key="vmargs",
+                    value=word,
+                    expected=f"a log4j2 config file (relative paths from {base.name or '.'}/)",
+                    fix="fix the path, or remove the option to keep TorchServe's default logging",
+                    problem=f"{base / path} does not exist: log4j would log errors to the console "
                     "only, with no ts_log.log, access or metrics logs",
                 )
             ]
@@ -114,15 +114,15 @@ def _check_entry(label: str, entry: Entry) -> list[Finding]:
     if key.internal:
         return [
             Finding(
-                WARNING,
-                "internal-key",
-                label,
-                entry.line,
-                entry.key,
-                show(entry.value),
-                "no value: TorchServe sets this key itself",
-                f"remove '{entry.key}'",
-                f"{key.meaning}; a value here is overwritten or misleads",
+                severity=WARNING,
+                code="internal-key",
+                file=label,
+                line=entry.line,
+                key=entry.key,
+                value=show(entry.value),
+                expected="no value: TorchServe sets this key itself",
+                fix=f"remove '{entry.key}'",
+                problem=f"{key.meaning}; a value here is overwritten or misleads",
             )
         ]
     if key.kind == schema.JSON_MODELS:
@@ -133,7 +133,15 @@ def _check_entry(label: str, entry: Entry) -> list[Finding]:
     code, text, fix = problem
     return [
         Finding(
-            ERROR, code, label, entry.line, entry.key, show(entry.value), key.allowed(), fix, text
+            severity=ERROR,
+            code=code,
+            file=label,
+            line=entry.line,
+            key=entry.key,
+            value=show(entry.value),
+            expected=key.allowed(),
+            fix=fix,
+            problem=text,
         )
     ]
 
@@ -242,15 +250,15 @@ def _resolve(label: str, entry: Entry) -> tuple[str, list[Finding]]:
     if missing:
         return entry.value, [
             Finding(
-                ERROR,
-                "unresolved-variable",
-                label,
-                entry.line,
-                entry.key,
-                show(entry.value),
-                f"environment variable {missing[0]} to be set",
-                f"export {missing[0]}=... before starting TorchServe, or write the value",
-                f"$${missing[0]}$$ is not set: TorchServe fails at start "
+                severity=ERROR,
+                code="unresolved-variable",
+                file=label,
+                line=entry.line,
+                key=entry.key,
+                value=show(entry.value),
+                expected=f"environment variable {missing[0]} to be set",
+                fix=f"export {missing[0]}=... before starting TorchServe, or write the value",
+                problem=f"$${missing[0]}$$ is not set: TorchServe fails at start "
                 f"('Invalid Environment Variable {missing[0]}')",
             )
         ]
@@ -266,36 +274,46 @@ def _unknown(label: str, entry: Entry) -> Finding:
     else:
         fix = "remove it, or see docs/config-keys.md for the keys TorchServe reads"
     return Finding(
-        ERROR,
-        "unknown-key",
-        label,
-        entry.line,
-        entry.key,
-        show(entry.value),
-        "a key TorchServe 0.12 reads",
-        fix,
-        "unknown key: TorchServe ignores it silently",
+        severity=ERROR,
+        code="unknown-key",
+        file=label,
+        line=entry.line,
+        key=entry.key,
+        value=show(entry.value),
+        expected="a key TorchServe 0.12 reads",
+        fix=fix,
+        problem="unknown key: TorchServe ignores it silently",
     )
 
 
 def _duplicate(label: str, entry: Entry, first: int) -> Finding:
     return Finding(
-        WARNING,
-        "duplicate-key",
-        label,
-        entry.line,
-        entry.key,
-        show(entry.value),
-        "each key once",
-        f"remove one of the two (line {first} and line {entry.line})",
-        f"also set on line {first}; the last one wins",
+        severity=WARNING,
+        code="duplicate-key",
+        file=label,
+        line=entry.line,
+        key=entry.key,
+        value=show(entry.value),
+        expected="each key once",
+        fix=f"remove one of the two (line {first} and line {entry.line})",
+        problem=f"also set on line {first}; the last one wins",
     )
 
 
 # ----- models= JSON -------------------------------------------------------------------------
 def _check_models(label: str, entry: Entry) -> list[Finding]:
     def finding(code: str, key: str, value: Any, expected: str, fix: str, problem: str) -> Finding:
-        return Finding(ERROR, code, label, entry.line, key, show(value), expected, fix, problem)
+        return Finding(
+            severity=ERROR,
+            code=code,
+            file=label,
+            line=entry.line,
+            key=key,
+            value=show(value),
+            expected=expected,
+            fix=fix,
+            problem=problem,
+        )
 
     try:
         models = json.loads(entry.value)
@@ -390,7 +408,17 @@ def _security(label: str, values: Mapping[str, str], lines: Mapping[str, int]) -
 
     def finding(sev: str, code: str, key: str, expected: str, fix: str, why: str) -> Finding:
         value = show(values[key]) if key in values else f"(unset: {get(key)})"
-        return Finding(sev, code, label, lines.get(key), key, value, expected, fix, why)
+        return Finding(
+            severity=sev,
+            code=code,
+            file=label,
+            line=lines.get(key),
+            key=key,
+            value=value,
+            expected=expected,
+            fix=fix,
+            problem=why,
+        )
 
     findings = []
     tokens_off = get("disable_token_authorization").lower() == "true"

@@ -7,38 +7,28 @@ import datetime
 import difflib
 import json
 import math
-import reprlib
 from collections.abc import Iterable
 from typing import Any
 
 from servekit.config.limits import MAX_INT_BITS
+from servekit.runtime.decoding import brief
 
 ERROR = "error"
 WARNING = "warning"
 MAX_SHOWN = 200  # characters of a value or key a finding repeats; the file holds the rest
 
 
-class _Short(reprlib.Repr):
-    """``reprlib.Repr`` that never converts a huge int to text (Python refuses to)."""
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > MAX_INT_BITS:
-            return f"(an integer of {x.bit_length()} bits)"
-        return super().repr_int(x, level)
-
-
-_SHORT = _Short()
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 4, 20, 20, MAX_SHOWN
-_SHORT.maxother = _SHORT.maxlong = MAX_SHOWN
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Finding:
     """One problem in one file: where, which key, what it is, what is expected, how to fix it.
 
-    >>> Finding(ERROR, "unknown-key", "model-config.yml", 3, "maxBatchdelay", "50",
-    ...         "a key TorchServe reads", "rename it to 'maxBatchDelay'",
-    ...         "unknown key: TorchServe ignores it silently").text()
+    Built with keywords only: seven of its fields are strings, and a swapped pair would
+    type-check.
+
+    >>> Finding(severity=ERROR, code="unknown-key", file="model-config.yml", line=3,
+    ...         key="maxBatchdelay", value="50", expected="a key TorchServe reads",
+    ...         fix="rename it to 'maxBatchDelay'",
+    ...         problem="unknown key: TorchServe ignores it silently").text()
     "model-config.yml:3: error: maxBatchdelay=50: unknown key: TorchServe ignores it silently; \
 expected a key TorchServe reads; fix: rename it to 'maxBatchDelay' [unknown-key]"
     """
@@ -67,28 +57,23 @@ expected a key TorchServe reads; fix: rename it to 'maxBatchDelay' [unknown-key]
 
 def malformed(file: str, line: int | None, expected: str, fix: str, why: str) -> Finding:
     """The one finding for a file that cannot be read at all."""
-    return Finding(ERROR, "malformed-file", file, line, "(file)", "", expected, fix, why)
+    return Finding(
+        severity=ERROR,
+        code="malformed-file",
+        file=file,
+        line=line,
+        key="(file)",
+        value="",
+        expected=expected,
+        fix=fix,
+        problem=why,
+    )
 
 
 def show(value: Any) -> str:
-    """A value as the user wrote it: YAML scalars keep their quotes so types are visible.
-
-    Long values are cut and deep ones elided, so a finding stays one readable line.
-    """
-    if isinstance(value, str):
-        if not value or value != value.strip() or value.isdigit():
-            return _SHORT.repr(value)
-        return value if len(value) <= MAX_SHOWN else f"{value[:MAX_SHOWN]}... ({len(value)} chars)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple, dict, set, frozenset)):
-        return _SHORT.repr(value)
-    if isinstance(value, int):
-        return _SHORT.repr(value)
-    text = str(value)
-    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} chars)"
+    """``brief`` as findings use it: a value as the user wrote it (YAML scalars keep their
+    quotes so types are visible), cut at ``MAX_SHOWN`` characters, so a finding stays one line."""
+    return brief(value, MAX_SHOWN, written=True, length=True)
 
 
 def key_text(key: Any) -> str:

@@ -11,6 +11,7 @@ mistyped and out-of-range options as findings.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Callable, Mapping
@@ -93,15 +94,15 @@ def check_options(
         fix = f"did you mean '{close}'?" if close else f"remove it; {owner} declares: {expected}"
         findings.append(
             Finding(
-                ERROR,
-                "undeclared-option",
-                file,
-                line,
-                f"handler.{name}",
-                show(value),
-                f"an option {owner} declares",
-                fix,
-                f"{owner} does not declare this option: initialize fails",
+                severity=ERROR,
+                code="undeclared-option",
+                file=file,
+                line=line,
+                key=f"handler.{name}",
+                value=show(value),
+                expected=f"an option {owner} declares",
+                fix=fix,
+                problem=f"{owner} does not declare this option: initialize fails",
             )
         )
     try:
@@ -112,15 +113,15 @@ def check_options(
         file, line = where(culprit or "")
         findings.append(
             Finding(
-                ERROR,
-                "bad-option",
-                file,
-                line,
-                f"handler.{culprit or '?'}",
-                show(known.get(culprit)) if culprit else "",
-                f"options as {owner} declares them ({expected})",
-                "fix the value as the message says",
-                f"initialize would fail: {why}",
+                severity=ERROR,
+                code="bad-option",
+                file=file,
+                line=line,
+                key=f"handler.{culprit or '?'}",
+                value=show(known.get(culprit)) if culprit else "",
+                expected=f"options as {owner} declares them ({expected})",
+                fix="fix the value as the message says",
+                problem=f"initialize would fail: {why}",
             )
         )
     return findings
@@ -140,13 +141,16 @@ def _named(message: str, known: Mapping[str, Any]) -> str | None:
 
 
 def _import(path: Path, root: Path) -> ModuleType:
+    """The handler's module, with the project's ``handlers`` package importable (as in every
+    archive): ``handlers.<name>`` for a file of it, else the file alone. ``sys.path`` is left
+    as it is."""
+    if (root / "handlers").is_dir():
+        _project_handlers(root)
     try:
         relative = path.relative_to(root)
     except ValueError:
         relative = None
     if relative is not None and relative.parts[0] == "handlers" and len(relative.parts) == 2:
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
         return importlib.import_module(f"handlers.{path.stem}")
     spec = importlib.util.spec_from_file_location(f"_handler_{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -154,3 +158,27 @@ def _import(path: Path, root: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _project_handlers(root: Path) -> None:
+    """Import ``root/handlers`` as the package ``handlers``, found there, not on ``sys.path``."""
+    package = root / "handlers"
+    loaded = sys.modules.get("handlers")
+    if loaded is not None:
+        if any(Path(p).resolve() == package for p in getattr(loaded, "__path__", [])):
+            return
+        raise ConfigError(
+            f"{package}: another 'handlers' package is already imported in this process "
+            f"({list(getattr(loaded, '__path__', []))}); validate each project on its own"
+        )
+    spec = importlib.machinery.PathFinder.find_spec("handlers", [str(root)])
+    if spec is None:
+        raise ConfigError(f"{package}: not an importable Python package")
+    module = importlib.util.module_from_spec(spec)  # a namespace package gets its loader here
+    sys.modules["handlers"] = module
+    try:
+        if spec.loader is not None:
+            spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["handlers"]
+        raise

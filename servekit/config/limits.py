@@ -10,11 +10,12 @@ import stat
 from pathlib import Path
 
 from servekit.errors import ConfigError
+from servekit.runtime.decoding import MAX_INT_DIGITS
 
 MAX_CONFIG_BYTES = 1 << 20  # config.properties, model-config.yml, specs: a few KB in practice
-MAX_INT_DIGITS = 4000  # Python refuses to convert more than 4300 digits to or from text
-# Any int of at most this many bits prints in at most 4,001 digits: str() never raises.
-MAX_INT_BITS = math.ceil(MAX_INT_DIGITS * math.log2(10))
+# The largest integer a config may hold: any int of at most this many bits prints in at most
+# MAX_INT_DIGITS digits, so str() never raises (14,284 bits, 4,300 digits).
+MAX_INT_BITS = math.floor(MAX_INT_DIGITS * math.log2(10))
 
 
 def read_capped(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:

@@ -1,20 +1,33 @@
-"""Render the schema (``servekit.config.schema``) and finding codes as ``docs/config-keys.md``."""
+"""Render the schema (``servekit.config.schema``) and finding codes as ``docs/config-keys.md``.
+
+servekit config-docs                  # print it
+servekit config-docs --write          # rewrite the project's docs/config-keys.md
+servekit config-docs --out FILE       # write FILE instead
+servekit config-docs --check          # exit 1 when the written file is out of date
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from servekit.config import schema
-from servekit.config.findings import CODES
+from servekit.config.findings import CODES, printable
 from servekit.config.schema import Key
+from servekit.errors import ToolkitError
+from servekit.project import add_argument, from_args
+
+DOCS = Path("docs", "config-keys.md")
 
 HEADER = """\
 # TorchServe 0.12 config keys
 
-Generated from `servekit/config/schema.py` by `make config-docs`; do not edit by hand
-(a test fails when this file is out of date). Each key was read from the 0.12.0
+Generated from `servekit/config/schema.py` by `servekit config-docs --write`; do not edit
+by hand (a test fails when this file is out of date). Each key was read from the 0.12.0
 source: `ConfigManager.java`, `ModelConfig.java`, `ModelManager.java`, `ts/model_server.py`.
-`scripts/validate_config.py` checks every file against these tables.
+`servekit validate` checks every file against these tables.
 """
 
 INTROS = {
@@ -25,7 +38,8 @@ INTROS = {
     schema.MODEL_CONFIG_FILE: 'Typed YAML values: a wrong type (`"4"`, `50.0`) logs a WARN and '
     "keeps the default. Other sections reach the handler as `context.model_yaml_config`.",
     schema.TORCHRUN: "Keys of the `torchrun:` section of model-config.yml.",
-    schema.SPEC_FILE: "The toolkit's model specs, read by `make archive`.",
+    schema.SPEC_FILE: "The toolkit's model specs, read by `servekit archive`; their paths are "
+    "relative to the project.",
 }
 
 
@@ -58,3 +72,45 @@ def _text(value: object) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="servekit config-docs",
+        description="Render the config key reference (docs/config-keys.md) from the schema.",
+        epilog="Exit codes: 0 ok, 1 --check found the file out of date, 2 usage error.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help=f"rewrite the project's {DOCS}")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE", help=f"the file to write or check (default: {DOCS})"
+    )
+    add_argument(parser)
+    args = parser.parse_args(argv)
+    if args.out is not None and not (args.write or args.check):
+        parser.error("--out needs --write or --check")
+    text = render()
+    if not (args.write or args.check):
+        print(text, end="")
+        return 0
+    try:
+        target = args.out or from_args(args).root / DOCS
+    except ToolkitError as err:
+        print(f"servekit config-docs: {printable(str(err))}", file=sys.stderr)
+        return 2
+    if args.check:
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            print(f"{target} is out of date: run servekit config-docs --write", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as err:
+        print(
+            f"servekit config-docs: cannot write {target}: {err.strerror or err}", file=sys.stderr
+        )
+        return 2
+    print(f"wrote {target}")
+    return 0

@@ -1,10 +1,26 @@
-"""Validate TorchServe config files before the server sees them.
+"""Validate TorchServe config files before the server sees them (``servekit validate``).
 
 TorchServe 0.12 ignores unknown keys, keeps defaults on wrong types with a log
 line, and ships insecure defaults. ``validate_paths`` reads ``.properties``
 files, ``model-config.yml`` files and model specs (``config/<model>.yml``) and
 returns one ``Finding`` per problem, each naming file, line, key, value, what is
 expected and a fix.
+
+    servekit validate                        # the project: config.properties, model-config.yml,
+                                             # config/*.yml (here, or --project DIR)
+    servekit validate --json config.properties
+    servekit validate --import-handlers config/iris.yml    # imports, so runs, the handler
+
+A spec's handler file is read, never run: its options class is found in its source.
+``--import-handlers`` imports the handler instead, which runs its code: use it only on
+handlers you trust, for options declared in ways reading cannot follow (the validator then
+warns ``options-unchecked``). Every file gets findings or a clean error, whatever it holds:
+files over 1 MiB, YAML alias bombs and recursive aliases, nesting deeper than 64 levels, more
+than 100,000 values, integers over 14,284 bits (4,300 digits; in any YAML form) and regexes too
+costly to compile or match are reported, not loaded. A spec's paths are relative to the project.
+
+Prints one line per finding: file, line, key, value, what is wrong, what is expected and the
+fix. Exit codes: 0 no error (warnings allowed), 1 at least one error, 2 usage error.
 
     >>> findings = validate_paths([Path("config.properties")], Path("."))  # doctest: +SKIP
     >>> [f.text() for f in findings]                                      # doctest: +SKIP
@@ -13,8 +29,12 @@ expected and a fix.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import logging
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,13 +51,15 @@ from servekit.config.findings import (
     Finding,
     did_you_mean,
     malformed,
+    printable,
     show,
 )
 from servekit.config.handler_options import check_options, declared_options
 from servekit.config.handler_source import Unresolved
-from servekit.config.limits import is_file, read_capped
+from servekit.config.limits import is_file, not_a_file, read_capped
 from servekit.config.yamlpos import YamlDoc, YamlTooComplex, YamlTooLarge, load_yaml
-from servekit.errors import ConfigError
+from servekit.errors import ConfigError, ToolkitError
+from servekit.project import Project, add_argument, from_args
 from servekit.runtime.options import HandlerOptions
 
 PROPERTIES_SUFFIXES = (".properties",)
@@ -139,15 +161,15 @@ def _load(path: Path, findings: list[Finding]) -> Loaded | None:
     for key_path, line in doc.duplicates:
         findings.append(
             Finding(
-                WARNING,
-                "duplicate-key",
-                label,
-                line,
-                ".".join(key_path),
-                "",
-                "each key once",
-                "remove one of them",
-                "written twice; the last one wins",
+                severity=WARNING,
+                code="duplicate-key",
+                file=label,
+                line=line,
+                key=".".join(key_path),
+                value="",
+                expected="each key once",
+                fix="remove one of them",
+                problem="written twice; the last one wins",
             )
         )
     findings += [_odd_key(label, *odd) for odd in doc.odd_keys]
@@ -159,15 +181,15 @@ def _odd_key(label: str, path: tuple[str, ...], line: int, kind: str) -> Finding
     written = path[-1] if len(path[-1]) <= MAX_SHOWN else f"{path[-1][:MAX_SHOWN]}..."
     key = ".".join((*path[:-1], written))
     return Finding(
-        ERROR,
-        "wrong-type",
-        label,
-        line,
-        key,
-        "",
-        "a string key",
-        f'quote it ("{written}": ...) if it is meant as a name, or remove it',
-        f"a YAML {kind} key, not a string: no TorchServe setting or handler option has it",
+        severity=ERROR,
+        code="wrong-type",
+        file=label,
+        line=line,
+        key=key,
+        value="",
+        expected="a string key",
+        fix=f'quote it ("{written}": ...) if it is meant as a name, or remove it',
+        problem=f"a YAML {kind} key, not a string: no TorchServe setting or handler option has it",
     )
 
 
@@ -198,15 +220,15 @@ def _queue_size(text: str | None, current: int) -> int:
 
 def _not_a_mapping(doc: Loaded) -> Finding:
     return Finding(
-        ERROR,
-        "wrong-type",
-        doc.label,
-        doc.doc.line(),
-        "(file)",
-        show(doc.doc.data),
-        "a mapping of 'key: value' lines",
-        "write one 'key: value' per line",
-        f"the file is a {type(doc.doc.data).__name__}, not a mapping",
+        severity=ERROR,
+        code="wrong-type",
+        file=doc.label,
+        line=doc.doc.line(),
+        key="(file)",
+        value=show(doc.doc.data),
+        expected="a mapping of 'key: value' lines",
+        fix="write one 'key: value' per line",
+        problem=f"the file is a {type(doc.doc.data).__name__}, not a mapping",
     )
 
 
@@ -257,7 +279,17 @@ def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
 
     def finding(code: str, key: str, expected: str, fix: str, why: str) -> Finding:
         value = show(data[key]) if key in data else "(unset)"
-        return Finding(ERROR, code, doc.label, doc.doc.line(key), key, value, expected, fix, why)
+        return Finding(
+            severity=ERROR,
+            code=code,
+            file=doc.label,
+            line=doc.doc.line(key),
+            key=key,
+            value=value,
+            expected=expected,
+            fix=fix,
+            problem=why,
+        )
 
     for key in _string_keys(data):
         if key not in schema.SPEC:
@@ -320,15 +352,15 @@ def _spec_files(doc: Loaded, root: Path) -> list[Finding]:
     if not isinstance(extra, list):
         return [
             Finding(
-                ERROR,
-                "wrong-type",
-                doc.label,
-                doc.doc.line("extra_files"),
-                "extra_files",
-                show(extra),
-                "a list of paths",
-                "write one '- path' line per file",
-                "not a list",
+                severity=ERROR,
+                code="wrong-type",
+                file=doc.label,
+                line=doc.doc.line("extra_files"),
+                key="extra_files",
+                value=show(extra),
+                expected="a list of paths",
+                fix="write one '- path' line per file",
+                problem="not a list",
             )
         ]
     listed += [
@@ -339,15 +371,15 @@ def _spec_files(doc: Loaded, root: Path) -> list[Finding]:
         if not isinstance(value, str) or not is_file(root / value):
             findings.append(
                 Finding(
-                    ERROR,
-                    "missing-file",
-                    doc.label,
-                    line,
-                    key,
-                    show(value),
-                    "a file path relative to the repository",
-                    "fix the path or add the file",
-                    "no such file: make archive fails",
+                    severity=ERROR,
+                    code="missing-file",
+                    file=doc.label,
+                    line=line,
+                    key=key,
+                    value=show(value),
+                    expected="a file path relative to the repository",
+                    fix="fix the path or add the file",
+                    problem="no such file: make archive fails",
                 )
             )
     return findings
@@ -369,7 +401,15 @@ def _spec_options(
         sev: str, code: str, key: str, value: Any, expected: str, fix: str, why: str
     ) -> Finding:
         return Finding(
-            sev, code, doc.label, doc.doc.line(key), key, show(value), expected, fix, why
+            severity=sev,
+            code=code,
+            file=doc.label,
+            line=doc.doc.line(key),
+            key=key,
+            value=show(value),
+            expected=expected,
+            fix=fix,
+            problem=why,
         )
 
     try:
@@ -410,15 +450,15 @@ def _spec_options(
             return []
         return [
             Finding(
-                ERROR,
-                "undeclared-option",
-                doc.label,
-                doc.doc.line("handler_options"),
-                "handler_options",
-                show(own),
-                "no options: the handler declares none",
-                "remove handler_options or give the handler an options_class",
-                "the handler declares no options_class",
+                severity=ERROR,
+                code="undeclared-option",
+                file=doc.label,
+                line=doc.doc.line("handler_options"),
+                key="handler_options",
+                value=show(own),
+                expected="no options: the handler declares none",
+                fix="remove handler_options or give the handler an options_class",
+                problem="the handler declares no options_class",
             )
         ]
 
@@ -428,3 +468,65 @@ def _spec_options(
         return defaults.label, defaults.doc.line("handler", key)
 
     return check_options(options, section, where, handler)
+
+
+# ----- servekit validate --------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="servekit validate",
+        description="Check config.properties, model-config.yml and model specs before "
+        "TorchServe sees them.",
+        epilog="Exit codes: 0 no error (warnings allowed), 1 an error found, 2 usage error.",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help=".properties, .yml or .yaml files (default: the project's config.properties, "
+        "model-config.yml and config/*.yml)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument(
+        "--import-handlers",
+        action="store_true",
+        help="import each spec's handler to find its options (RUNS ITS CODE; default: read it)",
+    )
+    add_argument(parser)
+    args = parser.parse_args(argv)
+    try:  # named files need no project unless --project names one: specs resolve against cwd
+        project = from_args(args, check=not args.paths or args.project is not None)
+    except ToolkitError as err:
+        print(f"servekit validate: {printable(str(err))}", file=sys.stderr)
+        return 2
+    paths = list(args.paths) or project_files(project)
+    for path in paths:
+        if path.suffix not in PROPERTIES_SUFFIXES + YAML_SUFFIXES:
+            parser.error(f"{printable(str(path))}: not a .properties, .yml or .yaml file")
+        if (why := not_a_file(path)) is not None:
+            parser.error(f"{printable(str(path))}: {why}")
+    # Keys and values may hold lone surrogates or bytes that are not UTF-8: escape, never fail.
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    # Importing TorchServe's base handler logs optional-backend notices; they are not findings.
+    logging.getLogger("ts").setLevel(logging.ERROR)
+    findings = validate_paths(paths, project.root, args.import_handlers)
+    if args.json:
+        report = {"ok": not has_errors(findings), "findings": [f.as_dict() for f in findings]}
+        print(json.dumps(report, indent=2))
+    else:
+        for finding in findings:
+            print(finding.text())
+        errors = sum(f.severity == ERROR for f in findings)
+        print(f"{len(paths)} file(s): {errors} error(s), {len(findings) - errors} warning(s)")
+    return 1 if has_errors(findings) else 0
+
+
+def project_files(project: Project) -> list[Path]:
+    """What ``servekit validate`` checks by default, named as the user would from here."""
+    files = [project.properties, project.model_config, *project.specs()]
+    return [_from_here(p) for p in files if p.exists()]
+
+
+def _from_here(path: Path) -> Path:
+    cwd = Path.cwd()
+    return path.relative_to(cwd) if path.is_relative_to(cwd) else path

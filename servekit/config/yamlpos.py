@@ -29,7 +29,8 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent
 
-from servekit.config.limits import MAX_INT_BITS, MAX_INT_DIGITS
+from servekit.config.limits import MAX_INT_BITS
+from servekit.runtime.decoding import MAX_INT_DIGITS
 
 Path_ = tuple[str, ...]
 MAX_DEPTH = 64  # TorchServe's own configs nest three levels

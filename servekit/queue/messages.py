@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from servekit.errors import ToolkitError
+from servekit.runtime.decoding import brief
 
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "servekit"
@@ -140,11 +141,8 @@ def attempts_key(prefix: str, request_id: str) -> str:
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters: errors name a bad value, not echo it all."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+    """``brief`` as the bridge's errors use it: the repr cut to ``limit``, its length said."""
+    return brief(value, limit, length=True)
 
 
 def header_text(text: str, limit: int) -> str:

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import math
+import reprlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,11 +28,16 @@ BASE64_KEYS = ("b64", "base64")
 MAX_JSON_DEPTH = 64
 """Arrays and objects nested deeper than this are refused (no model input needs more)."""
 MAX_INT_DIGITS = 4300
-"""Longer JSON integer literals are refused (Python's own default limit for ``int(str)``)."""
+"""The most digits of an integer the toolkit converts to or from text, anywhere: Python's own
+default limit (``sys.get_int_max_str_digits``). Longer JSON integer literals are refused, and
+config files refuse integers that long in any form (``servekit.config.limits.MAX_INT_BITS``)."""
+BRIEF_CHARS = 40
+"""What ``brief`` keeps of a value by default: a request error names a bad value, not echo it."""
 _RAW_BINARY_TYPES = ("image/", "application/octet-stream", "audio/", "video/")
 _WHITESPACE = b" \t\r\n\x0b\x0c"  # what line-wrapped base64 (the `base64` tool: 76 columns) holds
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_BRIEF = 40
+_BRIEF = BRIEF_CHARS
+_EXACT_DIGITS_BITS = 4096  # up to here counting an integer's digits is cheap; beyond, estimated
 
 # A JSON location as a linked list (parent, key), rendered only when an error names it.
 _Where = tuple["_Where", str | int] | None
@@ -126,21 +132,81 @@ def select_payload(
     return Payload(value=value, field=str(name))
 
 
-def brief(value: Any) -> str:
-    """``repr(value)`` cut to a few dozen characters, for error messages that echo input."""
+def brief(
+    value: Any, limit: int = BRIEF_CHARS, *, written: bool = False, length: bool = False
+) -> str:
+    """``value`` shortened for a message that names it: the one way the toolkit echoes an
+    untrusted value (request errors, queue messages, config findings), in bounded time and length.
+
+    An integer of more than 128 bits says how many digits it has; a list or dict is shown elided
+    (20 items, 4 levels) or, when that does not fit in ``limit``, says how many items it holds;
+    other text longer than ``limit`` is cut to ``limit`` characters ending in ``...``.
+
+    ``written=True`` shows a config value as its file writes it: a string bare unless quotes
+    show its type (empty, padded, all digits), ``true``, ``false``, ``null``; otherwise the
+    value's Python repr, as a request or queue message held it. ``length=True`` says after
+    the cut how long the whole text was: ``'xx... (1002 characters)'``.
+
+    >>> brief(10**400), brief(10**5000)
+    ('an integer of 401 digits', 'an integer of about 5000 digits')
+    >>> brief("x" * 50), brief("x" * 50, 10, length=True)
+    ("'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...", "'xxxxxx... (52 characters)")
+    >>> brief([1] * 100), brief(" 4", written=True), brief("four", written=True)
+    ('a JSON array of 100 items', "' 4'", 'four')
+    """
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of {_digits(value)} digits"
-    if isinstance(value, (list, dict)):
-        return f"a JSON {'array' if isinstance(value, list) else 'object'} of {len(value)} items"
-    text = repr(value)
-    return text if len(text) <= _BRIEF else f"{text[: _BRIEF - 3]}..."
+        return _huge_int(value)
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        text = _ELIDED.repr(value)
+        return text if len(text) <= limit else _items(value, written)
+    text = _as_written(value) if written else repr(value)
+    return cut(text, limit, length)
 
 
-def _digits(value: int) -> str:
-    try:
-        return str(len(str(abs(value))))
-    except ValueError:  # beyond sys.get_int_max_str_digits(): JSON cannot have sent it
-        return f"about {int(value.bit_length() * math.log10(2))}"
+def cut(text: str, limit: int = BRIEF_CHARS, length: bool = False) -> str:
+    """``text`` when it fits in ``limit``, else its first ``limit`` characters ending in ``...``
+    (and, with ``length``, how long it was): how ``brief`` cuts, for text already rendered."""
+    if len(text) <= limit:
+        return text
+    shortened = f"{text[: max(limit - 3, 1)]}..."
+    return f"{shortened} ({len(text)} characters)" if length else shortened
+
+
+def _huge_int(value: int) -> str:
+    bits = value.bit_length()
+    if bits <= _EXACT_DIGITS_BITS:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return f"an integer of about {int(bits * math.log10(2))} digits"
+
+
+def _as_written(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if not value or value != value.strip() or value.isdigit() else value
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _items(value: Any, written: bool) -> str:
+    kinds: dict[type, str] = {list: "array", dict: "object"}
+    if written:
+        kinds = {list: "list", dict: "mapping"}
+    kind = next((name for t, name in kinds.items() if isinstance(value, t)), None)
+    named = (kind if written else f"JSON {kind}") if kind else type(value).__name__
+    return f"a {named} of {len(value)} items"
+
+
+class _Elided(reprlib.Repr):
+    """``reprlib.Repr`` that names a huge int instead of converting it (Python refuses to)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        return _huge_int(x) if x.bit_length() > 128 else super().repr_int(x, level)
+
+
+_ELIDED = _Elided()
+_ELIDED.maxlevel, _ELIDED.maxlist, _ELIDED.maxdict, _ELIDED.maxtuple = 4, 20, 20, 20
+_ELIDED.maxset = _ELIDED.maxfrozenset = 20
+_ELIDED.maxstring = _ELIDED.maxother = _ELIDED.maxlong = 80
 
 
 def brief_list(names: list[str], limit: int = 10) -> str:

@@ -53,7 +53,7 @@ HOSTILE_SCALARS = [
     # found by the second review: integer forms whose digits are not 0-9, and regex bombs
     "0x" + "f" * 3600,
     ":".join(["1"] * 3000),
-    "0b" + "1" * 14000,
+    "0b" + "1" * 15000,
     "(?:" * 14 + "a" + "){2}" * 14,
     ",".join(["https?://(?:.*?){7}[0-9]"] * 30),
 ]

@@ -10,9 +10,10 @@ import pytest
 
 from servekit.config import schema
 from servekit.config.findings import CODES
-from servekit.config.properties import parse_properties
+from servekit.config.properties import parse_properties, property_values
 from servekit.config.schema_docs import render
 from servekit.errors import ConfigError
+from servekit.serve.server import read_properties
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -21,7 +22,7 @@ def test_committed_docs_are_up_to_date() -> None:
     committed = (ROOT / "docs" / "config-keys.md").read_text()
     assert committed == render(), "run `make config-docs` and commit docs/config-keys.md"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"],
+        [sys.executable, "-m", "servekit.cli", "config-docs", "--check", "--project", str(ROOT)],
         capture_output=True,
         text=True,
         check=False,
@@ -65,3 +66,15 @@ def test_properties_parse_like_java(text: str, entries: list[tuple[str, str, int
 def test_bad_unicode_escape_names_the_line() -> None:
     with pytest.raises(ConfigError, match=r"line 2: malformed \\uxxxx escape"):
         parse_properties("a=1\nb=\\u12zz\n")
+
+
+def test_the_server_reads_properties_with_the_validators_parser() -> None:
+    # Lines the old line-splitting reader got wrong: ':' and blank separators, continuations,
+    # escapes; a repeated key keeps its last value, as Java's Properties does.
+    text = "a : 1\nb 2\nvmargs=-Xmx1g \\\n  -Xss1m\nk\\=x=y\na=3\n"
+    expected = {"a": "3", "b": "2", "vmargs": "-Xmx1g -Xss1m", "k=x": "y"}
+    assert property_values(text) == read_properties(text) == expected
+    assert read_properties((ROOT / "config.properties").read_text(encoding="iso-8859-1")) == {
+        e.key: e.value
+        for e in parse_properties((ROOT / "config.properties").read_text(encoding="iso-8859-1"))
+    }

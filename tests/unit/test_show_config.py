@@ -1,4 +1,4 @@
-"""make show-config: each effective value of a model and the file it comes from."""
+"""servekit show-config: each effective value of a model and the file it comes from."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from pathlib import Path
 from servekit.config.specs import config_sources, effective_config, load_spec, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPT = ROOT / "scripts" / "show_config.py"
 
 
-def show(name: str) -> subprocess.CompletedProcess[str]:
+def show(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), name], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "servekit.cli", "show-config", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -42,6 +46,21 @@ def test_unknown_model_is_a_usage_error() -> None:
     done = show("nope")
     assert done.returncode == 2
     assert "no spec config/nope.yml (known: " in done.stderr
+
+
+def test_from_another_directory_with_project(tmp_path: Path) -> None:
+    here, there = show("iris"), show("iris", "--project", ROOT, cwd=tmp_path)
+    assert there.returncode == 0, there.stderr
+    assert there.stdout == here.stdout  # origins are relative to the project, wherever run
+
+
+def test_outside_a_project_is_a_clear_usage_error(tmp_path: Path) -> None:
+    done = show("iris", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"servekit show-config: {tmp_path} is not a servekit project (no config.properties): "
+        "run servekit in a project directory or pass --project DIR"
+    ]
 
 
 def test_sources_cover_exactly_the_effective_config() -> None:

@@ -1,4 +1,4 @@
-"""scripts/validate_config.py: exit codes, text and JSON output, the project's own configs."""
+"""servekit validate: exit codes, text and JSON output, the project's own configs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPT = ROOT / "scripts" / "validate_config.py"
+VALIDATE = [sys.executable, "-m", "servekit.cli", "validate"]
 PROJECT_CONFIGS = [
     ROOT / "config.properties",
     ROOT / "model-config.yml",
@@ -18,12 +18,12 @@ PROJECT_CONFIGS = [
 ]
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
+        [*VALIDATE, *map(str, args)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=120,
         check=False,
     )
@@ -34,6 +34,34 @@ def test_project_configs_validate_clean() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == [f"{len(PROJECT_CONFIGS)} file(s): 0 error(s), 0 warning(s)"]
     assert done.stderr == ""
+
+
+def test_no_files_validates_the_project_here_or_named(tmp_path: Path) -> None:
+    clean = [f"{len(PROJECT_CONFIGS)} file(s): 0 error(s), 0 warning(s)"]
+    assert run().stdout.splitlines() == clean
+    done = run("--project", ROOT, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.splitlines() == clean, done.stderr
+
+
+def test_no_files_outside_a_project_is_a_clear_usage_error(tmp_path: Path) -> None:
+    arguments: list[list[str | Path]] = [[], ["--project", tmp_path / "nope"]]
+    for args in arguments:
+        done = run(*args, cwd=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("servekit validate: ") and (
+            "--project DIR" in line or "nope" in line
+        )
+
+
+def test_a_project_default_finds_a_bad_spec(tmp_path: Path) -> None:
+    (tmp_path / "config.properties").write_text("job_queue_size=4\n")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "m.yml").write_text('name: m\nversion: "1.0"\nhandler: h.py\n')
+    done = run("--json", "--project", tmp_path)  # from another directory: paths are absolute
+    assert done.returncode == 1, done.stderr
+    codes = {(f["code"], f["file"]) for f in json.loads(done.stdout)["findings"]}
+    assert ("missing-file", str(tmp_path / "config" / "m.yml")) in codes
 
 
 def test_error_exits_1_and_names_file_line_key_and_fix(tmp_path: Path) -> None:
@@ -87,7 +115,6 @@ def test_json_clean_is_ok() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        [],
         ["--no-such-flag", "config.properties"],
         ["README.md"],
         ["does-not-exist.yml"],
@@ -127,7 +154,7 @@ NEVER_IMPORTED = ROOT / "tests" / "corpus" / "specs" / "spec_handler_never_impor
 def test_a_specs_handler_is_read_never_run(tmp_path: Path) -> None:
     # The handler writes a marker into the working directory and exits when imported.
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--json", str(NEVER_IMPORTED)],
+        [*VALIDATE, "--json", "--project", str(ROOT), str(NEVER_IMPORTED)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -143,7 +170,7 @@ def test_a_specs_handler_is_read_never_run(tmp_path: Path) -> None:
 
 def test_import_handlers_is_the_explicit_opt_in(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--import-handlers", "--json", str(NEVER_IMPORTED)],
+        [*VALIDATE, "--import-handlers", "--json", "--project", str(ROOT), str(NEVER_IMPORTED)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -195,13 +222,10 @@ def test_hostile_files_get_findings_within_bounded_memory(
     path = tmp_path / name
     path.write_text(HOSTILE[name], encoding="utf-8", errors="surrogatepass")
     limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
-    run_script = (
-        "import runpy, sys; sys.argv = sys.argv[1:]; "
-        "runpy.run_path(sys.argv[0], run_name='__main__')"
-    )
+    run_cli = "import runpy; runpy.run_module('servekit.cli', run_name='__main__')"
     flags = ["--json"] if as_json else []
     done = subprocess.run(
-        [sys.executable, "-c", limit + run_script, str(SCRIPT), *flags, str(path)],
+        [sys.executable, "-c", limit + run_cli, "validate", *flags, str(path)],
         capture_output=True,
         text=True,
         cwd=ROOT,
