@@ -1,5 +1,6 @@
-"""scripts/bench.py end to end: it starts its own TorchServe with iris, drives it, writes
-JSON and PNG. Smoke only: fields are checked for sense, never for speed."""
+"""``servekit bench`` and ``servekit profile`` end to end: each starts its own TorchServe with
+iris from the project (given with --project, run from another directory), drives it, writes
+JSON (and a PNG). Smoke only: fields are checked for sense, never for speed."""
 
 from __future__ import annotations
 
@@ -17,18 +18,24 @@ pytestmark = pytest.mark.e2e
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def servekit(name: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "servekit.cli", name, "--project", str(ROOT), *args]
+
+
 def test_bench_iris_writes_results_and_plot(model_store: Path, tmp_path: Path) -> None:
     out, plot = tmp_path / "iris.json", tmp_path / "iris.png"
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "iris",
+    command = servekit("bench", "--model", "iris",
                "--concurrency", "2", "--duration", "2", "--warmup", "0.5",
-               "--out", str(out), "--plot", str(plot)]  # fmt: skip
+               "--out", str(out), "--plot", str(plot))  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "c=2" in done.stdout
     assert done.stderr.count("\r") == 0  # no progress line when stderr is not a terminal
 
     document = json.loads(out.read_text())
-    assert document["command"].startswith("python scripts/bench.py --model iris")
+    assert document["command"].startswith(f"servekit bench --project {ROOT} --model iris")
+    assert document["machine"]["cpus"] == os.cpu_count()
+    assert document["machine"]["versions"]["torchserve"]
     assert document["server"]["kind"] == "torchserve"
     assert document["server"]["model"]["modelName"] == "iris"
     (run,) = document["runs"]
@@ -46,10 +53,10 @@ def test_bench_serves_the_model_with_the_batch_settings_asked_for(
     model_store: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "iris.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "iris",
+    command = servekit("bench", "--model", "iris",
                "--batch-size", "3", "--max-batch-delay", "7", "--workers", "2",
                "--concurrency", "6", "--duration", "2", "--warmup", "0.5",
-               "--out", str(out)]  # fmt: skip
+               "--out", str(out))  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     server = json.loads(out.read_text())["server"]
@@ -63,13 +70,12 @@ def test_bench_serves_the_model_with_the_batch_settings_asked_for(
 
 
 def test_bench_refuses_a_bad_batch_setting_before_starting_anything(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "iris",
-               "--batch-size", "0"]  # fmt: skip
+    command = servekit("bench", "--model", "iris", "--batch-size", "0")
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input, refused before a server starts
     assert "batch_size is 0; it must be an integer >= 1" in done.stderr
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--url",
-               "http://127.0.0.1:9/x", "--model", "iris", "--workers", "2"]  # fmt: skip
+    command = servekit("bench", "--url", "http://127.0.0.1:9/x", "--model", "iris",
+                       "--workers", "2")  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     assert "need --model and no --url" in done.stderr
@@ -79,13 +85,15 @@ def test_profile_splits_cpu_by_process_and_worker_time_by_stage(
     model_store: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "profile.json"
-    command = [sys.executable, str(ROOT / "scripts" / "profile_served.py"), "--model", "iris",
+    command = servekit("profile", "--model", "iris",
                "--batch-size", "4", "-c", "8", "--duration", "3", "--warmup", "1",
-               "--out", str(out)]  # fmt: skip
+               "--out", str(out))  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads(out.read_text())
     assert document["setting"] == {"batch_size": 4, "max_batch_delay": 10, "workers": 1}
+    assert document["command"].startswith("servekit profile --project")
+    assert document["machine"]["cpus"] == os.cpu_count()
     assert document["load"]["goodput_rps"] > 0 and document["load"]["errors"] == 0
     cpu = document["cpu_ms_per_request"]
     assert cpu["frontend (Java)"] > 0 and cpu["workers (Python)"] > 0

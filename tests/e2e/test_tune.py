@@ -1,4 +1,5 @@
-"""scripts/tune.py and scripts/bench_compare.py end to end on real TorchServe servers.
+"""``servekit tune`` and ``servekit compare`` end to end on real TorchServe servers, on the
+repository's project given with --project from another directory.
 
 Iris keeps the tuner's runs short; the figures are checked for sense and for what they
 claim (every setting tried, the winner written into the spec), never for speed.
@@ -25,8 +26,12 @@ SHORT = ["--max-concurrency", "8", "--level-seconds", "0.8", "--warmup", "0.2",
          "--setup-warmup", "0.3", "--server-warmup", "0.5"]  # fmt: skip
 
 
+def servekit(name: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "servekit.cli", name, "--project", str(ROOT), *args]
+
+
 def tune(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--model", "iris",
+    command = [*servekit("tune"), "--model", "iris",
                "--spec", str(tmp_path / "iris.yml"), "--out", str(tmp_path / "tune.json"),
                *SPACE, *SHORT, *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -46,7 +51,8 @@ def test_tune_climbs_runs_the_grid_and_writes_the_winner(
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     document = json.loads((tmp_path / "tune.json").read_text())
     assert (tmp_path / "tune.png").read_bytes().startswith(PNG_MAGIC)
-    assert document["command"].startswith("python scripts/tune.py --model iris")
+    assert document["command"].startswith(f"servekit tune --project {ROOT} --model iris")
+    assert document["machine"]["cpus"] == os.cpu_count()
 
     space = {(b, d, w) for b in (1, 8) for d in (2, 20) for w in (1, 2)}
     grid = [tuple(t["setting"].values()) for t in document["grid"]["trials"]]
@@ -113,7 +119,7 @@ def test_tune_with_an_objective_nothing_meets_writes_nothing(
     ],
 )
 def test_tune_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
-    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--model", "iris", *args]
+    command = servekit("tune", "--model", "iris", *args)
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr
@@ -121,9 +127,9 @@ def test_tune_refuses_bad_arguments(tmp_path: Path, args: list[str], message: st
 
 def test_compare_runs_every_system_with_the_same_client(model_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench_compare.py"), "--concurrency", "8",
-               "--batch-size", "4", "--duration", "3", "--warmup", "1",
-               "--out", str(out)]  # fmt: skip
+    command = servekit("compare", "--concurrency", "8",
+                       "--batch-size", "4", "--duration", "3", "--warmup", "1",
+                       "--out", str(out))  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     document = json.loads(out.read_text())
@@ -137,6 +143,7 @@ def test_compare_runs_every_system_with_the_same_client(model_store: Path, tmp_p
         assert figures["errors"] == 0, name
     assert systems["limit"]["batch_size"] == 4 and systems["limit"]["goodput_rps"] > 0
     assert systems["limit"]["processes"] == 1 and document["workers"] == 1
+    assert document["machine"]["versions"]["litserve"] and document["machine"]["cpus"]
     assert systems["torchserve"]["setting"] == {
         "batch_size": 4,
         "max_batch_delay": 10,
