@@ -74,7 +74,7 @@ def _save(fig: Figure, title: str, path: Path) -> None:
 
 
 def plot_tuning(document: dict[str, Any], path: Path) -> None:
-    """``scripts/tune.py``'s run: best-so-far against time (climb and grid), and one map per
+    """``servekit tune``'s run: best-so-far against time (climb and grid), and one map per
     worker count of each setting's score (grid if run, else the climb's), climb steps numbered."""
     space = document["space"]
     workers = space["workers"]

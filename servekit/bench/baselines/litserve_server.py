@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="inference worker processes")
     args = parser.parse_args(argv)
     if not args.mar.is_file():
-        parser.error(f"archive {args.mar} does not exist; build it with 'make archive'")
+        parser.error(f"archive {args.mar} does not exist; build it with 'servekit archive'")
     lit = server(
         args.mar.resolve(),
         args.max_batch_size,

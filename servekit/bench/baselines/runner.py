@@ -93,7 +93,7 @@ def start(
     if kind not in KINDS:
         raise ConfigError(f"unknown baseline {kind!r}; known: {', '.join(sorted(KINDS))}")
     if not mar.is_file():
-        raise ConfigError(f"archive {mar} does not exist; build it with 'make archive'")
+        raise ConfigError(f"archive {mar} does not exist; build it with 'servekit archive'")
     port = port or free_ports(1)[0]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{kind}.log"

@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
     if not args.mar.is_file():
-        parser.error(f"archive {args.mar} does not exist; build it with 'make archive'")
+        parser.error(f"archive {args.mar} does not exist; build it with 'servekit archive'")
     if args.threads:
         import torch
 
