@@ -9,8 +9,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from servekit.config.properties import Entry, parse_properties
+from servekit.config.properties import Entry, parse_properties, property_values
 from servekit.errors import ConfigError
+from servekit.serve.server import read_properties
 from tests.fuzz.config_inputs import bounded_memory, mutated, seeds
 from tests.fuzz.kept import corpus
 
@@ -64,3 +65,11 @@ def test_what_is_written_escaped_reads_back(pairs: list[tuple[str, str]]) -> Non
 @pytest.mark.parametrize("kept", corpus("properties"), ids=lambda p: p.name)
 def test_kept_inputs(kept: Path) -> None:
     parse(kept.read_bytes().decode("iso-8859-1"))
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=20), st.text(max_size=40)), max_size=8))
+def test_the_servers_reader_is_the_validators_parser(pairs: list[tuple[str, str]]) -> None:
+    # read_properties (the TorchServe runner's) and the validator read every file alike:
+    # a repeated key keeps its last value, as java.util.Properties does.
+    text = "".join(f"{escape(k, True)}={escape(v, False)}\n" for k, v in pairs)
+    assert read_properties(text) == property_values(text) == dict(pairs)
