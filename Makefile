@@ -1,4 +1,5 @@
-# The toolkit's interface: `make` lists the targets. The README's two commands: `make serve`, `make test`.
+# The repo's targets: `make` lists them; each calls the `servekit` command (`servekit --help`).
+# The README's two commands: `make serve`, `make test`.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -39,33 +40,33 @@ java: ## check for Java 17+ (the TorchServe frontend); apt-get install it if mis
 	@bash scripts/ensure_java.sh
 
 validate: $(STAMP) models-local ## check config.properties, model-config.yml and config/*.yml before TorchServe sees them
-	$(BIN)/python scripts/validate_config.py $(CONFIG) model-config.yml config/*.yml
+	$(BIN)/servekit validate $(CONFIG) model-config.yml config/*.yml
 
 archive: $(STAMP) validate ## build every model's .mar into model_store/ (only what changed)
-	$(BIN)/python scripts/build_archives.py
+	$(BIN)/servekit archive
 
 serve: install validate archive ## start TorchServe on config.properties, wait until healthy, print example calls
-	@if $(BIN)/python scripts/health_check.py --timeout 2 >/dev/null 2>&1; then \
+	@if $(BIN)/servekit health --timeout 2 >/dev/null 2>&1; then \
 	  echo "TorchServe is already serving on this config; 'make stop' first to restart it"; \
 	else \
 	  mkdir -p logs && \
 	  $(BIN)/torchserve --start --ncs --ts-config $(CONFIG) >logs/launcher.log 2>&1 </dev/null && \
-	  $(BIN)/python scripts/health_check.py --wait $(HEALTH_WAIT) || \
+	  $(BIN)/servekit health --wait $(HEALTH_WAIT) || \
 	  { echo "TorchServe is not healthy; see logs/"; tail -5 logs/launcher.log; exit 1; }; \
 	fi
-	@$(BIN)/python scripts/examples.py
+	@$(BIN)/servekit examples
 
 stop: ## stop the TorchServe started by `make serve`
 	$(BIN)/torchserve --stop
 
 health: ## check the running server: /ping and every model's READY workers (exit 0 = healthy)
-	$(BIN)/python scripts/health_check.py --customized
+	$(BIN)/servekit health --customized
 
 recycle: ## recycle MODEL's workers past MAX_MEMORY_MB (default 2048), never below minWorkers READY
-	$(BIN)/python scripts/recycle_workers.py --model $(MODEL) --max-memory-mb $(or $(MAX_MEMORY_MB),2048)
+	$(BIN)/servekit recycle --model $(MODEL) --max-memory-mb $(or $(MAX_MEMORY_MB),2048)
 
 bench-ops: install archive ## measure 503 latency, init-failure detection, worker recovery, recycling
-	$(BIN)/python scripts/bench_ops.py
+	$(BIN)/servekit bench-ops
 
 test: install archive brokers ## run every test: unit (in-process) and end-to-end (real TorchServe)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -84,39 +85,39 @@ lint: install ## ruff and mypy
 	$(BIN)/mypy
 
 show-config: install ## print a model's effective config and where each value comes from (NAME=iris)
-	$(BIN)/python scripts/show_config.py $(NAME)
+	$(BIN)/servekit show-config $(NAME)
 
 config-docs: $(STAMP) ## rewrite docs/config-keys.md from the schema (servekit/config/schema.py)
-	$(BIN)/python scripts/config_docs.py --write
+	$(BIN)/servekit config-docs --write
 
 inspect: $(STAMP) models-local ## show a built archive's manifest, config and files; check it against its spec (NAME=iris)
-	$(BIN)/python scripts/inspect_mar.py model_store/$(NAME).mar
+	$(BIN)/servekit inspect $(NAME)
 
 brokers: ## check for rabbitmq-server and redis-server (queue bridge); apt-get install them if missing
 	@bash scripts/ensure_brokers.sh
 
 bridge: serve brokers ## serve, then RabbitMQ + Redis on 5673/6380 (run/brokers) and a queue bridge; Ctrl-C stops
-	$(BIN)/python scripts/queue_bridge.py --local-brokers run/brokers \
+	$(BIN)/servekit bridge --local-brokers run/brokers \
 	  --amqp-url '$(BRIDGE_AMQP_URL)' --redis-url '$(BRIDGE_REDIS_URL)'
 
 ask: $(STAMP) ## submit FILE to MODEL through the bridge of `make bridge` and print the answer
-	$(BIN)/python scripts/queue_client.py $(MODEL) $(FILE) \
+	$(BIN)/servekit ask $(MODEL) $(FILE) \
 	  --amqp-url '$(BRIDGE_AMQP_URL)' --redis-url '$(BRIDGE_REDIS_URL)'
 
 bench-bridge: install archive brokers ## bridge vs direct HTTP to iris: throughput, latency -> docs/bench/bridge.json
-	$(BIN)/python scripts/bench_bridge.py --write docs/bench/bridge.json $(BENCH_ARGS)
+	$(BIN)/servekit bench-bridge --write docs/bench/bridge.json $(BENCH_ARGS)
 
 bench: install archive ## minilm: TorchServe at concurrency 1-64, then vs the in-process limit, batchSize 1, Starlette, LitServe -> docs/bench/
-	$(BIN)/python scripts/bench.py --model minilm --concurrency 1 --concurrency 8 \
+	$(BIN)/servekit bench --model minilm --concurrency 1 --concurrency 8 \
 	  --concurrency 32 --concurrency 64 --duration 10 --warmup 2 \
 	  --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png $(BENCH_ARGS)
-	$(BIN)/python scripts/bench_compare.py $(or $(COMPARE_ARGS),--batch-size 8 --workers 2)
+	$(BIN)/servekit compare $(or $(COMPARE_ARGS),--batch-size 8 --workers 2)
 
 tune: install archive ## best batchSize x maxBatchDelay x workers for NAME (minilm) under p95 <= P95 ms (100); writes config/NAME.yml
-	$(BIN)/python scripts/tune.py --model $(or $(NAME),minilm) --p95 $(or $(P95),100) $(TUNE_ARGS)
+	$(BIN)/servekit tune --model $(or $(NAME),minilm) --p95 $(or $(P95),100) $(TUNE_ARGS)
 
 baselines: install archive ## the in-process limit of minilm at batch 16, 3 s (figures, not a test)
-	$(BIN)/python -m servekit.bench.baselines.limit --mar model_store/minilm.mar --batch-size 16 --duration 3
+	$(BIN)/servekit limit --mar model_store/minilm.mar --batch-size 16 --duration 3
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python -m models.train

@@ -1,6 +1,6 @@
 """``leaky_model``: every request keeps ``leak_kb`` of memory for ever, on purpose.
 
-For worker recycling (``scripts/recycle_workers.py``): its workers' ``memoryUsage`` grows
+For worker recycling (``servekit recycle``): its workers' ``memoryUsage`` grows
 with every request until they are recycled. Answers ``{"leaked_kb": total, "pid": pid}``.
 """
 

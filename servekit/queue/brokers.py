@@ -1,6 +1,6 @@
 """Private RabbitMQ and Redis from the system's packages: own ports, own data, always stopped.
 
-For ``scripts/queue_bridge.py --local-brokers`` (``make bridge``), the benchmarks and the tests.
+For ``servekit bridge --local-brokers`` (``make bridge``), the benchmarks and the tests.
 Each server runs as a foreground child in its own process group,
 listens on loopback only, keeps its data and logs under ``workdir`` and never touches the
 default ports or a system service.

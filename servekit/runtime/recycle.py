@@ -7,7 +7,7 @@ request that carries no user data: ``SIGUSR1`` only marks the worker *draining*;
 keeps serving inference as usual, and the first customized describe it is handed
 (``GET /models/{name}?customized=true``, which TorchServe always batches alone) makes it
 exit without answering. Only that describe fails; TorchServe starts a fresh process in
-the worker's place. ``scripts/recycle_workers.py`` sends the signal and the describes.
+the worker's place. ``servekit recycle`` sends the signal and the describes.
 """
 
 from __future__ import annotations

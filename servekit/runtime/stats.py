@@ -77,7 +77,7 @@ class WorkerStats:
         }
 
     def publish(self, model_name: str, force: bool = False) -> None:
-        """Write this worker's counters for tools like scripts/recycle_workers.py (throttled)."""
+        """Write this worker's counters for tools like servekit recycle (throttled)."""
         now = time.monotonic()
         if not force and now - self.published_at < PUBLISH_EVERY_SECONDS:
             return
