@@ -1,7 +1,7 @@
 """Every key TorchServe 0.12 reads from ``config.properties`` and ``model-config.yml``.
 
 One source of truth: the validator (``servekit.config.validate``), the docs table
-(``docs/config-keys.md``, written by ``scripts/config_docs.py``) and the specs
+(``docs/config-keys.md``, written by ``servekit config-docs``) and the specs
 (``servekit.config.specs``) all read these tuples. Each key was checked against the
 0.12.0 source: ``ConfigManager.java`` (properties), ``ModelConfig.java`` (YAML),
 ``ModelManager.java``/``ConfigManager.getJsonIntValue`` (the ``models=`` JSON)
@@ -471,9 +471,7 @@ SPEC: Mapping[str, Key] = _index(
     [
         Key("name", STRING, None, "Model name; must match the file name"),
         Key("version", STRING, None, "Model version (a string: quote 1.0)"),
-        Key(
-            "handler", STRING, None, "Handler file, relative to the repository (one class per file)"
-        ),
+        Key("handler", STRING, None, "Handler file, relative to the project (one class per file)"),
         Key("serialized_file", STRING, None, "Weights file shipped in the archive"),
         Key("extra_files", "list of paths", None, "Other files shipped in the archive"),
         Key("model_config", SECTION, None, "Overrides of model-config.yml for this model"),

@@ -26,7 +26,7 @@ REQUIRED = schema.SPEC_REQUIRED
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One model: what ``make archive`` puts into ``model_store/<name>.mar``."""
+    """One model: what ``servekit archive`` puts into ``model_store/<name>.mar``."""
 
     name: str
     version: str
@@ -59,7 +59,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_spec(path: Path, root: Path) -> ModelSpec:
-    """Read one spec; paths in it are relative to ``root`` (the repo)."""
+    """Read one spec; paths in it are relative to ``root`` (the project)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(

@@ -300,7 +300,7 @@ def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
                     str(key),
                     "a model spec key: " + ", ".join(schema.SPEC),
                     f"did you mean '{close}'?" if close else "remove it",
-                    "unknown key: make archive would refuse the spec",
+                    "unknown key: servekit archive would refuse the spec",
                 )
             )
     for key in schema.SPEC_REQUIRED:
@@ -377,9 +377,9 @@ def _spec_files(doc: Loaded, root: Path) -> list[Finding]:
                     line=line,
                     key=key,
                     value=show(value),
-                    expected="a file path relative to the repository",
+                    expected="a file path relative to the project",
                     fix="fix the path or add the file",
-                    problem="no such file: make archive fails",
+                    problem="no such file: servekit archive fails",
                 )
             )
     return findings
