@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else (OK if done.code is None else USAGE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `servekit show-config iris | head`: the reader left, not an error
+        _quiet_stdout()
+        return OK
     except ConfigError as err:  # bad input: a file, a key, a value, not a project
         print(f"servekit {name}: {err}", file=sys.stderr)
         return USAGE
@@ -115,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolkitError as err:
         print(f"servekit {name}: {err}", file=sys.stderr)
         return FAILED
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from servekit.errors import ToolkitError
-from servekit.runtime.decoding import brief
+from servekit.runtime.decoding import MAX_INT_DIGITS, brief
 
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "servekit"
@@ -229,7 +229,7 @@ def _envelope(raw: bytes, fallback_id: str | None, max_bytes: int) -> dict[str, 
         raise MalformedMessage(
             f"message body is not JSON this bridge reads ({shown(str(error), 200)}); expected "
             'a request envelope {"v": 1, "id", "model", "content_type", "body": base64}, '
-            "nested a few levels at most, integers under 4300 digits",
+            f"nested a few levels at most, integers under {MAX_INT_DIGITS} digits",
             fallback_id,
         ) from None
     if not isinstance(envelope, dict):

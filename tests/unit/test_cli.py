@@ -105,3 +105,18 @@ def test_the_dispatcher_imports_no_command() -> None:
     )
     loaded = done.stdout
     assert "'torch'" not in loaded and "'requests'" not in loaded
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
+    """``servekit config-docs | head -1``: no BrokenPipeError traceback, exit 0."""
+    done = subprocess.run(
+        f"'{sys.executable}' -m servekit.cli config-docs | head -1",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        executable="/bin/bash",
+    )
+    assert done.stdout.startswith("#") and done.stderr == "", done.stderr
