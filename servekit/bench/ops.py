@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ import requests
 
 from servekit.bench import command
 from servekit.bench.machine import machine
+from servekit.bench.stats import percentile
 from servekit.cli import OK
 from servekit.config.specs import load_specs, read_yaml
 from servekit.health.probe import Target, probe
@@ -37,6 +37,11 @@ from servekit.serve.server import TorchServe, running
 
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
+
+
+def latency(ordered: list[float]) -> dict[str, float] | None:
+    """p50 and max in ms of ascending seconds; ``None`` when there are none."""
+    return {"p50": ms(percentile(ordered, 50)), "max": ms(ordered[-1])} if ordered else None
 
 
 def queue_overflow(server: TorchServe, burst: int = 30) -> dict[str, Any]:
@@ -58,10 +63,8 @@ def queue_overflow(server: TorchServe, burst: int = 30) -> dict[str, Any]:
         "accepted": len(accepted),
         "rejected_503": len(rejected),
         "other": burst - len(accepted) - len(rejected),
-        "503_latency_ms": {"p50": ms(statistics.median(rejected)), "max": ms(rejected[-1])}
-        if rejected
-        else None,
-        "accepted_latency_ms": {"p50": ms(statistics.median(accepted)), "max": ms(accepted[-1])},
+        "503_latency_ms": latency(rejected),
+        "accepted_latency_ms": latency(accepted),
         "after_burst_single_request_ms": ms(time.monotonic() - started),
         "model_delay_ms": 200,
     }

@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 from servekit.bench import command
 from servekit.bench import payloads as bench_payloads
+from servekit.bench.stats import percentile
 from servekit.cli import OK
 from servekit.errors import ConfigError, ToolkitError
 from servekit.serve.harness import LocalModel, Request
@@ -85,7 +85,7 @@ def measure(
         items=len(times) * batch_size,
         seconds=sum(times),
         threads=torch.get_num_threads(),
-        batch_ms_p50=round(statistics.median(times) * 1000, 3),
+        batch_ms_p50=round(percentile(sorted(times), 50) * 1000, 3),
     )
 
 
