@@ -26,7 +26,7 @@ class EmbeddingOptions(HandlerOptions):
 
     Smaller groups pad less: on 2 CPU cores with sentences of 5-53 tokens, batches of 32
     ran 203 strings/s with groups of 8 against 110 with one group of 32 (measured in process,
-    servekit.bench.baselines.limit)."""
+    servekit limit)."""
     max_batch_cost: int = 16_384
     """Tokens one batch may hold (64 strings of 256 tokens: about 10 s on 2 loaded cores,
     well inside responseTimeout 60 s); a request over it gets 413, those past it 503."""

@@ -40,7 +40,7 @@ def test_percentile_of_one_to_a_hundred() -> None:
 
 def test_no_values_is_nan_and_a_bad_q_is_refused() -> None:
     assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError, match="outside 0..100"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.100"):
         percentile([1.0], 101)
 
 
