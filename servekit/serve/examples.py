@@ -28,7 +28,7 @@ TorchServe is up. Try:
   curl -s -X POST {url}/predictions/digits -H 'Content-Type: image/png' --data-binary @digit.png
   curl -s -X POST {url}/predictions/empty_model
   curl -s '{mgmt}/models/iris?customized=true'      # handler metadata
-  servekit health --customized                      # exit 0 when every model is READY
+  make health                                       # servekit health --customized: exit 0 when READY
   make stop
 """
 
