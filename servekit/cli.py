@@ -70,19 +70,31 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()),
         "",
-        "Every command works on --project DIR or the current directory.",
+        "Commands that work on a project take it from --project DIR or the current directory.",
         "Exit codes: 0 ok, 1 a check failed, 2 usage or bad input, 3 server unreachable.",
     ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `servekit show-config iris | head`: the reader left, not an error
+        _quiet_stdout()
+        return OK
+    try:
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+    except BrokenPipeError:
+        _quiet_stdout()
+    return code
+
+
+def _main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
-        print(usage())
+        _say(usage())
         return OK if args else USAGE
     if args[0] == "--version":
-        print(f"servekit {__version__}")
+        _say(f"servekit {__version__}")
         return OK
     name, rest = args[0], args[1:]
     command = COMMANDS.get(name)
@@ -106,9 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else (OK if done.code is None else USAGE)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `servekit show-config iris | head`: the reader left, not an error
-        _quiet_stdout()
-        return OK
+    except BrokenPipeError:
+        raise
     except ConfigError as err:  # bad input: a file, a key, a value, not a project
         print(f"servekit {name}: {err}", file=sys.stderr)
         return USAGE
@@ -118,6 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolkitError as err:
         print(f"servekit {name}: {err}", file=sys.stderr)
         return FAILED
+    except OSError as err:  # a file or directory the command needs cannot be read or written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"servekit {name}: {where}{err.strerror or err}", file=sys.stderr)
+        return USAGE
+
+
+def _say(text: str) -> None:
+    """Print to stdout; a reader gone already (``servekit | true``) changes no exit code."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _quiet_stdout()
 
 
 def _quiet_stdout() -> None:

@@ -128,3 +128,29 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
         executable="/bin/bash",
     )
     assert done.stdout.splitlines()[-1] == "exit 0" and done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize("args", ["--version", "--help", "", "validate --help"])
+def test_a_reader_gone_before_the_first_write_is_no_error(args: str, tmp_path: Path) -> None:
+    """``servekit --version | true``: the output is flushed inside main, not at exit."""
+    done = subprocess.run(
+        f"'{sys.executable}' -m servekit.cli {args} | head -c 0; echo \"exit ${{PIPESTATUS[0]}}\"",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        executable="/bin/bash",
+    )
+    code = "2" if args == "" else "0"
+    assert (done.stdout.strip(), done.stderr) == (f"exit {code}", ""), done.stderr
+
+
+def test_a_file_the_command_cannot_use_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    denied = PermissionError(13, "Permission denied", "model_store/iris.mar")
+    monkeypatch.setattr(cli.importlib, "import_module", lambda _: _Raising(denied))
+    assert cli.main(["archive"]) == cli.USAGE
+    assert capsys.readouterr().err == "servekit archive: model_store/iris.mar: Permission denied\n"
