@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,13 +48,24 @@ class BuildResult:
 
 def handler_sources(root: Path) -> dict[str, Path]:
     """What every archive ships besides the spec's files: the archive-relative name of each
-    module of the project's handler package and of the handler runtime, and where it is read."""
+    file of the project's handler package (its whole tree: a handler may import
+    ``handlers.common.util``) and of the handler runtime, and where it is read."""
+    package = root / HANDLER_PACKAGE
     sources = {
-        f"{HANDLER_PACKAGE}/{p.name}": p for p in sorted((root / HANDLER_PACKAGE).glob("*.py"))
+        f"{HANDLER_PACKAGE}/{p.relative_to(package).as_posix()}": p
+        for p in sorted(package.rglob("*"))
+        if p.is_file() and _shipped(p.relative_to(package))
     }
     sources["servekit/__init__.py"] = RUNTIME.parent / "__init__.py"
     sources |= {f"servekit/runtime/{p.name}": p for p in sorted(RUNTIME.glob("*.py"))}
     return sources
+
+
+def _shipped(relative: Path) -> bool:
+    """Not bytecode, caches or hidden files (editor swap files, .DS_Store)."""
+    return relative.suffix not in (".pyc", ".pyo") and not any(
+        part == "__pycache__" or part.startswith(".") for part in relative.parts
+    )
 
 
 def inputs_digest(spec: ModelSpec, config: Mapping[str, Any], root: Path) -> str:
@@ -93,18 +106,37 @@ def build(
     stamp = store / f"{spec.name}.mar.inputs"
     digest = inputs_digest(spec, config, root)
     sha = store / f"{spec.name}.mar.sha256"
-    if not force and mar.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+    if not force and _up_to_date(mar, stamp, sha, digest):
         for path in (mar, stamp, sha):
             if path.is_file():
                 make_public(path)
         return BuildResult(spec.name, mar, rebuilt=False)
-    store.mkdir(parents=True, exist_ok=True)
+    _writable(store)
     with tempfile.TemporaryDirectory(prefix=f"archive-{spec.name}-") as tmp:
         _archive(spec, config, root, store, Path(tmp))
     normalize_mar(mar)
     write_public(stamp, digest + "\n")
     write_public(sha, f"{file_sha256(mar)}  {mar.name}\n")
     return BuildResult(spec.name, mar, rebuilt=True)
+
+
+def _writable(store: Path) -> None:
+    """Create ``store``; a ``PermissionError`` naming it (not a temp file in it) unless it
+    can be written."""
+    store.mkdir(parents=True, exist_ok=True)
+    if not os.access(store, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(store))
+
+
+def _up_to_date(mar: Path, stamp: Path, sha: Path, digest: str) -> bool:
+    """The archive was built from these inputs and is still the file that build wrote
+    (a truncated or overwritten .mar no longer matches its recorded sha256)."""
+    if not (mar.is_file() and stamp.is_file() and sha.is_file()):
+        return False
+    if stamp.read_text().strip() != digest:
+        return False
+    recorded = sha.read_text().split()
+    return bool(recorded) and recorded[0] == file_sha256(mar)
 
 
 def _archive(
@@ -145,9 +177,24 @@ def _archive(
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ArchiveError(
-            f"torch-model-archiver failed for '{spec.name}' ({spec.source}):\n"
-            f"{done.stderr.strip() or done.stdout.strip()}"
+            f"torch-model-archiver failed for '{spec.name}' ({spec.source}): "
+            f"{archiver_error(done.stderr + done.stdout)}"
         )
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*(?P<kind>\w*(?:Error|Exception)\w*): ?(?P<text>.*)$")
+
+
+def archiver_error(output: str) -> str:
+    """The archiver's own reason, not its traceback: the last exception line (with the
+    lines that continue its message), else the last line of output."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    for index in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[index])
+        if match:
+            rest = [line.strip() for line in lines[index + 1 :]]
+            return " ".join([f"{match['kind']}: {match['text']}".rstrip(": "), *rest])
+    return lines[-1].strip() if lines else "it failed with no output"
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -183,27 +230,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         defaults_file = args.defaults or where.model_config
         # a project may do without model-config.yml; a --defaults file must exist
         defaults = read_yaml(defaults_file) if args.defaults or defaults_file.is_file() else {}
-        specs = [load_spec(p, where.root) for p in sorted(specs_dir.glob("*.yml"))]
+        known = sorted(p.stem for p in specs_dir.glob("*.yml"))
     except ConfigError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    if not specs:
+    except OSError as err:
+        print(f"{parser.prog}: error: {_os_error(err)}", file=sys.stderr)
+        return 2
+    if not known:
         parser.error(f"no model spec (*.yml) in {specs_dir}: write config/<model>.yml first")
-    unknown = sorted(set(args.names) - {s.name for s in specs})
+    unknown = sorted(set(args.names) - set(known))
     if unknown:
-        known = ", ".join(s.name for s in specs)
-        parser.error(f"no spec in {specs_dir} for: {', '.join(unknown)} (there are: {known})")
+        parser.error(
+            f"no spec in {specs_dir} for: {', '.join(unknown)} (there are: {', '.join(known)})"
+        )
     store = args.store or where.model_store
-    try:
-        for spec in specs:
-            if not args.names or spec.name in args.names:
-                result = build(spec, defaults or {}, where.root, store, force=args.force)
-                state = "built" if result.rebuilt else "up to date"
-                print(f"{result.name:<16} {state:<11} {_shown(result.path, where.root)}")
-    except ToolkitError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+    if store.exists() and not store.is_dir():
+        parser.error(f"--store {store} is not a directory: give the directory for the .mar files")
+    names = sorted(set(args.names)) if args.names else known
+    failed = []
+    for name in names:
+        try:
+            spec = load_spec(specs_dir / f"{name}.yml", where.root)
+            result = build(spec, defaults or {}, where.root, store, force=args.force)
+        except ToolkitError as err:  # this spec only: build the others
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
+            print(f"{name:<16} {'FAILED':<11}", flush=True)
+            failed.append(name)
+            continue
+        except OSError as err:  # the store or a shared input (a handler): every build fails
+            print(f"{parser.prog}: error: {_os_error(err)}", file=sys.stderr)
+            return 2
+        state = "built" if result.rebuilt else "up to date"
+        print(f"{result.name:<16} {state:<11} {_shown(result.path, where.root)}", flush=True)
+    if failed:
+        print(
+            f"{parser.prog}: error: {len(failed)} of {len(names)} failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+def _os_error(err: OSError) -> str:
+    """``path: reason`` (``cannot write model_store: Permission denied``)."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def _shown(path: Path, root: Path) -> Path:
