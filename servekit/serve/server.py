@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,24 @@ from servekit.serve.processes import stop_group
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")
+CONSOLE_LOG = "console.log"
+CONSOLE_TAIL_LINES = 20
+LAUNCHER = "torchserve"
+
+
+def launcher() -> str:
+    """The ``torchserve`` script: beside this interpreter (a venv, ``pip install``), else the
+    one on ``PATH`` (``pip install --user``, /usr/local/bin); ``ServerError`` saying what to do."""
+    beside = Path(sys.executable).parent / LAUNCHER
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(LAUNCHER)
+    if found is None:
+        raise ServerError(
+            f"cannot find the {LAUNCHER} command (not beside {sys.executable}, not on PATH): "
+            f"install it (pip install torchserve) or put the directory holding it on PATH"
+        )
+    return found
 
 
 def free_ports(count: int) -> list[int]:
@@ -145,7 +164,7 @@ class TorchServe:
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
-            str(Path(sys.executable).parent / "torchserve"),
+            launcher(),
             "--start",
             "--foreground",
             "--ncs",
@@ -154,7 +173,7 @@ class TorchServe:
             "--model-store",
             str(self.model_store),
         ]
-        with open(self.log_dir / "console.log", "ab") as console:
+        with open(self.log_dir / CONSOLE_LOG, "ab") as console:
             self.process = subprocess.Popen(
                 command,
                 cwd=self.workdir,
@@ -170,9 +189,11 @@ class TorchServe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                # the message carries the reason: the workdir may be gone when it is read
+                tail = self.log_tail(CONSOLE_LOG, lines=CONSOLE_TAIL_LINES)
                 raise ServerError(
-                    f"TorchServe exited with {self.process.returncode}; "
-                    f"see {self.log_dir / 'console.log'}"
+                    f"TorchServe exited with {self.process.returncode} at start; the end of "
+                    f"{self.log_dir / CONSOLE_LOG}:\n{tail or '(empty)'}"
                 )
             with contextlib.suppress(requests.RequestException):
                 requests.get(f"{self.inference_url}/ping", timeout=2)
