@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,10 +112,20 @@ def _seconds(allow_zero: bool) -> Callable[[str], float]:
     return parse
 
 
-def _model_name(text: str) -> str:
-    if not text.strip():
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]*")  # what TorchServe registers
+
+
+def model_name(text: str) -> str:
+    """A model name TorchServe could have registered (letters, digits, ``_-.``)."""
+    name = text.strip()
+    if not name:
         raise argparse.ArgumentTypeError("model name must not be empty")
-    return text.strip()
+    if not MODEL_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a model name TorchServe accepts (a letter or digit, then letters, "
+            "digits, '_', '-' or '.')"
+        )
+    return name
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -132,7 +143,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--model",
         dest="models",
         action="append",
-        type=_model_name,
+        type=model_name,
         default=[],
         metavar="NAME",
         help="check only this model (repeatable; default: every registered)",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,8 @@ from typing import Any
 import psutil
 
 from servekit.errors import ServerError
-from servekit.health.cli import UsageError, load_keys
+from servekit.health.cli import UsageError, base_url, load_keys, model_name
+from servekit.health.probe import DEFAULT_MANAGEMENT_URL
 from servekit.runtime.stats import stats_dir
 from servekit.serve.management import (
     READY,
@@ -212,8 +214,8 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
         return value
 
     return parse
@@ -226,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "minWorkers READY. Run it with the server's TMPDIR (request counters live there). "
         "Exit codes: 0 done, 1 a recycle failed, 2 usage error, 3 server unreachable.",
     )
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--model", required=True, type=model_name)
+    parser.add_argument("--management-url", type=base_url, default=DEFAULT_MANAGEMENT_URL)
     parser.add_argument("--max-memory-mb", type=_positive(float), metavar="MB")
     parser.add_argument("--max-requests", type=_positive(int), metavar="N")
     parser.add_argument("--stats-dir", type=Path, help="default: $TMPDIR/servekit-<uid>/<model>")

@@ -364,6 +364,7 @@ def test_bad_key_file_names_it(tmp_path: Path, text: str | None, needle: str) ->
         (["--timeout", "0"], "--timeout"),
         (["--bogus"], "unrecognized arguments"),
         (["--model", ""], "must not be empty"),
+        (["--model", "../iris"], "not a model name TorchServe accepts"),
     ],
 )
 def test_usage_errors_exit_2(
