@@ -6,6 +6,15 @@ is in ``logs/model_log.log``, in the worker's own lines::
     2026-11-22T04:23:34,280 [INFO ] W-9001-digits_1.0-stdout MODEL_LOG - Failed to load
         model digits, exception handler option 'top_k' is 42; it must be 1..10
 
+A handler that cannot even be imported (a module missing from the archive) or an
+``initialize`` that raises something else kills the worker instead; the reason is then the
+last exception line of the traceback after ``Backend worker process died.``::
+
+    ... W-9000-tiny_1.0-stdout MODEL_LOG - Backend worker process died.
+    ... W-9000-tiny_1.0-stdout MODEL_LOG - Traceback (most recent call last):
+    ...
+    ... W-9000-tiny_1.0-stdout MODEL_LOG - ModuleNotFoundError: No module named 'handlers.common'
+
 ``last_init_error`` returns that reason (``"handler option 'top_k' is 42; it must be
 1..10"``) for the latest failure of a model, or ``None`` when there is none or a
 worker of the model has loaded since (``WORKER_MODEL_LOADED`` in ``logs/ts_log.log``).
@@ -43,17 +52,82 @@ def _worker(model: str) -> str:
 
 
 def _latest_failure(path: Path, model: str) -> tuple[str, str] | None:
-    pattern = re.compile(
-        rf"^{_TIME} \[\w+\s*\] {_worker(model)}-std(?:out|err) MODEL_LOG - "
+    """The latest ``(time, reason)``: a ``Failed to load model`` line, or the exception that
+    ended a worker (``Backend worker process died.`` and the traceback after it)."""
+    worker = _worker(model)
+    line_of = re.compile(
+        rf"^{_TIME} \[\w+\s*\] (?P<worker>{worker})-std(?:out|err) MODEL_LOG - (?P<text>.*)$"
+    )
+    failed = re.compile(
         rf"(?:Failed to load model|Load model) {re.escape(model)}, exception (?P<reason>.*)$"
     )
     latest = None
+    dying: dict[str, _Death] = {}  # worker -> the traceback being read
     for line in _tail(path):
-        match = pattern.match(line)
-        if match:
-            reason = match["reason"].strip() or "initialize raised an exception with no message"
-            latest = (match["time"], reason)
+        match = line_of.match(line)
+        if not match:
+            continue
+        thread, text = match["worker"], match["text"]
+        if thread in dying and not dying[thread].read(text):
+            latest = _later(latest, dying.pop(thread).failure())
+        if (found := failed.match(text)) is not None:
+            reason = found["reason"].strip() or "initialize raised an exception with no message"
+            latest = _later(latest, (match["time"], reason))
+        elif text.strip() == WORKER_DIED:
+            dying[thread] = _Death(match["time"])
+    for death in dying.values():
+        latest = _later(latest, death.failure())
     return latest
+
+
+WORKER_DIED = "Backend worker process died."
+# TorchServe, failing to import the handler file, retries it as one of its own default handlers:
+# that second ModuleNotFoundError hides the first, which is the reason
+_DEFAULT_HANDLER_RETRY = "No module named 'ts.torch_handler."
+_EXCEPTION = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception|Exit|Interrupt)\w*(?::.*)?$")
+_CHAINED = (
+    "Traceback (most recent call last):",
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+
+
+class _Death:
+    """A dead worker's traceback, line by line: its exception lines."""
+
+    def __init__(self, time: str) -> None:
+        self.time = time
+        self.exceptions: list[str] = []
+
+    def read(self, text: str) -> bool:
+        """Take one more line of the worker's output; False when it is past the traceback."""
+        if not text.strip() or text[0].isspace() or text.strip() in _CHAINED:
+            return True
+        if _EXCEPTION.match(text):
+            self.exceptions.append(text.strip())
+            return True
+        return False
+
+    def failure(self) -> tuple[str, str] | None:
+        reasons = [e for e in self.exceptions if _DEFAULT_HANDLER_RETRY not in e]
+        reasons = reasons or self.exceptions
+        if not reasons:
+            return None
+        return self.time, f"the worker died: {_short(reasons[-1])}"
+
+
+def _short(exception: str) -> str:
+    """``ModuleNotFoundError: ...`` without the exception's module path."""
+    kind, colon, text = exception.partition(":")
+    return kind.rsplit(".", 1)[-1] + colon + text
+
+
+def _later(
+    latest: tuple[str, str] | None, failure: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    if failure is None:
+        return latest
+    return failure if latest is None or failure[0] >= latest[0] else latest
 
 
 def _latest_load(path: Path, model: str) -> str | None:
