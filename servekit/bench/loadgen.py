@@ -32,6 +32,9 @@ from servekit.bench.stats import Percentiles, summarize
 from servekit.errors import ConfigError
 
 PROGRESS_INTERVAL = 0.5
+MAX_IN_FLIGHT = 10_000
+"""The most requests one client keeps in flight: each is an open connection (a file
+descriptor), and far beyond this the client runs out of memory before it sends anything."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,32 @@ class Load:
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
             raise ConfigError("give exactly one of concurrency (closed loop) and rate (open loop)")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ConfigError(f"concurrency is {self.concurrency}; expected an integer >= 1")
-        if self.rate is not None and not self.rate > 0:
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_IN_FLIGHT:
+            raise ConfigError(
+                f"concurrency is {self.concurrency}; expected an integer from 1 to {MAX_IN_FLIGHT}"
+            )
+        if self.rate is not None and not 0 < self.rate < math.inf:
             raise ConfigError(f"rate is {self.rate}; expected requests per second > 0")
         if self.duration is None and self.requests is None:
             raise ConfigError("unbounded load: give a duration (seconds) or a number of requests")
-        if self.max_in_flight < 1 or self.warmup < 0:
-            raise ConfigError("max_in_flight must be >= 1 and warmup >= 0 seconds")
+        if self.duration is not None and not 0 < self.duration < math.inf:
+            raise ConfigError(f"duration is {self.duration} s; expected a number of seconds > 0")
+        if self.requests is not None and self.requests < 1:
+            raise ConfigError(f"requests is {self.requests}; expected an integer >= 1")
+        if not 0 < self.timeout < math.inf:
+            raise ConfigError(f"timeout is {self.timeout} s; expected a number of seconds > 0")
+        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
+            raise ConfigError(
+                f"max_in_flight is {self.max_in_flight}; expected an integer from 1 to "
+                f"{MAX_IN_FLIGHT}"
+            )
+        if not 0 <= self.warmup < math.inf:
+            raise ConfigError(f"warmup is {self.warmup} s; expected a number of seconds >= 0")
+        if self.duration is not None and self.warmup >= self.duration:
+            raise ConfigError(
+                f"warmup ({self.warmup:g} s) is not shorter than the duration "
+                f"({self.duration:g} s, warmup included): nothing would be measured"
+            )
 
     @property
     def mode(self) -> str:
@@ -138,22 +159,30 @@ class LoadResult:
     latencies_ms: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """Strict JSON: a figure that does not exist (no 2xx answer, no latency) is ``None``,
+        never NaN, which ``json.dumps`` would write as a bare ``NaN`` no JSON parser accepts."""
         data = asdict(self)
         del data["latencies_ms"]
-        return data
+        data["latency_ms"] = {k: _finite(v) for k, v in data["latency_ms"].items()}
+        return {k: _finite(v) if isinstance(v, float) else v for k, v in data.items()}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoadResult:
         fields = dict(data)
-        fields["latency_ms"] = Percentiles(**fields["latency_ms"])
+        latency = {k: math.nan if v is None else v for k, v in fields["latency_ms"].items()}
+        fields["latency_ms"] = Percentiles(**latency)
         return cls(**fields)
 
     @classmethod
     def from_json(cls, text: str) -> LoadResult:
         return cls.from_dict(json.loads(text))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def tally(

@@ -12,7 +12,10 @@ the management API), runs, and stops it.
 on a fixed schedule. The client is ``servekit.bench.loadgen`` (one asyncio loop, aiohttp,
 keep-alive) for every server compared; its own CPU use is reported, since on 2 cores it
 competes with the server. Figures, not a test: nothing is asserted.
-Exit 0 after a run, even with errors; 2 for bad arguments, a missing project or archive.
+Exit 0 after a run with some 2xx answers, even with errors among them; 1 when a run got no
+2xx answer at all (a 404 for an unknown model, every request a 5xx) or no request finished
+after the warmup; 2 for bad arguments, a missing project or archive; 3 when the server gave
+no answer at all (not running, wrong port).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from servekit.bench import payloads as bench_payloads
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_histogram, plot_sweep
 from servekit.cli import OK
-from servekit.errors import ToolkitError
+from servekit.errors import ToolkitError, Unreachable
 from servekit.project import Project
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.server import running
@@ -98,6 +101,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     }
     if args.overrides and (args.url is not None or args.model is None):
         parser.error("--batch-size/--max-batch-delay/--workers need --model and no --url")
+    if args.duration > 0 and not args.warmup < args.duration:
+        parser.error(
+            f"--warmup {args.warmup:g} s (default 2) must be shorter than --duration "
+            f"{args.duration:g} s (warmup included): nothing would be measured"
+        )
     try:  # each override alone, before anything starts
         Setting(**{"batch_size": 1, "max_batch_delay": 0, "workers": 1} | args.overrides)
         loads_of(args)
@@ -194,6 +202,29 @@ def summary_line(r: loadgen.LoadResult) -> str:
     )
 
 
+def check(result: loadgen.LoadResult) -> None:
+    """``Unreachable`` when the server never answered, ``ToolkitError`` when no answer was a
+    2xx or nothing finished after the warmup: such a run's figures would mean nothing."""
+    after = f"after the {result.warmup_s:g} s warmup" if result.warmup_s else "in the run"
+    if result.requests == 0:
+        raise ToolkitError(
+            f"{result.url}: no request finished {after}; lengthen --duration or shorten --warmup"
+        )
+    if result.ok:
+        return
+    if result.errors == result.requests:
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(result.error_kinds.items()))
+        raise Unreachable(
+            f"cannot reach {result.url}: none of the {result.requests} requests {after} got an "
+            f"answer ({kinds}); is the server running there?"
+        )
+    statuses = ", ".join(f"{status} x{n}" for status, n in result.status_counts.items())
+    raise ToolkitError(
+        f"{result.url}: none of the {result.requests} requests {after} got a 2xx answer "
+        f"({statuses}); check the URL, the model name and the payload"
+    )
+
+
 def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadResult]]:
     payload = payload_of(args)
     info = machine()
@@ -206,6 +237,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadRe
             result = loadgen.run(target, load, progress)
             progress.close()
             print(summary_line(result), flush=True)
+            check(result)
             results.append(result)
     document = {
         "command": args.command,
@@ -223,7 +255,7 @@ def write(
 ) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(document, indent=2) + "\n")
+        args.out.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.out}")
     if args.plot is not None:
         name = args.model or args.url

@@ -140,6 +140,17 @@ def test_result_json_round_trip(server: tuple[str, Recorder]) -> None:
     assert "latencies_ms" not in json.loads(result.to_json())
 
 
+def test_a_result_with_no_2xx_answer_is_strict_json_with_nulls() -> None:
+    (port,) = free_ports(1)  # nothing listens there: no latency exists
+    result = run(
+        Target.post(f"http://127.0.0.1:{port}/x", [b"ok"]), Load(concurrency=1, requests=2)
+    )
+    text = result.to_json()
+    assert "NaN" not in text
+    assert json.loads(text)["latency_ms"] == dict.fromkeys(("p50", "p95", "p99", "max", "mean"))
+    assert LoadResult.from_json(text).to_json() == text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -148,6 +159,13 @@ def test_result_json_round_trip(server: tuple[str, Recorder]) -> None:
         ({"concurrency": 0, "duration": 1}, "concurrency is 0"),
         ({"rate": -1.0, "duration": 1}, "rate is -1.0"),
         ({"concurrency": 1}, "unbounded load"),
+        ({"concurrency": 10_001, "duration": 1}, "concurrency is 10001"),
+        ({"concurrency": 1, "duration": 0}, "duration is 0 s"),
+        ({"concurrency": 1, "duration": float("inf")}, "duration is inf s"),
+        ({"concurrency": 1, "requests": 0}, "requests is 0"),
+        ({"concurrency": 1, "duration": 1, "timeout": 0}, "timeout is 0 s"),
+        ({"concurrency": 1, "duration": 1, "warmup": 1}, r"warmup \(1 s\) is not shorter"),
+        ({"rate": float("nan"), "duration": 1}, "rate is nan"),
     ],
 )
 def test_bad_loads_are_refused_with_the_reason(kwargs: dict[str, float], message: str) -> None:
