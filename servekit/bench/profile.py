@@ -36,7 +36,7 @@ from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
 from servekit.bench.machine import machine
 from servekit.cli import OK
-from servekit.errors import ServerError, ToolkitError
+from servekit.errors import ConfigError, ServerError, ToolkitError
 from servekit.serve.management import Management
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.server import TorchServe
@@ -122,10 +122,18 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def py_spy() -> str:
+    """The py-spy executable: on PATH or next to this interpreter (a venv not activated)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise ConfigError(
+            "py-spy is not installed: pip install 'torchserve-kit[dev]' (or pip install py-spy)"
+        )
+    return found
+
+
 def profile(args: argparse.Namespace) -> dict[str, Any]:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        raise ToolkitError("py-spy is not installed: make install (it is a dev dependency)")
+    spy = py_spy()
     command.archive_of(args.project, args.model)
     payload = bench_payloads.built_in(args.model)
     info = machine()

@@ -165,3 +165,19 @@ def test_cpu_model_reads_cpuinfo_and_falls_back(tmp_path: Path) -> None:
     info.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n")
     assert cpu_model(info) == "Example CPU @ 2.0GHz"
     assert cpu_model(tmp_path / "missing")  # whatever platform says, never empty or an error
+
+
+def test_profile_without_py_spy_says_which_extra_installs_it(
+    bare_project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    code, err = run(["profile", "--project", str(bare_project)], capsys)
+    assert code == cli.USAGE
+    assert err.strip() == (
+        "servekit profile: py-spy is not installed: pip install 'torchserve-kit[dev]' "
+        "(or pip install py-spy)"
+    )
