@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from handlers.common.numbers import total
 from servekit.runtime.base import ToolkitHandler
 from servekit.runtime.decoding import Payload
 from servekit.runtime.errors import BadRequest
@@ -58,13 +60,20 @@ class SumHandler(ToolkitHandler[list[float]]):
         return [float(n) for n in numbers]
 
     def inference(self, batch: list[list[float]]) -> list[float]:
-        return [sum(numbers) for numbers in batch]
+        return [total(numbers) for numbers in batch]
 
     def postprocess(self, outputs: list[float]) -> list[dict[str, Any]]:
         return [{"sum": total} for total in outputs]
 
     def warmup_items(self, n: int) -> list[list[float]]:
         return [[1.0, 2.0]] * n
+'''
+
+HELPER = '''"""A helper in a subpackage of the project's handlers: the archive must carry it."""
+
+
+def total(numbers: list[float]) -> float:
+    return sum(numbers)
 '''
 
 SPEC = """name: tiny
@@ -169,6 +178,9 @@ def project(tmp_path: Path) -> Path:
     (root / "config" / "tiny.yml").write_text(SPEC)
     (root / "handlers" / "__init__.py").write_text('"""The project\'s handlers."""\n')
     (root / "handlers" / "tiny.py").write_text(HANDLER)
+    (root / "handlers" / "common").mkdir()
+    (root / "handlers" / "common" / "__init__.py").write_text("")
+    (root / "handlers" / "common" / "numbers.py").write_text(HELPER)
     return root
 
 
@@ -243,6 +255,7 @@ def test_the_installed_command_validates_archives_and_checks_a_project(
     assert "No module named 'servekit'" in missing.stderr  # the workers' interpreter has none
     names = zipfile.ZipFile(project / "model_store" / "tiny.mar").namelist()
     assert {"handlers/tiny.py", "servekit/runtime/base.py", "tiny.py"} <= set(names)
+    assert "handlers/common/numbers.py" in names
 
     health = run(
         [str(user.parent / "servekit"), "health", "--inference-url", served.inference_url,
@@ -258,6 +271,36 @@ def test_the_installed_command_validates_archives_and_checks_a_project(
     assert (answer.status_code, answer.json()) == (200, {"sum": 6.5})
     refused = requests.post(url, json={"numbers": ["x"]}, timeout=30)
     assert refused.status_code == 400 and "number" in refused.json()["message"]
+
+
+def test_health_says_why_a_handler_cannot_be_imported(
+    project: Path, envs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A handler importing what its archive lacks: the workers die at import, and
+    ``servekit health --log-dir`` names the missing module."""
+    servekit = str(envs["user"].parent / "servekit")
+    handler = project / "handlers" / "tiny.py"
+    handler.write_text(HANDLER.replace("handlers.common.numbers", "handlers.common.gone"))
+    done = run([servekit, "archive"], cwd=project)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    workdir = tmp_path / "server"
+    workdir.mkdir()
+    server = BareTorchServe(project / "config.properties", workdir, models=["tiny"])
+    server.python = envs["bare"]
+    with server:
+        server.wait_until_up()
+        urls = ["--inference-url", server.inference_url, "--management-url", server.management_url]
+        command = [servekit, "health", *urls, "--log-dir", str(server.log_dir)]
+        deadline = time.monotonic() + 120
+        while True:  # polls until the first worker has died and logged why
+            health = run(command, cwd=project, timeout=60)
+            if "init error" in health.stdout or time.monotonic() > deadline:
+                break
+    assert health.returncode == 1, f"{health.stdout}\n{health.stderr}"
+    assert (
+        "init error: the worker died: ModuleNotFoundError: No module named 'handlers.common.gone'"
+        in health.stdout
+    ), f"{health.stdout}\n{server.log_tail()}"
 
 
 def test_the_installed_command_refuses_a_directory_that_is_no_project(

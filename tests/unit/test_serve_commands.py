@@ -141,7 +141,7 @@ def test_recycle_needs_a_limit_and_a_server(capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("servekit recycle: error:") and "Traceback" not in err
 
 
-def test_examples_writes_its_digit_into_the_project_and_names_a_dead_server(
+def test_examples_names_a_dead_server_and_writes_nothing_into_the_project(
     project: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -151,8 +151,8 @@ def test_examples_writes_its_digit_into_the_project_and_names_a_dead_server(
     url = f"http://127.0.0.1:{free_port()}"
     argv = ["examples", "--inference-url", url, "--project", str(project)]
     assert cli.main(argv) == cli.UNREACHABLE
-    assert (project / "digit.png").read_bytes().startswith(b"\x89PNG")
-    assert f"{url}/predictions/iris" in capsys.readouterr().err
+    assert not (project / "digit.png").exists()
+    assert f"{url}/ping" in capsys.readouterr().err
 
 
 def test_the_probe_script_runs_from_the_installed_package(tmp_path: Path) -> None:
