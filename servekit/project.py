@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import stat
 from pathlib import Path
 
 from servekit.errors import ConfigError
@@ -62,14 +64,35 @@ class Project:
         return self.model_store / f"{model}.mar"
 
     def check(self) -> Project:
-        """``NotAProject`` naming the directory and what to do, unless it holds a project."""
-        if not self.root.is_dir():
-            raise NotAProject(f"project directory {self.root} does not exist")
-        if not self.properties.is_file():
+        """``NotAProject`` naming the directory and what is wrong, unless it holds a project
+        whose ``config.properties`` can be read."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            raise NotAProject(f"project directory {self.root} does not exist") from None
+        except NotADirectoryError:
+            raise NotAProject(
+                f"{self.root} is a file, not a directory: pass the project directory to --project"
+            ) from None
+        except OSError as err:  # PermissionError above all: chmod, another user's directory
+            raise NotAProject(
+                f"project directory {self.root} cannot be read: {err.strerror or err}; "
+                "check its permissions"
+            ) from None
+        if PROPERTIES not in names:
             raise NotAProject(
                 f"{self.root} is not a servekit project (no {PROPERTIES}): run servekit in a "
                 "project directory or pass --project DIR"
             )
+        try:
+            if not stat.S_ISREG(os.stat(self.properties).st_mode):
+                raise NotAProject(f"{self.properties} is not a regular file")
+            with self.properties.open("rb"):  # a regular file: opening it cannot block
+                pass
+        except OSError as err:
+            raise NotAProject(
+                f"{self.properties} cannot be read: {err.strerror or err}; check its permissions"
+            ) from None
         return self
 
 

@@ -58,8 +58,11 @@ _REPEATS = tuple(
 MAX_JAVA_INT_DIGITS = 19  # longer digit strings overflow even a Java long
 
 
-def check_properties(path: Path, label: str) -> tuple[list[Finding], dict[str, str]]:
-    """Findings for one properties file, and its resolved ``key -> value`` map."""
+def check_properties(
+    path: Path, label: str, specs_dir: Path | None = None
+) -> tuple[list[Finding], dict[str, str]]:
+    """Findings for one properties file, and its resolved ``key -> value`` map; with
+    ``specs_dir``, also each ``load_models`` archive that has no spec there."""
     try:
         entries = parse_properties(read_capped(path).decode("iso-8859-1"))
     except ConfigError as err:
@@ -80,7 +83,40 @@ def check_properties(path: Path, label: str) -> tuple[list[Finding], dict[str, s
             findings += _check_entry(label, Entry(entry.key, resolved, entry.line))
     findings += _security(label, values, lines)
     findings += _log_config(label, path.parent, values, lines)
+    if specs_dir is not None:
+        findings += _unspecced_models(label, values, lines, specs_dir)
     return findings, values
+
+
+def _unspecced_models(
+    label: str, values: Mapping[str, str], lines: Mapping[str, int], specs_dir: Path
+) -> list[Finding]:
+    """``load_models`` entries ``[name=]file.mar`` whose ``<file>.yml`` is not in ``specs_dir``:
+    ``servekit archive`` never builds them (TorchServe reads the list as ``ModelServer.java``
+    does: split at commas, an optional ``name=`` before the archive; ``all`` is every one)."""
+    findings = []
+    for entry in values.get("load_models", "").split(","):
+        archive = entry.split("=", 1)[-1].strip()
+        if not archive.endswith(".mar") or "/" in archive or ":" in archive:
+            continue  # all, a URL or a path: not one of the project's archives
+        name = archive[: -len(".mar")]
+        if is_file(specs_dir / f"{name}.yml"):
+            continue
+        findings.append(
+            Finding(
+                severity=WARNING,
+                code="no-spec",
+                file=label,
+                line=lines.get("load_models"),
+                key="load_models",
+                value=show(archive),
+                expected=f"an archive servekit builds: a spec {specs_dir.name}/{name}.yml",
+                fix=f"write {specs_dir.name}/{name}.yml or remove {archive} from load_models",
+                problem="no spec builds this archive: servekit archive never makes it, and "
+                "TorchServe fails to load it unless model_store holds one built elsewhere",
+            )
+        )
+    return findings
 
 
 def _log_config(

@@ -140,6 +140,13 @@ CODES: dict[str, tuple[str, str]] = {
     "missing-key": (ERROR, "a required model spec key is missing"),
     "missing-file": (ERROR, "a model spec names a file that does not exist"),
     "bad-handler": (ERROR, "the handler file is not Python or defines not exactly one class"),
+    "bad-import": (
+        ERROR,
+        "a handler import an archived model cannot satisfy: relative, servekit outside "
+        "servekit.runtime, a missing handlers module",
+    ),
+    "misplaced-key": (ERROR, "model_config: handler: in a spec (dropped): use handler_options"),
+    "no-spec": (WARNING, "a load_models archive no spec in config/ builds"),
     "options-unchecked": (
         WARNING,
         "handler options declared in a way only running the handler tells (--import-handlers)",

@@ -282,3 +282,149 @@ def _base_name(node: ast.expr) -> str | None:
     if isinstance(node, ast.Attribute):
         return node.attr
     return node.id if isinstance(node, ast.Name) else None
+
+
+# ----- imports the archive cannot satisfy ---------------------------------------------------
+PACKAGE = "handlers"  # the project's handler package, archived next to servekit.runtime
+_SHIPPED = ("servekit", "runtime")  # the only part of servekit an archive holds
+
+
+@dataclasses.dataclass(frozen=True)
+class BadImport:
+    """One import of a handler (or a module of ``handlers`` it imports) that fails in a worker."""
+
+    path: Path
+    line: int
+    statement: str
+    problem: str
+    fix: str
+
+
+def import_problems(handler: Path, root: Path) -> list[BadImport]:
+    """Imports that fail once archived: relative ones in the handler file (TorchServe loads it
+    as a top-level module), ``servekit`` outside ``servekit.runtime`` (not archived), and
+    ``handlers.*`` modules that do not exist; the project's ``handlers.*`` modules the handler
+    imports are followed one level for the last two."""
+    module = parse(handler)
+    problems = [
+        _relative(handler, root, node)
+        for node in _imports(module.tree)
+        if isinstance(node, ast.ImportFrom) and node.level
+    ]
+    followed: list[Path] = []
+    for node in _imports(module.tree):
+        for name in _absolute_names(node):
+            problems += _absolute_problem(handler, root, node, name, followed)
+    for path in dict.fromkeys(p for p in followed if p != handler and is_file(p)):
+        try:
+            tree = parse(path).tree
+        except ConfigError:
+            continue  # what is wrong in it shows when the worker imports it, with its reason
+        for node in _imports(tree):
+            for name in _absolute_names(node):
+                problems += _absolute_problem(path, root, node, name, [])
+    return problems
+
+
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements that run unconditionally: not under ``if TYPE_CHECKING`` nor in a
+    ``try`` that catches ImportError (a fallback the author planned)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+            continue
+        if isinstance(node, ast.If) and _base_name(node.test) == "TYPE_CHECKING":
+            pending += node.orelse
+            continue
+        if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
+            pending += [*node.orelse, *node.finalbody, *node.handlers]
+            continue
+        pending += list(ast.iter_child_nodes(node))
+    return sorted(found, key=lambda n: n.lineno)
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    names = {_base_name(k) for k in kinds if k is not None}
+    return handler.type is None or bool(names & {"ImportError", "ModuleNotFoundError", "Exception"})
+
+
+def _absolute_names(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The dotted modules an absolute import needs (``a.b`` for ``from a.b import c``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if node.level or not node.module:
+        return []
+    return [node.module]
+
+
+def _absolute_problem(
+    path: Path, root: Path, node: ast.Import | ast.ImportFrom, name: str, followed: list[Path]
+) -> list[BadImport]:
+    parts = name.split(".")
+    statement = _statement(node)
+    if parts[0] == "servekit" and tuple(parts[:2]) != _SHIPPED:
+        return [
+            BadImport(
+                path,
+                node.lineno,
+                statement,
+                f"{name} is not in the archive: only servekit.runtime is shipped with a model",
+                f"import it from servekit.runtime, or move what the handler needs into {PACKAGE}/",
+            )
+        ]
+    if parts[0] != PACKAGE or not (root / PACKAGE).is_dir():
+        return []
+    found = _project_module(root, parts)
+    if found is None:
+        return [
+            BadImport(
+                path,
+                node.lineno,
+                statement,
+                f"no module {name} in the project ({'/'.join(parts)}.py)",
+                f"add {'/'.join(parts)}.py or fix the import",
+            )
+        ]
+    followed.append(found)
+    if isinstance(node, ast.ImportFrom):  # from handlers.pkg import module: follow it too
+        followed += [
+            sub
+            for alias in node.names
+            if (sub := _project_module(root, [*parts, alias.name])) is not None
+        ]
+    return []
+
+
+def _project_module(root: Path, parts: list[str]) -> Path | None:
+    """``root/a/b.py`` or ``root/a/b/__init__.py``; the directory of a namespace package."""
+    base = root.joinpath(*parts)
+    found = [c for c in (base.with_suffix(".py"), base / "__init__.py") if is_file(c)]
+    return found[0] if found else (base if base.is_dir() else None)
+
+
+def _relative(handler: Path, root: Path, node: ast.ImportFrom) -> BadImport:
+    package = handler.parent.absolute()
+    for _ in range(node.level - 1):
+        package = package.parent
+    try:
+        prefix = list(package.relative_to(root.absolute()).parts)
+    except ValueError:
+        prefix = [PACKAGE]
+    module = ".".join([*prefix, *([node.module] if node.module else [])]) or PACKAGE
+    names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
+    return BadImport(
+        handler,
+        node.lineno,
+        _statement(node),
+        "a relative import: TorchServe loads the handler file as a top-level module "
+        "(ImportError: attempted relative import with no known parent package)",
+        f"write from {module} import {names}",
+    )
+
+
+def _statement(node: ast.Import | ast.ImportFrom) -> str:
+    return ast.unparse(node)

@@ -16,6 +16,7 @@ and ``ts/model_server.py`` (the launcher's own keys).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 
 # Kinds of value. Properties are text that TorchServe parses; YAML values are typed.
@@ -469,7 +470,13 @@ TORCHRUN_KEYS: Mapping[str, Key] = _index(
 
 SPEC: Mapping[str, Key] = _index(
     [
-        Key("name", STRING, None, "Model name; must match the file name"),
+        Key(
+            "name",
+            STRING,
+            None,
+            "Model name: letters, digits, _ - . (a letter or digit first); must match the "
+            "file name",
+        ),
         Key("version", STRING, None, "Model version (a string: quote 1.0)"),
         Key("handler", STRING, None, "Handler file, relative to the project (one class per file)"),
         Key("serialized_file", STRING, None, "Weights file shipped in the archive"),
@@ -484,6 +491,8 @@ SPEC: Mapping[str, Key] = _index(
     ]
 )
 SPEC_REQUIRED = ("name", "version", "handler")
+# torch-model-archiver's rule for a model name (model_packaging_utils.py, 0.12)
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]*")
 
 TABLES: Mapping[str, Mapping[str, Key]] = {
     PROPERTIES_FILE: PROPERTIES,

@@ -100,7 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"servekit config-docs: {printable(str(err))}", file=sys.stderr)
         return 2
     if args.check:
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        if not target.is_file():
+            print(f"{target} is missing: run servekit config-docs --write", file=sys.stderr)
+            return 1
+        try:
+            written = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            why = err.strerror if isinstance(err, OSError) else "not UTF-8"
+            print(f"servekit config-docs: cannot read {target}: {why}", file=sys.stderr)
+            return 2
+        if written != text:
             print(f"{target} is out of date: run servekit config-docs --write", file=sys.stderr)
             return 1
         return 0

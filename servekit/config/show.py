@@ -4,7 +4,8 @@
 
 Values set in model-config.yml or the spec name their file; handler options nobody set show
 the handler's declared default. The validator's findings for the model follow the table;
-the exit code is 1 when there is an error, 2 when there is no such model or project.
+the exit code is 1 when there is an error, 2 when there is no such model or project or its
+spec or model-config.yml cannot be loaded (as ``servekit archive``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from servekit.config import schema
 from servekit.config.findings import MAX_SHOWN, jsonable, key_text, printable
 from servekit.config.handler_options import declared_options
 from servekit.config.limits import is_file
@@ -32,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="servekit show-config",
         description="Show a model's effective config and where each value comes from.",
-        epilog="Exit codes: 0 ok, 1 the validator found an error, 2 no such model or project.",
+        epilog="Exit codes: 0 ok, 1 the validator found an error, 2 no such model or project, "
+        "or a spec that cannot be loaded.",
     )
     parser.add_argument("name", help="model name: the spec config/<name>.yml")
     parser.add_argument(
@@ -47,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolkitError as err:
         print(f"servekit show-config: {printable(str(err))}", file=sys.stderr)
         return 2
+    if not schema.MODEL_NAME.fullmatch(args.name):
+        parser.error(
+            f"{printable(args.name)!r} is not a model name (letters, digits, '_', '-', '.'; "
+            "no path): show-config takes NAME of config/NAME.yml"
+        )
     spec_path = project.spec(args.name)
     if not is_file(spec_path):
         known = ", ".join(p.stem for p in project.specs()) or "none"
@@ -58,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         defaults = read_yaml(project.model_config) if project.model_config.exists() else None
         sources = config_sources(spec, defaults or {}, project.model_config)
         sources = {**_handler_defaults(spec, project, args.import_handlers), **sources}
-    except ToolkitError as err:
+    except ToolkitError as err:  # a spec archive would refuse too: bad input, as there
         print(f"servekit show-config: {printable(str(err))}", file=sys.stderr)
-        return 1
+        return 2
     rows = sorted(
         (printable(key_text(k)), _value(v), printable(_relative(o, project)))
         for k, (v, o) in sources.items()

@@ -19,9 +19,18 @@ from servekit.config.findings import key_text, show
 from servekit.config.limits import is_file, not_a_file, read_capped
 from servekit.config.yamlpos import load_yaml
 from servekit.errors import ConfigError
+from servekit.runtime.decoding import brief
 
 SPEC_KEYS = tuple(schema.SPEC)  # one source of truth: servekit/config/schema.py
 REQUIRED = schema.SPEC_REQUIRED
+BAD_NAME = (
+    "TorchServe refuses it: a model name holds only letters, digits, '_', '-' and '.', "
+    "starting with a letter or digit"
+)
+HANDLER_IN_MODEL_CONFIG = (
+    "model_config: handler: is dropped whenever model-config.yml's handler: section or "
+    "handler_options sets an option; write these options under handler_options: instead"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +52,26 @@ class ModelSpec:
         return files + ([self.serialized_file] if self.serialized_file else [])
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; an error names the file and the line."""
+def read_yaml(path: Path) -> dict[Any, Any]:
+    """A YAML file that holds a mapping (an empty file is ``{}``); ``ConfigError`` names the
+    file, and the line for malformed YAML, when it is unreadable, not YAML or not a mapping."""
+    data = _read_document(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {not_a_mapping(data)}")
+    return data
+
+
+def not_a_mapping(data: Any) -> str:
+    """What is wrong with a YAML document that should be a mapping and is ``data``."""
+    return (
+        f"the file holds a YAML {type(data).__name__} ({brief(data, 60, written=True, length=True)}), not a "
+        "mapping of 'key: value' lines"
+    )
+
+
+def _read_document(path: Path) -> Any:
     if (why := not_a_file(path)) is not None:
         raise ConfigError(f"{path}: {why}")
     try:
@@ -60,7 +87,9 @@ def read_yaml(path: Path) -> Any:
 
 def load_spec(path: Path, root: Path) -> ModelSpec:
     """Read one spec; paths in it are relative to ``root`` (the project)."""
-    data = read_yaml(path)
+    data = _read_document(path)
+    if data is None:
+        raise ConfigError(f"{path}: empty; a model spec needs at least {', '.join(REQUIRED)}")
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a model spec must be a mapping with keys {', '.join(SPEC_KEYS)}"
@@ -77,6 +106,11 @@ def load_spec(path: Path, root: Path) -> ModelSpec:
             )
     if data["name"] != path.stem:
         raise ConfigError(f"{path}: name '{data['name']}' must match the file name '{path.stem}'")
+    if not schema.MODEL_NAME.fullmatch(data["name"]):
+        raise ConfigError(f"{path}: name {show(data['name'])}: {BAD_NAME}")
+    model_config = _mapping(path, data, "model_config")
+    if "handler" in model_config:
+        raise ConfigError(f"{path}: {HANDLER_IN_MODEL_CONFIG}")
     serialized = data.get("serialized_file")
     return ModelSpec(
         name=data["name"],
@@ -86,7 +120,7 @@ def load_spec(path: Path, root: Path) -> ModelSpec:
         if serialized
         else None,
         extra_files=tuple(_existing(path, root, "extra_files", f) for f in _list(path, data)),
-        model_config=_mapping(path, data, "model_config"),
+        model_config=model_config,
         handler_options=_mapping(path, data, "handler_options"),
         source=path,
     )
@@ -100,7 +134,7 @@ def load_specs(config_dir: Path, root: Path) -> list[ModelSpec]:
 def effective_config(spec: ModelSpec, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """``defaults`` with the spec's overrides; handler options merged into ``handler:``."""
     merged = {**defaults, **spec.model_config}
-    handler = {**(defaults.get("handler") or {}), **spec.handler_options}
+    handler = {**_handler_section(defaults), **spec.handler_options}
     if handler:
         merged["handler"] = handler
     return merged
@@ -114,13 +148,24 @@ def config_sources(
     for key, value in defaults.items():
         if key != "handler":
             sources[key] = (value, str(defaults_path))
-    for key, value in (defaults.get("handler") or {}).items():
+    for key, value in _handler_section(defaults, defaults_path).items():
         sources[f"handler.{key}"] = (value, str(defaults_path))
     for key, value in spec.model_config.items():
         sources[key] = (value, f"{spec.source} (model_config)")
     for key, value in spec.handler_options.items():
         sources[f"handler.{key}"] = (value, f"{spec.source} (handler_options)")
     return sources
+
+
+def _handler_section(defaults: Mapping[str, Any], path: Path | None = None) -> Mapping[Any, Any]:
+    """The defaults' ``handler:`` section; ``ConfigError`` when it is not a mapping."""
+    section = defaults.get("handler") or {}
+    if not isinstance(section, dict):
+        where = f"{path}: " if path is not None else "the default model config: "
+        raise ConfigError(
+            f"{where}key 'handler' must be a mapping of handler options, got {show(section)}"
+        )
+    return section
 
 
 def _existing(spec: Path, root: Path, key: str, value: Any) -> Path:

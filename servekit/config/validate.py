@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -55,11 +56,12 @@ from servekit.config.findings import (
     show,
 )
 from servekit.config.handler_options import check_options, declared_options
-from servekit.config.handler_source import Unresolved
+from servekit.config.handler_source import Unresolved, import_problems
 from servekit.config.limits import is_file, not_a_file, read_capped
+from servekit.config.specs import HANDLER_IN_MODEL_CONFIG
 from servekit.config.yamlpos import YamlDoc, YamlTooComplex, YamlTooLarge, load_yaml
 from servekit.errors import ConfigError, ToolkitError
-from servekit.project import Project, add_argument, from_args
+from servekit.project import MODEL_CONFIG, PROPERTIES, Project, add_argument, from_args
 from servekit.runtime.options import HandlerOptions
 
 PROPERTIES_SUFFIXES = (".properties",)
@@ -89,14 +91,20 @@ def validate_paths(
     """
     findings: list[Finding] = []
     queue = DEFAULT_QUEUE
+    yamls = [p for p in paths if p.suffix in YAML_SUFFIXES]
+    specs_dir = _absolute(root / "config")
+    in_specs_dir = {p for p in yamls if _absolute(p).parent == specs_dir}
     for path in paths:
         if path.suffix in PROPERTIES_SUFFIXES:
-            found, values = check_properties(path, str(path))
+            # load_models is checked against the specs only when they are validated with it
+            with_specs = bool(in_specs_dir) and _absolute(path) == _absolute(root / PROPERTIES)
+            found, values = check_properties(path, str(path), specs_dir if with_specs else None)
             findings += found
             queue = _queue_size(values.get("job_queue_size"), queue)
-    yamls = [p for p in paths if p.suffix in YAML_SUFFIXES]
     loaded = {p: _load(p, findings) for p in yamls}
-    kinds = {p: _kind(doc.doc.data) for p, doc in loaded.items() if doc is not None}
+    kinds = {
+        p: _kind(doc.doc.data, p in in_specs_dir) for p, doc in loaded.items() if doc is not None
+    }
     given_defaults = [loaded[p] for p, kind in kinds.items() if kind == "model-config"]
     defaults = given_defaults[0] if len(given_defaults) == 1 else _root_defaults(root)
     for path, kind in kinds.items():
@@ -107,6 +115,8 @@ def validate_paths(
             findings += _model_config(doc, queue)
         elif kind == "spec":
             findings += _spec(path, doc, defaults, root, queue, import_handlers)
+        elif kind == "empty-spec":
+            findings.append(_empty_spec(doc))
         else:
             findings.append(_not_a_mapping(doc))
     return list(dict.fromkeys(findings))
@@ -198,19 +208,31 @@ def _string_keys(section: Mapping[Any, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if isinstance(k, str)}
 
 
-def _kind(data: Any) -> str:
+def _kind(data: Any, in_specs_dir: bool) -> str:
+    """What a YAML file is: every ``config/*.yml`` of the project is a spec (archive reads
+    each as one); elsewhere the keys tell."""
     if not isinstance(data, dict):
         return "not-a-mapping"
+    if in_specs_dir:
+        return "spec" if data else "empty-spec"
     if any(k in data for k in SPEC_MARKERS) or isinstance(data.get("handler"), str):
         return "spec"
     return "model-config"
 
 
+def _absolute(path: Path) -> Path:
+    """``path`` absolute, ``..`` folded, without touching the file system."""
+    return Path(os.path.abspath(path))
+
+
 def _root_defaults(root: Path) -> Loaded | None:
-    path = root / "model-config.yml"
+    """The project's model-config.yml, when it is a mapping (otherwise it gets its own
+    finding when validated, and specs are checked without defaults)."""
+    path = root / MODEL_CONFIG
     if not is_file(path):
         return None
-    return _load(path, [])
+    loaded = _load(path, [])
+    return loaded if loaded is not None and isinstance(loaded.doc.data, dict) else None
 
 
 def _queue_size(text: str | None, current: int) -> int:
@@ -228,7 +250,21 @@ def _not_a_mapping(doc: Loaded) -> Finding:
         value=show(doc.doc.data),
         expected="a mapping of 'key: value' lines",
         fix="write one 'key: value' per line",
-        problem=f"the file is a {type(doc.doc.data).__name__}, not a mapping",
+        problem=f"the file holds a YAML {type(doc.doc.data).__name__}, not a mapping",
+    )
+
+
+def _empty_spec(doc: Loaded) -> Finding:
+    return Finding(
+        severity=ERROR,
+        code="missing-key",
+        file=doc.label,
+        line=None,
+        key="(file)",
+        value="",
+        expected="a model spec with " + ", ".join(schema.SPEC_REQUIRED),
+        fix="write the spec (name, version, handler) or delete the file",
+        problem="an empty model spec: servekit archive refuses it",
     )
 
 
@@ -255,6 +291,9 @@ def _spec(
     findings = _spec_keys(path, doc, root)
     overrides = data.get("model_config")
     if isinstance(overrides, dict):
+        if "handler" in overrides:
+            findings.append(_handler_in_model_config(doc, overrides["handler"]))
+            overrides = {k: v for k, v in overrides.items() if k != "handler"}
         findings += check_keys(
             overrides, lambda k: doc.where("model_config", *k.split(".")), "model_config."
         )
@@ -270,7 +309,51 @@ def _spec(
 
     findings += check_effective(effective, locate, queue, "")
     findings += _spec_options(data, doc, defaults, root, imports)
-    return findings
+    return findings + _spec_imports(data, doc, root)
+
+
+def _handler_in_model_config(doc: Loaded, value: Any) -> Finding:
+    return Finding(
+        severity=ERROR,
+        code="misplaced-key",
+        file=doc.label,
+        line=doc.doc.line("model_config", "handler"),
+        key="model_config.handler",
+        value=show(value),
+        expected="handler options under handler_options:",
+        fix="move these options to handler_options: (the spec's handler: section)",
+        problem=HANDLER_IN_MODEL_CONFIG.split("; ")[0],
+    )
+
+
+def _spec_imports(data: Mapping[str, Any], doc: Loaded, root: Path) -> list[Finding]:
+    """Imports of the handler that fail in a TorchServe worker once archived."""
+    handler = data.get("handler")
+    if not isinstance(handler, str) or not is_file(root / handler):
+        return []
+    try:
+        problems = import_problems(root / handler, root)
+    except ConfigError:  # not Python: _spec_options reports it (bad-handler)
+        return []
+    return [
+        Finding(
+            severity=ERROR,
+            code="bad-import",
+            file=doc.label,
+            line=doc.doc.line("handler"),
+            key="handler",
+            value=show(handler),
+            expected="imports an archived model can satisfy",
+            fix=p.fix,
+            problem=f"{_shown(p.path, root)}:{p.line}: {p.statement}: {p.problem}",
+        )
+        for p in problems
+    ]
+
+
+def _shown(path: Path, root: Path) -> str:
+    absolute, base = _absolute(path), _absolute(root)
+    return str(absolute.relative_to(base)) if absolute.is_relative_to(base) else str(path)
 
 
 def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
@@ -324,6 +407,17 @@ def _spec_keys(path: Path, doc: Loaded, root: Path) -> list[Finding]:
                 f"the file name, '{path.stem}'",
                 f"rename the file to {data['name']}.yml or set name: {path.stem}",
                 "the model name must match the spec's file name",
+            )
+        )
+    name = data.get("name")
+    if isinstance(name, str) and name and not schema.MODEL_NAME.fullmatch(name):
+        findings.append(
+            finding(
+                "bad-value",
+                "name",
+                "letters, digits, '_', '-' and '.', starting with a letter or digit",
+                "rename the model (and its spec file), e.g. with '_' for spaces",
+                'torch-model-archiver refuses it: "Model name contains special characters"',
             )
         )
     findings += _spec_files(doc, root)

@@ -2,7 +2,7 @@
 
 from servekit.runtime.base import ToolkitHandler
 
-from .scaled_options import ScaledOptions
+from tests.corpus.handlers.scaled_options import ScaledOptions
 
 
 class ScaledHandler(ToolkitHandler[object]):
