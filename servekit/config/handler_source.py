@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +25,7 @@ from typing import Any, cast
 import servekit.runtime
 from servekit.config.limits import MAX_INT_BITS, is_file, read_capped
 from servekit.errors import ConfigError
+from servekit.runtime.decoding import cut
 from servekit.runtime.options import HandlerOptions
 
 MAX_HOPS = 8  # base classes and imports followed from the handler file
@@ -365,18 +368,18 @@ def _absolute_problem(
     path: Path, root: Path, node: ast.Import | ast.ImportFrom, name: str, followed: list[Path]
 ) -> list[BadImport]:
     parts = name.split(".")
-    statement = _statement(node)
+    statement, shown, file = _statement(node), cut(name, 120), cut("/".join(parts), 120)
     if parts[0] == "servekit" and tuple(parts[:2]) != _SHIPPED:
         return [
             BadImport(
                 path,
                 node.lineno,
                 statement,
-                f"{name} is not in the archive: only servekit.runtime is shipped with a model",
+                f"{shown} is not in the archive: only servekit.runtime is shipped with a model",
                 f"import it from servekit.runtime, or move what the handler needs into {PACKAGE}/",
             )
         ]
-    if parts[0] != PACKAGE or not (root / PACKAGE).is_dir():
+    if parts[0] != PACKAGE or not _is_dir(root / PACKAGE):
         return []
     found = _project_module(root, parts)
     if found is None:
@@ -385,8 +388,8 @@ def _absolute_problem(
                 path,
                 node.lineno,
                 statement,
-                f"no module {name} in the project ({'/'.join(parts)}.py)",
-                f"add {'/'.join(parts)}.py or fix the import",
+                f"no module {shown} in the project ({file}.py)",
+                f"add {file}.py or fix the import",
             )
         ]
     followed.append(found)
@@ -403,7 +406,15 @@ def _project_module(root: Path, parts: list[str]) -> Path | None:
     """``root/a/b.py`` or ``root/a/b/__init__.py``; the directory of a namespace package."""
     base = root.joinpath(*parts)
     found = [c for c in (base.with_suffix(".py"), base / "__init__.py") if is_file(c)]
-    return found[0] if found else (base if base.is_dir() else None)
+    return found[0] if found else (base if _is_dir(base) else None)
+
+
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that answers False for a name too long for the file system."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _relative(handler: Path, root: Path, node: ast.ImportFrom) -> BadImport:
@@ -422,9 +433,9 @@ def _relative(handler: Path, root: Path, node: ast.ImportFrom) -> BadImport:
         _statement(node),
         "a relative import: TorchServe loads the handler file as a top-level module "
         "(ImportError: attempted relative import with no known parent package)",
-        f"write from {module} import {names}",
+        f"write from {cut(module, 120)} import {cut(names, 120)}",
     )
 
 
 def _statement(node: ast.Import | ast.ImportFrom) -> str:
-    return ast.unparse(node)
+    return cut(ast.unparse(node), 120)

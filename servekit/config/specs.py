@@ -65,10 +65,8 @@ def read_yaml(path: Path) -> dict[Any, Any]:
 
 def not_a_mapping(data: Any) -> str:
     """What is wrong with a YAML document that should be a mapping and is ``data``."""
-    return (
-        f"the file holds a YAML {type(data).__name__} ({brief(data, 60, written=True, length=True)}), not a "
-        "mapping of 'key: value' lines"
-    )
+    shown = f"{type(data).__name__} ({brief(data, 60, written=True, length=True)})"
+    return f"the file holds a YAML {shown}, not a mapping of 'key: value' lines"
 
 
 def _read_document(path: Path) -> Any:

@@ -261,3 +261,13 @@ def test_show_config_exits_2_on_a_spec_that_cannot_be_loaded(project: Path) -> N
 def test_config_docs_check_says_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert schema_docs.main(["--check", "--out", str(tmp_path / "keys.md")]) == 1
     assert "keys.md is missing: run servekit config-docs --write" in capsys.readouterr().err
+
+
+def test_hostile_imports_get_findings_not_exceptions(project: Path) -> None:
+    long_name = ".".join(["a" * 200] * 40)  # a path too long for the file system
+    source = f"from handlers.{long_name} import x\nimport servekit.{long_name}\n" + (
+        "from .m import y\n" * 2000
+    )
+    found = bad_imports(project, source)
+    assert len(found) == 2002
+    assert all(len(f.text()) < 1000 for f in found)
