@@ -2,9 +2,11 @@
 
     servekit bench-ops            # or: make bench-ops; writes docs/bench/ops.json
 
-Builds the project's archives (as ``servekit archive`` does), then starts its own TorchServe
-servers (free ports, own TMPDIR) from the project's config.properties, serving its
-``slow_model``, ``leaky_model``, ``empty_model`` and ``failing_model``.
+Builds the archives of this repository's demo models ``slow_model``, ``leaky_model``,
+``empty_model`` and ``failing_model`` (as ``servekit archive`` does), then starts its own
+TorchServe servers (free ports, own TMPDIR) from the project's config.properties, serving them.
+A project without their specs (config/<model>.yml) is refused up front (exit 2): these
+figures are of the toolkit itself, measured in a clone of its repository.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from servekit.bench import command
 from servekit.bench.machine import machine
 from servekit.bench.stats import percentile
 from servekit.cli import OK
-from servekit.config.specs import load_specs, read_yaml
+from servekit.config.specs import load_spec, read_yaml
+from servekit.errors import ConfigError
 from servekit.health.probe import Target, probe
 from servekit.health.recycle import Limits, Recycler
 from servekit.project import Project
 from servekit.runtime.stats import stats_dir
 from servekit.serve.archive import build
+from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.server import TorchServe, running
 
 
@@ -142,10 +146,29 @@ def init_failure(config: Path, workdir: Path) -> dict[str, Any]:
             time.sleep(0.05)
 
 
+DEMO_MODELS = ("slow_model", "leaky_model", "empty_model", "failing_model")
+
+
+def check_demo_models(project: Project) -> None:
+    """``ConfigError`` unless ``project`` has the specs of every demo model measured here."""
+    missing = [project.spec(m) for m in DEMO_MODELS if not project.spec(m).is_file()]
+    if missing:
+        raise ConfigError(
+            f"bench-ops measures the toolkit's own demo models ({', '.join(DEMO_MODELS)}); "
+            f"the project {project.root} has no {', '.join(p.name for p in missing)} in "
+            f"{project.specs_dir}: run it in a clone of the toolkit's repository"
+        )
+
+
 def measure(project: Project, command_line: str) -> dict[str, Any]:
     defaults = read_yaml(project.model_config)
-    for spec in load_specs(project.specs_dir, project.root):
-        build(spec, defaults, project.root, project.model_store)
+    for model in DEMO_MODELS:
+        build(
+            load_spec(project.spec(model), project.root),
+            defaults,
+            project.root,
+            project.model_store,
+        )
     results: dict[str, Any] = {"command": command_line, "machine": machine()}
     config = project.properties
     with tempfile.TemporaryDirectory(prefix="bench-ops-") as tmp:
@@ -169,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     project = command.project_of(args)
+    check_demo_models(project)
+    exit_on_sigterm()  # a TERM stops the servers started here, as Ctrl-C does
     out: Path = args.out or project.root / "docs" / "bench" / "ops.json"
     results = measure(project, command.line("bench-ops", argv))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -119,3 +119,16 @@ def from_file(path: Path, content_type: str | None = None) -> Payload:
         )
     guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return Payload((data,), content_type or guessed, path.name)
+
+
+def choose(model: str | None, path: Path | None, content_type: str | None = None) -> Payload:
+    """The bodies a benchmark sends: the file ``path`` (``--payload``) when given, else
+    ``model``'s built-in payload; ``content_type`` (``--content-type``) overrides either's."""
+    if path is not None:
+        return from_file(path, content_type)
+    if model is None:
+        raise ConfigError("no payload: give --payload FILE")
+    payload = built_in(model)
+    if content_type:
+        return Payload(payload.bodies, content_type, payload.description)
+    return payload

@@ -119,15 +119,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def payload_of(args: argparse.Namespace) -> bench_payloads.Payload:
-    if args.payload is not None:
-        return bench_payloads.from_file(args.payload, args.content_type)
-    payload = bench_payloads.built_in(args.model)
-    if args.content_type:
-        return bench_payloads.Payload(payload.bodies, args.content_type, payload.description)
-    return payload
-
-
 def loads_of(args: argparse.Namespace) -> list[loadgen.Load]:
     common = {
         "duration": args.duration,
@@ -226,7 +217,7 @@ def check(result: loadgen.LoadResult) -> None:
 
 
 def bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[loadgen.LoadResult]]:
-    payload = payload_of(args)
+    payload = bench_payloads.choose(args.model, args.payload, args.content_type)
     info = machine()
     results = []
     with server_for(args) as (url, server):

@@ -3,6 +3,7 @@
     servekit tune --model minilm --p95 100            # climb, write config/minilm.yml
     servekit tune --model minilm --p95 100 --grid     # also the full grid, to compare
     servekit tune --model iris --p95 50 --batch-sizes 1,4,16 --no-write
+    servekit tune --model tiny --payload body.json     # a model with no built-in payload
 
 It starts its own TorchServe from the project's config.properties (loopback, free ports, own
 temp dir; the model API switched on there only), registers the model's archive once per setting and
@@ -55,6 +56,12 @@ def int_list(text: str) -> tuple[int, ...]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command.parser("tune", __doc__)
     parser.add_argument("--model", required=True, help="archive model_store/MODEL.mar")
+    parser.add_argument(
+        "--payload",
+        type=Path,
+        help="body file (.jsonl: one body a line); default: the model's built-in payload",
+    )
+    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
     parser.add_argument("--p95", type=float, default=100.0, help="objective: p95 in ms (100)")
     parser.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32))
     parser.add_argument("--delays", type=int_list, default=(5, 10, 20, 50), help="ms")
@@ -143,7 +150,7 @@ def search_summary(search: tuner.Search, seconds: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     command.archive_of(args.project, args.model)
-    payload = bench_payloads.built_in(args.model)
+    payload = bench_payloads.choose(args.model, args.payload, args.content_type)
     start = archived_setting(args.project.root, args.model)
     if start not in set(args.space.settings()):
         start = args.space.middle()

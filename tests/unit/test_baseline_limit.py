@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.bench.baselines.limit import measure, sentence_batches
+from servekit.bench.baselines.limit import measure, request_batches
 from servekit.bench.payloads import SENTENCES
 from servekit.errors import ConfigError
 from servekit.serve.harness import LocalModel
@@ -17,7 +17,7 @@ MAR = Path(__file__).resolve().parent.parent.parent / "model_store" / "minilm.ma
 
 @pytest.mark.parametrize("batch_size", [1, 5, 16])
 def test_batches_cycle_the_benchmark_sentences(batch_size: int) -> None:
-    batches = sentence_batches(batch_size)
+    batches = request_batches(batch_size)
     first = [next(batches) for _ in range(len(SENTENCES))]
     assert all(len(batch) == batch_size for batch in first)
     bodies = [request.parameters[0][2] for batch in first for request in batch]
@@ -26,7 +26,7 @@ def test_batches_cycle_the_benchmark_sentences(batch_size: int) -> None:
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="batch_size"):
-        sentence_batches(0)
+        request_batches(0)
 
 
 @pytest.mark.skipif(not MAR.is_file(), reason="model_store/minilm.mar not built (make archive)")
