@@ -61,7 +61,7 @@ from servekit.config.limits import is_file, not_a_file, read_capped
 from servekit.config.specs import HANDLER_IN_MODEL_CONFIG
 from servekit.config.yamlpos import YamlDoc, YamlTooComplex, YamlTooLarge, load_yaml
 from servekit.errors import ConfigError, ToolkitError
-from servekit.project import MODEL_CONFIG, PROPERTIES, Project, add_argument, from_args
+from servekit.project import Project, add_argument, from_args
 from servekit.runtime.options import HandlerOptions
 
 PROPERTIES_SUFFIXES = (".properties",)
@@ -92,12 +92,13 @@ def validate_paths(
     findings: list[Finding] = []
     queue = DEFAULT_QUEUE
     yamls = [p for p in paths if p.suffix in YAML_SUFFIXES]
-    specs_dir = _absolute(root / "config")
+    project = Project(root)
+    specs_dir = _absolute(project.specs_dir)
     in_specs_dir = {p for p in yamls if _absolute(p).parent == specs_dir}
     for path in paths:
         if path.suffix in PROPERTIES_SUFFIXES:
             # load_models is checked against the specs only when they are validated with it
-            with_specs = bool(in_specs_dir) and _absolute(path) == _absolute(root / PROPERTIES)
+            with_specs = bool(in_specs_dir) and _absolute(path) == _absolute(project.properties)
             found, values = check_properties(path, str(path), specs_dir if with_specs else None)
             findings += found
             queue = _queue_size(values.get("job_queue_size"), queue)
@@ -228,7 +229,7 @@ def _absolute(path: Path) -> Path:
 def _root_defaults(root: Path) -> Loaded | None:
     """The project's model-config.yml, when it is a mapping (otherwise it gets its own
     finding when validated, and specs are checked without defaults)."""
-    path = root / MODEL_CONFIG
+    path = Project(root).model_config
     if not is_file(path):
         return None
     loaded = _load(path, [])
