@@ -102,3 +102,20 @@ def test_profile_splits_cpu_by_process_and_worker_time_by_stage(
     assert abs(sum(shares.values()) - 1.0) < 0.01
     assert shares.get("forward", 0) > 0  # iris's Linear layers are torch/nn/modules frames
     assert "worker wall time by stage" in done.stdout
+
+
+def test_a_torchserve_that_fails_at_start_is_reported_with_its_reason(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """The server's temp dir is gone when the message is read: the reason must be in it."""
+    config = tmp_path / "small-heap.properties"
+    config.write_text(
+        f"model_store={model_store}\nvmargs=-Xmx1k\n"  # the JVM refuses to start
+    )
+    command = servekit("bench", "--model", "empty_model", "--config", str(config),
+                       "--duration", "2", "--warmup", "0.5")  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "TorchServe exited" in done.stderr
+    assert done.stderr.count("Too small maximum heap") == 1  # the log's tail, once
+    assert "Traceback" not in done.stderr

@@ -79,7 +79,12 @@ class Baseline:
                 if requests.get(url, timeout=2).status_code == 200:
                     return
             time.sleep(0.2)
-        raise BaselineError(f"{self.kind} server: {url} not 200 within {timeout} s; see {self.log}")
+        # the log's lines, not only its path: the log directory is often a temp dir, gone by
+        # the time the message is read
+        raise BaselineError(
+            f"{self.kind} server: {url} not 200 within {timeout:g} s; last lines of {self.log}:\n"
+            f"{self.log_tail() or '(empty)'}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left; safe to call twice."""
