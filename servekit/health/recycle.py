@@ -7,9 +7,11 @@ Gunicorn's ``max_requests`` for TorchServe, which has none. One worker at a time
 2. send the old worker ``SIGUSR1``: the toolkit's handler exits when idle (between
    requests, see ``servekit/runtime/recycle.py``) and TorchServe starts a fresh process in its
    place; wait until that one is READY;
-3. retire the extra worker: signal it the same way and, while TorchServe is restarting
-   it, scale back down (TorchServe removes the newest worker), so no request it had
-   taken is dropped.
+3. retire the extra worker: send it ``SIGUSR2`` and describes until it holds one (it then
+   renames itself ``sk-retired`` and waits), and scale back down while it does: TorchServe
+   removes the newest worker, and that one holds no request of a user. (Letting it exit
+   and scaling down during TorchServe's restart back-off leaves the restarted process
+   running outside every worker list: TorchServe does not cancel a scheduled restart.)
 
     servekit recycle --model leaky_model --max-memory-mb 800
     servekit recycle --model iris --max-requests 10000 --every 60
@@ -29,8 +31,9 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ import psutil
 from servekit.errors import ServerError
 from servekit.health.cli import UsageError, base_url, load_keys, model_name
 from servekit.health.probe import DEFAULT_MANAGEMENT_URL
+from servekit.runtime.recycle import RETIRED_NAME
 from servekit.runtime.stats import stats_dir
 from servekit.serve.management import (
     READY,
@@ -166,16 +170,48 @@ class Recycler:
                 )
 
     def _retire_newest(self, count: int, max_workers: int) -> dict[str, Any]:
-        """Scale back to ``count`` while the newest worker restarts: it holds no request."""
-        newest = self.describe()["workers"][-1]["pid"]
-        self._drain(newest)
-        self._scale(count, count)  # TorchServe removes workers down to max_worker only
-        if max_workers != count:
-            self._scale(count, max_workers)
-        return self._wait(
-            lambda e: len(e["workers"]) == count and _ready(e) == count,
-            f"back to {count} READY workers",
-        )
+        """Scale back to ``count`` while the newest worker holds a describe: no request."""
+        newest = int(self.describe()["workers"][-1]["pid"])
+        with self._parked(newest):
+            self._scale(count, count)  # TorchServe removes workers down to max_worker only
+            if max_workers != count:
+                self._scale(count, max_workers)
+            entry = self._wait(
+                lambda e: len(e["workers"]) == count and _ready(e) == count,
+                f"back to {count} READY workers",
+            )
+        if newest in _pids(entry):
+            raise ServerError(f"{self.model}: the scale-down kept worker {newest}, not the newest")
+        self._until(lambda: not _alive(newest), f"worker {newest} to be stopped")
+        return entry
+
+    @contextlib.contextmanager
+    def _parked(self, pid: int) -> Iterator[None]:
+        """``pid`` holding a customized describe (``SIGUSR2``, then describes until it does)."""
+        os.kill(pid, signal.SIGUSR2)
+        stop = threading.Event()
+        sender = threading.Thread(target=self._describe_until, args=(stop,), daemon=True)
+        sender.start()
+        try:
+            self._until(lambda: _parked(pid), f"worker {pid} to hold a describe")
+            yield
+        finally:
+            stop.set()
+            sender.join(self.timeout)
+
+    def _describe_until(self, stop: threading.Event) -> None:
+        """Customized describes, one at a time, until ``stop`` (its own HTTP session)."""
+        api = Management(self.api.url, self.api.token, timeout=self.timeout)
+        while not stop.is_set():
+            with contextlib.suppress(ServerError):
+                api.request("GET", model_path(self.model), {"customized": "true"})
+
+    def _until(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.model}: waited {self.timeout:g} s for {what}")
+            time.sleep(POLL_SECONDS)
 
     def _scale(self, workers: int, max_workers: int) -> None:
         self.api.scale(self.model, workers, max_workers, timeout=self.timeout)
@@ -195,6 +231,14 @@ def _pids(entry: Mapping[str, Any]) -> Sequence[int]:
 
 def _ready(entry: Mapping[str, Any]) -> int:
     return sum(w["status"] == READY for w in entry["workers"])
+
+
+def _parked(pid: int) -> bool:
+    """The worker renamed itself: it holds a describe and waits to be scaled down."""
+    try:
+        return bool(psutil.Process(pid).name() == RETIRED_NAME)
+    except psutil.Error:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
@@ -315,6 +317,40 @@ def test_recycling_after_n_requests(ops: OpsServer) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count('"reason": "') >= 1
     assert "requests >= 3" in done.stdout
+
+
+def worker_processes(server: TorchServe) -> set[int]:
+    """The Python worker processes in the server's process group, listed or not."""
+    assert server.process is not None
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(OSError):
+            command = " ".join(process.info["cmdline"] or [])
+            if "model_service_worker" in command and os.getpgid(process.pid) == server.process.pid:
+                found.add(process.pid)
+    return found
+
+
+def listed_workers(server: TorchServe) -> set[int]:
+    return {w["pid"] for m in ("slow_model", "leaky_model") for w in describe(server, m)["workers"]}
+
+
+def test_a_recycle_leaves_no_worker_process_behind(ops: OpsServer) -> None:
+    """The retired extra worker is stopped for good: TorchServe restarts a worker that exited
+    and a scale-down during that back-off did not cancel the restart (an unlisted process)."""
+    server = ops.server
+    assert worker_processes(server) == listed_workers(server)
+    before = len(worker_processes(server))
+    done = run_recycler(server, "--max-memory-mb", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    restarted = "State change WORKER_SCALED_DOWN -> WORKER_STARTED"
+    # a leftover would start after TorchServe's restart back-off (1 s) and the worker's startup
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert restarted not in server.log_tail("ts_log.log", lines=10_000)
+        assert len(worker_processes(server)) == before
+        time.sleep(0.2)
+    assert worker_processes(server) == listed_workers(server)
 
 
 # ----- Q2 init failure ------------------------------------------------------------------------

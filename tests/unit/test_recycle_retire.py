@@ -1,0 +1,58 @@
+"""A worker sent ``SIGUSR2`` waits inside its next describe, renamed so ``servekit recycle``
+sees it, until TorchServe scales it down (here: the test kills it); ``SIGUSR1`` exits at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from servekit.runtime.recycle import RETIRED_NAME
+
+WORKER = """
+import os, signal, sys
+from servekit.runtime import recycle
+assert recycle.install("m")
+os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+assert recycle.draining()
+print("draining", flush=True)
+recycle.exit_for_recycling("m")  # what a describe does in a draining worker
+"""
+
+
+def start(tmp_path: Path, signame: str) -> subprocess.Popen[str]:
+    script = tmp_path / "model_service_worker.py"  # what in_torchserve_worker() looks for
+    script.write_text(WORKER)
+    process = subprocess.Popen(
+        [sys.executable, str(script), signame], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "draining\n"
+    return process
+
+
+def test_sigusr2_holds_the_describe_renamed_until_killed(tmp_path: Path) -> None:
+    process = start(tmp_path, "SIGUSR2")
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(process.pid).name() != RETIRED_NAME:
+            assert process.poll() is None, "it exited instead of waiting"
+            assert time.monotonic() < deadline, psutil.Process(process.pid).name()
+            time.sleep(0.02)
+    finally:
+        process.kill()
+    assert process.wait(10) == -signal.SIGKILL
+
+
+def test_sigusr1_exits_inside_the_describe(tmp_path: Path) -> None:
+    process = start(tmp_path, "SIGUSR1")
+    assert process.wait(30) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl(PR_SET_NAME) is Linux's")
+def test_the_retired_name_fits_a_linux_process_name() -> None:
+    assert len(RETIRED_NAME) < 15  # psutil reads a 15-character name from the command line
