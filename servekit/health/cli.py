@@ -223,7 +223,10 @@ def _project_logs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         root = project.from_args(args, check=args.project is not None)
     except ConfigError as err:
         parser.error(str(err))
-    return root.logs if root.logs.is_dir() else None
+    try:
+        return root.logs if root.logs.is_dir() else None
+    except OSError:  # a directory it may not list (the probe in a pod reads no logs either)
+        return None
 
 
 def _emit(report: HealthReport, prog: str, as_json: bool) -> None:

@@ -462,3 +462,16 @@ def test_liveness_follows_ping_only() -> None:
 
 def test_probe_flag_is_validated() -> None:
     assert main(["--probe", "sometimes"]) == 2
+
+
+def test_project_logs_it_cannot_look_into_are_skipped_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def denied(path: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Path, "is_dir", denied)  # tests may run as root: chmod is no test
+    url = f"http://127.0.0.1:{free_loopback_port()}"
+    assert main(["--inference-url", url, "--management-url", url, "--timeout", "1"]) == 3
+    assert "Traceback" not in capsys.readouterr().err
