@@ -60,6 +60,12 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command.parser("profile", __doc__)
     parser.add_argument("--model", default="minilm")
+    parser.add_argument(
+        "--payload",
+        type=Path,
+        help="body file (.jsonl: one body a line); default: the model's built-in payload",
+    )
+    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-batch-delay", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)
@@ -135,7 +141,7 @@ def py_spy() -> str:
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     spy = py_spy()
     command.archive_of(args.project, args.model)
-    payload = bench_payloads.built_in(args.model)
+    payload = bench_payloads.choose(args.model, args.payload, args.content_type)
     info = machine()
     with (
         tempfile.TemporaryDirectory(prefix="profile-") as workdir,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from servekit import cli
-from servekit.bench import ops, tune
+from servekit.bench import ops, profile, tune
 from servekit.errors import ToolkitError
 from servekit.serve.settings import Setting
 
@@ -59,15 +59,16 @@ def test_tune_sends_the_payload_file(
     assert seen == {"bodies": (b'{"x": 1}',), "content_type": "application/json"}
 
 
-def test_tune_names_a_missing_payload_file(
-    project: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("name", ["tune", "profile"])
+def test_a_missing_payload_file_is_named_before_a_server_starts(
+    name: str, project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setattr(profile, "py_spy", lambda: "py-spy")  # found or not, not this test's
     missing = project / "nosuch.json"
-    code, err = run(
-        ["tune", "--model", "tiny", "--payload", str(missing), "--project", str(project)], capsys
-    )
+    args = [name, "--model", "tiny", "--payload", str(missing), "--project", str(project)]
+    code, err = run(args, capsys)
     assert code == cli.USAGE
-    assert f"payload file {missing} does not exist" in err
+    assert err.strip() == f"servekit {name}: payload file {missing} does not exist"
 
 
 def test_tune_without_a_built_in_payload_says_to_pass_one(
