@@ -63,6 +63,7 @@ def _latest_failure(path: Path, model: str) -> tuple[str, str] | None:
     )
     latest = None
     dying: dict[str, _Death] = {}  # worker -> the traceback being read
+    failed_load: set[str] = set()  # workers whose process logged its failure (then dies of it)
     for line in _tail(path):
         match = line_of.match(line)
         if not match:
@@ -73,7 +74,11 @@ def _latest_failure(path: Path, model: str) -> tuple[str, str] | None:
         if (found := failed.match(text)) is not None:
             reason = found["reason"].strip() or "initialize raised an exception with no message"
             latest = _later(latest, (match["time"], reason))
-        elif text.strip() == WORKER_DIED:
+            failed_load.add(thread)
+        elif text.startswith(WORKER_STARTS):
+            failed_load.discard(thread)
+        elif text.strip() == WORKER_DIED and thread not in failed_load:
+            # after a logged failure the death says only "RuntimeError: 500 - Unknown exception"
             dying[thread] = _Death(match["time"])
     for death in dying.values():
         latest = _later(latest, death.failure())
@@ -81,6 +86,7 @@ def _latest_failure(path: Path, model: str) -> tuple[str, str] | None:
 
 
 WORKER_DIED = "Backend worker process died."
+WORKER_STARTS = "Listening on port:"  # a new process of the worker
 # TorchServe, failing to import the handler file, retries it as one of its own default handlers:
 # that second ModuleNotFoundError hides the first, which is the reason
 _DEFAULT_HANDLER_RETRY = "No module named 'ts.torch_handler."

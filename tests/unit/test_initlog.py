@@ -121,7 +121,8 @@ def test_the_latest_of_a_death_and_a_failed_load_wins_and_a_load_clears_both(
     fail = FAIL.format(t="2026-11-22T04:00:05,000", port=9000, model="tiny", reason="later")
     death = died("2026-11-22T04:00:01,000", "tiny", *IMPORT_FAILED)
     assert last_init_error(logs(tmp_path, [*death, fail]), "tiny") == "later"
-    newer = died("2026-11-22T04:00:09,000", "tiny", *IMPORT_FAILED)
+    restart = f"2026-11-22T04:00:08,000 [INFO ] W-9000-tiny_1.0-stdout MODEL_LOG - {RESTART}"
+    newer = [restart, *died("2026-11-22T04:00:09,000", "tiny", *IMPORT_FAILED)]
     assert last_init_error(logs(tmp_path, [fail, *newer]), "tiny") == (
         "the worker died: ModuleNotFoundError: No module named 'handlers.common'"
     )
@@ -133,3 +134,17 @@ def test_a_death_without_a_traceback_or_of_another_model_is_no_reason(tmp_path: 
     log = died("2026-11-22T04:00:01,000", "tiny")
     log += died("2026-11-22T04:00:01,000", "tiny_v2", *IMPORT_FAILED, port=9001)
     assert last_init_error(logs(tmp_path, log), "tiny") is None
+
+
+def test_the_death_that_follows_a_logged_load_failure_does_not_hide_it(tmp_path: Path) -> None:
+    """TorchServe 0.12: 'Failed to load model' with the reason, then the worker dies of a
+    generic RuntimeError; a later process of the same worker is read again."""
+    fail = FAIL.format(t="2026-11-22T04:00:01,000", port=9001, model="bad", reason="on purpose")
+    generic = ("Traceback (most recent call last):", "RuntimeError: 500 - Unknown exception")
+    log = [fail, *died("2026-11-22T04:00:01,001", "bad", *generic, port=9001)]
+    assert last_init_error(logs(tmp_path, log), "bad") == "on purpose"
+    restart = f"2026-11-22T04:00:02,000 [INFO ] W-9001-bad_1.0-stdout MODEL_LOG - {RESTART}"
+    log += [restart, *died("2026-11-22T04:00:03,000", "bad", *IMPORT_FAILED, port=9001)]
+    assert last_init_error(logs(tmp_path, log), "bad") == (
+        "the worker died: ModuleNotFoundError: No module named 'handlers.common'"
+    )
