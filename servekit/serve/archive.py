@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servekit archive",
         description="Build every model's .mar into the project's model_store/ (only what "
-        "changed). Exit codes: 0 built or up to date, 1 a build failed, 2 usage or bad input.",
+        "changed). Exit codes: 0 built or up to date, 1 a build failed, 2 usage or bad input "
+        "(only bad specs failed; the others are built).",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="models (default: every spec)")
     parser.add_argument("-f", "--force", action="store_true", help="rebuild even if up to date")
@@ -248,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if store.exists() and not store.is_dir():
         parser.error(f"--store {store} is not a directory: give the directory for the .mar files")
     names = sorted(set(args.names)) if args.names else known
-    failed = []
+    failed: list[str] = []
+    bad_specs = 0  # failures that are bad input (a spec), not a failed build
     for name in names:
         try:
             spec = load_spec(specs_dir / f"{name}.yml", where.root)
@@ -257,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
             print(f"{name:<16} {'FAILED':<11}", flush=True)
             failed.append(name)
+            bad_specs += isinstance(err, ConfigError)
             continue
         except OSError as err:  # the store or a shared input (a handler): every build fails
             print(f"{parser.prog}: error: {_os_error(err)}", file=sys.stderr)
@@ -268,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{parser.prog}: error: {len(failed)} of {len(names)} failed: {', '.join(failed)}",
             file=sys.stderr,
         )
-        return 1
+        # only bad specs: bad input, as show-config says of the same spec (2); a build failed: 1
+        return 2 if bad_specs == len(failed) else 1
     return 0
 
 

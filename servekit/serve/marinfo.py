@@ -330,14 +330,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"{parser.prog}: error: {args.mar}: {why}", 2, parser.format_usage())
     try:
         info = read_mar(args.mar)
-        name = str(info.manifest.get("model", {}).get("modelName", ""))
-        spec_path = config_dir / f"{name}.yml"
+    except ToolkitError as err:  # the archive cannot be read: it does not match its spec
+        return _fail(args, f"{parser.prog}: error: {err}", 1)
+    name = str(info.manifest.get("model", {}).get("modelName", ""))
+    spec_path = config_dir / f"{name}.yml"
+    try:
         if not is_file(spec_path):
             problems = [f"no spec {spec_path} for model '{name}'"]
         else:
             spec = load_spec(spec_path, where.root)
             defaults = read_yaml(defaults_file) if is_file(defaults_file) else {}
             problems = check_against_spec(info, spec, defaults or {}, where.root)
+    except ConfigError as err:  # the spec or the defaults are bad input, as archive says (2)
+        return _fail(args, f"{parser.prog}: error: {err}", 2)
     except ToolkitError as err:
         return _fail(args, f"{parser.prog}: error: {err}", 1)
     if args.json:

@@ -92,7 +92,7 @@ def test_a_failing_spec_does_not_stop_the_others(
     (project / "config" / "broken.yml").write_text("name: broken\nversion: '1'\nhandler: nosuch\n")
     bad = (project / IRIS).read_text().replace("name: iris", "name: bad name")
     (project / "config" / "bad name.yml").write_text(bad)
-    assert run(project) == cli.FAILED
+    assert run(project) == cli.USAGE  # only bad specs failed: bad input, as show-config says
     out, err = capsys.readouterr()
     states = dict(line.split()[:2] for line in out.splitlines() if not line.startswith("bad"))
     assert states == {"broken": "FAILED", "iris": "built", "other": "built"}
@@ -192,6 +192,18 @@ def test_a_project_directory_it_cannot_list_is_exit_2(
     assert "Permission denied" in capsys.readouterr().err
 
 
-def test_a_single_failing_spec_exits_1(project: Path) -> None:
+def test_a_spec_whose_weights_are_missing_is_bad_input(project: Path) -> None:
     shutil.rmtree(project / "models")
-    assert run(project, "iris") == cli.FAILED
+    assert run(project, "iris") == cli.USAGE
+
+
+def test_inspect_with_defaults_that_are_not_a_mapping_is_bad_input(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(project, "iris") == cli.OK
+    defaults = project / "defaults.yml"
+    defaults.write_text("- a list\n")
+    capsys.readouterr()
+    code = cli.main(["inspect", "iris", "--project", str(project), "--defaults", str(defaults)])
+    assert code == cli.USAGE  # was 1: a bad defaults file was reported as an unreadable .mar
+    assert "defaults.yml" in capsys.readouterr().err
