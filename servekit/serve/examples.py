@@ -22,7 +22,6 @@ from typing import Any
 import requests
 
 from servekit import project
-from servekit.datasets import digit_png, digits_split
 from servekit.errors import Unreachable
 from servekit.runtime.decoding import brief
 from servekit.serve.management import Management
@@ -57,6 +56,13 @@ def samples(digit: Path | None) -> dict[str, Sample]:
 
 def write_digit(root: Path) -> tuple[Path | None, str]:
     """``root/digit.png`` (a held-out digit) and what it shows, or ``None`` and why not."""
+    try:  # the example models' data: scikit-learn, part of the [examples] extra
+        from servekit.datasets import digit_png, digits_split
+    except ModuleNotFoundError as err:
+        return (
+            None,
+            f"no digits example: {err.name} is missing (pip install 'torchserve-kit[examples]')",
+        )
     split = digits_split()
     path = root / DIGIT_PNG
     try:

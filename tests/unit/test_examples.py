@@ -4,6 +4,7 @@ only where servekit has a sample input, exit codes, and digit.png only when digi
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,3 +154,14 @@ def test_no_management_api_is_exit_3(
 
 def test_samples_cover_the_example_models() -> None:
     assert set(examples.samples(None)) == {"iris", "empty_model"}
+
+
+def test_without_the_examples_extra_the_digits_example_is_skipped_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ["sklearn", *[m for m in sys.modules if m.startswith("sklearn.")]]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if scikit-learn were not installed
+    monkeypatch.delitem(sys.modules, "servekit.datasets", raising=False)
+    path, why = examples.write_digit(tmp_path)
+    assert path is None and "torchserve-kit[examples]" in why
+    assert not (tmp_path / "digit.png").exists()
