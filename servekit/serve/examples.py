@@ -37,6 +37,9 @@ class Sample:
     post: Mapping[str, Any]
 
 
+ANSWER_CHARS = 160  # a live answer is shown whole when it is short (one line of a terminal)
+
+
 def samples(digit: Path | None) -> dict[str, Sample]:
     """The example models' inputs; ``digits`` only when its image could be written."""
     known = {
@@ -48,7 +51,7 @@ def samples(digit: Path | None) -> dict[str, Sample]:
     }
     if digit is not None:
         known["digits"] = Sample(
-            f"-H 'Content-Type: image/png' --data-binary @{digit}",
+            f"-H 'Content-Type: image/png' --data-binary @{_near(digit)}",
             {"data": digit.read_bytes(), "headers": {"Content-Type": "image/png"}},
         )
     return known
@@ -69,7 +72,7 @@ def write_digit(root: Path) -> tuple[Path | None, str]:
         path.write_bytes(digit_png(split.x_test[0]))
     except OSError as err:
         return None, f"cannot write {path} ({err.strerror or err}): no digits example"
-    return path, f"{path} is a held-out '{split.y_test[0]}'"
+    return path, f"{_near(path)} is a held-out '{split.y_test[0]}'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +130,12 @@ def show_calls(url: str, mgmt: str, models: Sequence[str], known: Mapping[str, S
     print(f"  servekit health --customized --inference-url {url} --management-url {mgmt}")
 
 
+def _near(path: Path) -> Path:
+    """``path`` relative to the current directory when it is below it (``@digit.png``)."""
+    here = Path.cwd()
+    return path.relative_to(here) if path.is_relative_to(here) else path
+
+
 def live_answers(
     url: str, models: Sequence[str], known: Mapping[str, Sample], timeout: float
 ) -> bool:
@@ -147,7 +156,7 @@ def live_answers(
 
 def shown(body: str) -> str:
     """An answer's body on one line, cut short."""
-    return brief(" ".join(body.split()), written=True)
+    return brief(" ".join(body.split()), ANSWER_CHARS, written=True)
 
 
 if __name__ == "__main__":
