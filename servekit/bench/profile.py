@@ -133,7 +133,7 @@ def py_spy() -> str:
     found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if found is None:
         raise ConfigError(
-            "py-spy is not installed: pip install 'torchserve-kit[dev]' (or pip install py-spy)"
+            "py-spy is not installed: pip install 'torchserve-kit[bench]' (or pip install py-spy)"
         )
     return found
 

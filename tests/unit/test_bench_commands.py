@@ -178,6 +178,6 @@ def test_profile_without_py_spy_says_which_extra_installs_it(
     code, err = run(["profile", "--project", str(bare_project)], capsys)
     assert code == cli.USAGE
     assert err.strip() == (
-        "servekit profile: py-spy is not installed: pip install 'torchserve-kit[dev]' "
+        "servekit profile: py-spy is not installed: pip install 'torchserve-kit[bench]' "
         "(or pip install py-spy)"
     )
