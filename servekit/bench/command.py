@@ -28,6 +28,17 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     return built
 
 
+def add_payload_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--payload FILE`` and ``--content-type``: the requests' bodies, as every command that
+    sends a model requests takes them (bench, tune, limit, profile)."""
+    parser.add_argument(
+        "--payload",
+        type=Path,
+        help="body file (.jsonl: one body a line); default: the model's built-in payload",
+    )
+    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
+
+
 def project_of(args: argparse.Namespace) -> Project:
     """The project of ``--project`` or the current directory (``NotAProject`` if none)."""
     return projects.from_args(args)

@@ -60,12 +60,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command.parser("profile", __doc__)
     parser.add_argument("--model", default="minilm")
-    parser.add_argument(
-        "--payload",
-        type=Path,
-        help="body file (.jsonl: one body a line); default: the model's built-in payload",
-    )
-    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
+    command.add_payload_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-batch-delay", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)

@@ -74,8 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="stop each run after this many requests")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds left out of figures")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
-    parser.add_argument("--payload", type=Path, help="body file (.jsonl: one body a line)")
-    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
+    command.add_payload_arguments(parser)
     parser.add_argument(
         "--config", type=Path, help="config.properties to serve with (default: the project's)"
     )

@@ -56,12 +56,7 @@ def int_list(text: str) -> tuple[int, ...]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command.parser("tune", __doc__)
     parser.add_argument("--model", required=True, help="archive model_store/MODEL.mar")
-    parser.add_argument(
-        "--payload",
-        type=Path,
-        help="body file (.jsonl: one body a line); default: the model's built-in payload",
-    )
-    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
+    command.add_payload_arguments(parser)
     parser.add_argument("--p95", type=float, default=100.0, help="objective: p95 in ms (100)")
     parser.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32))
     parser.add_argument("--delays", type=int_list, default=(5, 10, 20, 50), help="ms")

@@ -155,12 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument(
         "--model", help="the project's model_store/MODEL.mar (default: minilm, with --mar none)"
     )
-    parser.add_argument(
-        "--payload",
-        type=Path,
-        help="body file (.jsonl: one body a line); default: the model's built-in payload",
-    )
-    parser.add_argument("--content-type", help="Content-Type (default: from payload)")
+    command.add_payload_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of batches (5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
