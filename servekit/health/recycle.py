@@ -13,19 +13,29 @@ Gunicorn's ``max_requests`` for TorchServe, which has none. One worker at a time
    and scaling down during TorchServe's restart back-off leaves the restarted process
    running outside every worker list: TorchServe does not cancel a scheduled restart.)
 
+Whatever stops a step half-way (an error, a timeout, ``SIGTERM`` or ``SIGINT``), the recycler
+removes the extra worker it started and sets the model's ``minWorkers``/``maxWorkers`` back to
+what they were before exiting; a retired worker not scaled down serves again after
+``PARK_SECONDS`` (servekit/runtime/recycle.py). Scale calls TorchServe refuses while it is busy
+(HTTP 500 ``ConcurrentModificationException``, 206 "scaling in progress") are retried a few
+times. One recycler per model: a lock file in the stats directory keeps a second one out.
+
     servekit recycle --model leaky_model --max-memory-mb 800
     servekit recycle --model iris --max-requests 10000 --every 60
 
 Memory is each worker's resident set (psutil; the describe API's ``memoryUsage`` when the
 process is not visible from here); requests come from the counters the handler publishes
 in ``$TMPDIR/servekit-<uid>/<model>/<pid>.json`` (run with the server's ``TMPDIR``).
-Exit codes: 0 done (or nothing to do), 1 a recycle failed, 2 usage error, 3 unreachable.
+Exit codes: 0 done (or nothing to do), 1 a recycle failed or another recycler holds the
+model, 2 usage error, 3 unreachable; 128 + the signal number when stopped by SIGTERM/SIGINT
+(after the clean-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -36,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psutil
@@ -43,8 +54,8 @@ import psutil
 from servekit.errors import ServerError
 from servekit.health.cli import UsageError, base_url, load_keys, model_name
 from servekit.health.probe import DEFAULT_MANAGEMENT_URL
-from servekit.runtime.recycle import RETIRED_NAME
-from servekit.runtime.stats import stats_dir
+from servekit.runtime.recycle import PARK_SECONDS, RETIRED_NAME
+from servekit.runtime.stats import private_dir, stats_dir
 from servekit.serve.management import (
     READY,
     Management,
@@ -54,6 +65,22 @@ from servekit.serve.management import (
 )
 
 POLL_SECONDS = 0.05
+SCALE_ATTEMPTS = 6  # a scale call TorchServe refuses while busy, retried after 0.5, 1, ... s
+RETRY_STATUSES = (500, 206)  # ConcurrentModificationException; "Workers scaling in progress"
+LOCK_NAME = "recycle.lock"
+ROLLBACK_PARK_SECONDS = 5.0  # how long a roll-back tries to park the extra worker
+
+
+class Interrupted(BaseException):  # like KeyboardInterrupt
+    """``SIGTERM`` or ``SIGINT``: stop, after undoing the step under way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class Busy(ServerError):
+    """Another recycler holds the model's lock."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,8 @@ class Recycler:
         self.model = model
         self.stats_dir = stats_dir
         self.timeout = timeout
+        self.kill: Callable[[int, int], None] = os.kill
+        self.sleep: Callable[[float], None] = time.sleep
 
     def describe(self) -> dict[str, Any]:
         return self.api.entry(self.model)
@@ -145,21 +174,47 @@ class Recycler:
         started = time.monotonic()
         entry = self.describe()
         slot = list(_pids(entry)).index(pid)
-        count, max_workers = len(entry["workers"]), int(entry["maxWorkers"])
-        self._scale(count + 1, max(max_workers, count + 1))
-        self._wait(lambda e: _ready(e) >= count + 1, f"{count + 1} workers READY")
-        self._drain(pid)
-        self._wait(
-            lambda e: pid not in _pids(e) and _ready(e) >= count + 1, f"worker {pid} replaced"
-        )
-        entry = self._retire_newest(count, max_workers)
+        count = len(entry["workers"])
+        original = (int(entry["minWorkers"]), int(entry["maxWorkers"]))
+        finished = False
+        try:
+            self._scale(count + 1, max(original[1], count + 1))
+            self._wait(lambda e: _ready(e) >= count + 1, f"{count + 1} workers READY")
+            self._drain(pid)
+            self._wait(
+                lambda e: pid not in _pids(e) and _ready(e) >= count + 1, f"worker {pid} replaced"
+            )
+            entry = self._retire_newest(count)
+            finished = True
+        finally:
+            with _deferred_signals():
+                if not finished:
+                    self._remove_extra(count)
+                self._scale(*original)
         new_pid = int(entry["workers"][slot]["pid"])
         return Recycled(pid, new_pid, reason, round(time.monotonic() - started, 3))
+
+    def _remove_extra(self, count: int) -> None:
+        """Roll back a step stopped half-way: back to ``count`` workers, the extra one (the
+        newest) parked first when it can be, so it holds no request when it is removed."""
+        entry = self.describe()
+        if len(entry["workers"]) <= count:
+            return
+        newest = entry["workers"][-1]
+        if newest["status"] == READY and not _parked(int(newest["pid"])):
+            # its handler catches SIGUSR2 only once it is READY; if it does not park in time,
+            # it is removed anyway (and serves again after PARK_SECONDS if it was not)
+            with (
+                contextlib.suppress(ServerError),
+                self._parked(int(newest["pid"]), ROLLBACK_PARK_SECONDS),
+            ):
+                self._scale(count, count)
+        self._scale(count, count)  # TorchServe removes workers down to max_worker only
 
     def _drain(self, pid: int) -> None:
         """Mark ``pid`` draining, then send customized describes until it took one and left."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGUSR1)
+            self.kill(pid, signal.SIGUSR1)
         deadline = time.monotonic() + self.timeout
         while _alive(pid):
             if time.monotonic() > deadline:
@@ -169,13 +224,12 @@ class Recycler:
                     "GET", model_path(self.model), {"customized": "true"}, timeout=self.timeout
                 )
 
-    def _retire_newest(self, count: int, max_workers: int) -> dict[str, Any]:
-        """Scale back to ``count`` while the newest worker holds a describe: no request."""
+    def _retire_newest(self, count: int) -> dict[str, Any]:
+        """Scale back to ``count`` while the newest worker holds a describe: no request. (The
+        caller sets minWorkers/maxWorkers back.)"""
         newest = int(self.describe()["workers"][-1]["pid"])
-        with self._parked(newest):
+        with self._parked(newest, self.timeout):
             self._scale(count, count)  # TorchServe removes workers down to max_worker only
-            if max_workers != count:
-                self._scale(count, max_workers)
             entry = self._wait(
                 lambda e: len(e["workers"]) == count and _ready(e) == count,
                 f"back to {count} READY workers",
@@ -186,18 +240,20 @@ class Recycler:
         return entry
 
     @contextlib.contextmanager
-    def _parked(self, pid: int) -> Iterator[None]:
-        """``pid`` holding a customized describe (``SIGUSR2``, then describes until it does)."""
-        os.kill(pid, signal.SIGUSR2)
+    def _parked(self, pid: int, timeout: float) -> Iterator[None]:
+        """``pid`` holding a customized describe (``SIGUSR2``, then describes until it does).
+        It holds it at most PARK_SECONDS after the signal (servekit/runtime/recycle.py)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.kill(pid, signal.SIGUSR2)
         stop = threading.Event()
         sender = threading.Thread(target=self._describe_until, args=(stop,), daemon=True)
         sender.start()
         try:
-            self._until(lambda: _parked(pid), f"worker {pid} to hold a describe")
+            self._until(lambda: _parked(pid), f"worker {pid} to hold a describe", timeout)
             yield
         finally:
             stop.set()
-            sender.join(self.timeout)
+            sender.join(min(self.timeout, PARK_SECONDS + 5))
 
     def _describe_until(self, stop: threading.Event) -> None:
         """Customized describes, one at a time, until ``stop`` (its own HTTP session)."""
@@ -206,15 +262,24 @@ class Recycler:
             with contextlib.suppress(ServerError):
                 api.request("GET", model_path(self.model), {"customized": "true"})
 
-    def _until(self, done: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.timeout
+    def _until(self, done: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
-                raise ServerError(f"{self.model}: waited {self.timeout:g} s for {what}")
-            time.sleep(POLL_SECONDS)
+                raise ServerError(f"{self.model}: waited {timeout:g} s for {what}")
+            self.sleep(POLL_SECONDS)
 
     def _scale(self, workers: int, max_workers: int) -> None:
-        self.api.scale(self.model, workers, max_workers, timeout=self.timeout)
+        """Scale, again while TorchServe refuses because it is busy (the call is idempotent)."""
+        for attempt in range(1, SCALE_ATTEMPTS + 1):
+            try:
+                self.api.scale(self.model, workers, max_workers, timeout=self.timeout)
+                return
+            except ManagementError as err:
+                if err.status not in RETRY_STATUSES or attempt == SCALE_ATTEMPTS:
+                    raise
+            self.sleep(0.5 * attempt)
 
     def _wait(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         try:
@@ -223,6 +288,63 @@ class Recycler:
             )
         except ManagementError as err:
             raise ServerError(f"{self.model}: waiting for {what}: {err}") from None
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """``SIGTERM`` and ``SIGINT`` raise ``Interrupted`` (where the clean-up of the step under
+    way runs); only the first: later ones do not cut that clean-up short."""
+    raised: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+        print(f"servekit recycle: {signal.Signals(signum).name}: cleaning up", file=sys.stderr)
+
+    before = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Hold ``SIGTERM``/``SIGINT`` while a clean-up runs; delivered when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = {signal.SIGTERM, signal.SIGINT}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@contextlib.contextmanager
+def model_lock(directory: Path, model: str) -> Iterator[None]:
+    """The model's recycle lock (``recycle.lock`` in its stats directory); ``Busy`` when
+    another recycler on this machine holds it. Released when the process ends, however."""
+    if not private_dir(directory):
+        raise ServerError(f"cannot use {directory} for the recycle lock (not a private directory)")
+    path = directory / LOCK_NAME
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise Busy(
+                f"another servekit recycle (pid {holder}) is recycling {model}; lock {path}"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def _pids(entry: Mapping[str, Any]) -> Sequence[int]:
@@ -307,12 +429,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory = args.stats_dir or stats_dir(args.model)
     recycler = Recycler(args.management_url, args.model, directory, args.timeout, token)
     try:
-        while True:
-            for done in recycler.run(limits):
-                print(_line(args.model, done, args.json), flush=True)
-            if args.every is None:
-                return 0
-            time.sleep(args.every)
+        with _interruptible(), model_lock(directory, args.model):
+            while True:
+                for done in recycler.run(limits):
+                    print(_line(args.model, done, args.json), flush=True)
+                if args.every is None:
+                    return 0
+                time.sleep(args.every)
+    except Interrupted as stop:
+        print(f"{parser.prog}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except ManagementUnreachable as err:
         print(f"{parser.prog}: error: {err}; is TorchServe running?", file=sys.stderr)
         return 3

@@ -9,11 +9,14 @@ keeps serving inference as usual, and the first customized describe it is handed
 exit without answering. Only that describe fails; TorchServe starts a fresh process in
 the worker's place. ``servekit recycle`` sends the signal and the describes.
 
-``SIGUSR2`` retires a worker for good: the first customized describe it is handed is held
-(the process renames itself ``RETIRED_NAME`` so the recycler sees it) until TorchServe
-scales the worker down and kills it. Exiting instead would not do: TorchServe schedules a
-restart of a worker that died, and a scale-down during that back-off does not cancel it, so
-the restarted process would run on, serving requests, outside every worker list.
+``SIGUSR2`` retires a worker: the first customized describe it is handed is held (the
+process renames itself ``RETIRED_NAME`` so the recycler sees it) until TorchServe scales the
+worker down and kills it. Exiting instead would not do: TorchServe schedules a restart of a
+worker that died, and a scale-down during that back-off does not cancel it, so the restarted
+process would run on, serving requests, outside every worker list. The wait is bounded:
+``PARK_SECONDS`` after the signal the worker is a normal worker again (it answers the describe
+it holds, takes back its name, and a later describe is not held), so a recycler that stopped
+half-way leaves no worker that holds describes for TorchServe's 300 s.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ _WORKER_SCRIPT = "model_service_worker"
 _draining = threading.Event()
 _retiring = threading.Event()
 RETIRED_NAME = "sk-retired"  # the process name of a worker waiting to be scaled down
-PARK_SECONDS = 300.0  # then it exits anyway (and TorchServe restarts it): never stuck for good
+# How long after SIGUSR2 a retiring worker may hold a describe: `servekit recycle` scales it
+# down within a second or two (its retries of a refused scale call take at most ~8 s); after
+# that the worker goes back to being a normal worker.
+PARK_SECONDS = 20.0
+_retired_at: list[float] = []  # monotonic time of the last SIGUSR2
 _PR_SET_NAME = 15  # prctl(2)
 
 
@@ -52,6 +59,7 @@ def install(model_name: str) -> bool:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGUSR2:
+            _retired_at[:] = [time.monotonic()]
             _retiring.set()
         _draining.set()
 
@@ -66,14 +74,45 @@ def draining() -> bool:
 
 def exit_for_recycling(model_name: str) -> None:
     """Leave now, inside a describe: no inference request is in this worker's hands. A
-    retiring worker first waits there to be scaled down (see the module doc)."""
+    retiring worker instead waits there to be scaled down, and returns (the describe is then
+    answered as usual) if that did not happen within ``PARK_SECONDS`` of ``SIGUSR2``."""
     if _retiring.is_set():
-        logger.info("%s worker %d retiring: waiting to be scaled down", model_name, os.getpid())
-        if set_process_name(RETIRED_NAME):
-            time.sleep(PARK_SECONDS)
+        _park(model_name)
+        return
     logger.info("%s worker %d draining: exiting for recycling", model_name, os.getpid())
     logging.shutdown()
     os._exit(0)
+
+
+def _park(model_name: str) -> None:
+    """Hold this describe until TorchServe kills the worker or ``PARK_SECONDS`` after the
+    signal; then clear the signal's marks: a normal worker again."""
+    left = (_retired_at[0] if _retired_at else time.monotonic()) + PARK_SECONDS - time.monotonic()
+    if left > 0:
+        name = process_name()
+        logger.info("%s worker %d retiring: waiting to be scaled down", model_name, os.getpid())
+        if set_process_name(RETIRED_NAME):
+            time.sleep(left)
+            if name:
+                set_process_name(name)
+    logger.warning(
+        "%s worker %d was not scaled down within %g s of SIGUSR2: serving again",
+        model_name,
+        os.getpid(),
+        PARK_SECONDS,
+    )
+    _retiring.clear()
+    _draining.clear()
+    _retired_at.clear()
+
+
+def process_name() -> str:
+    """This process's name as ``ps`` shows it (Linux), or ``""``."""
+    try:
+        with open(f"/proc/{os.getpid()}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
 
 
 def set_process_name(name: str) -> bool:

@@ -56,3 +56,45 @@ def test_sigusr1_exits_inside_the_describe(tmp_path: Path) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="prctl(PR_SET_NAME) is Linux's")
 def test_the_retired_name_fits_a_linux_process_name() -> None:
     assert len(RETIRED_NAME) < 15  # psutil reads a 15-character name from the command line
+
+
+BOUNDED = """
+import os, signal, sys, time
+from servekit.runtime import recycle
+recycle.PARK_SECONDS = float(sys.argv[1])
+assert recycle.install("m")
+name = recycle.process_name()
+os.kill(os.getpid(), signal.SIGUSR2)
+time.sleep(float(sys.argv[2]))  # the describe comes this late
+started = time.monotonic()
+recycle.exit_for_recycling("m")  # returns: the describe is answered as usual
+assert not recycle.draining()
+assert recycle.process_name() == name, recycle.process_name()
+recycle.exit_for_recycling("m") if recycle.draining() else None
+print(round(time.monotonic() - started, 1), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("park", "late", "held"),
+    [
+        ("1.5", "0", (1.0, 2.5)),  # a recycler that never scaled it down: held 1.5 s, then serves
+        ("1.0", "1.5", (0.0, 0.4)),  # a describe after the bound is not held at all
+    ],
+)
+def test_a_retired_worker_not_scaled_down_serves_again_after_park_seconds(
+    tmp_path: Path, park: str, late: str, held: tuple[float, float]
+) -> None:
+    script = tmp_path / "model_service_worker.py"
+    script.write_text(BOUNDED)
+    done = subprocess.run(
+        [sys.executable, str(script), park, late], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert held[0] <= float(done.stdout) <= held[1]
+
+
+def test_park_seconds_is_far_below_torchserves_describe_wait() -> None:
+    from servekit.runtime.recycle import PARK_SECONDS
+
+    assert 10 <= PARK_SECONDS <= 30  # TorchServe waits 300 s for a customized describe
