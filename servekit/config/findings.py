@@ -145,6 +145,10 @@ CODES: dict[str, tuple[str, str]] = {
         "a handler import an archived model cannot satisfy: relative, servekit outside "
         "servekit.runtime, a missing handlers module",
     ),
+    "conditional-import": (
+        WARNING,
+        "a bad-import under if or in a function: it fails only when that code runs",
+    ),
     "misplaced-key": (ERROR, "model_config: handler: in a spec (dropped): use handler_options"),
     "no-spec": (WARNING, "a load_models archive no spec in config/ builds"),
     "options-unchecked": (

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import glob
 import importlib
+import importlib.machinery
 import os
 import stat
 import warnings
@@ -301,58 +303,90 @@ class BadImport:
     statement: str
     problem: str
     fix: str
+    conditional: bool = False  # under if or in a function: runs only sometimes
 
 
 def import_problems(handler: Path, root: Path) -> list[BadImport]:
     """Imports that fail once archived: relative ones in the handler file (TorchServe loads it
     as a top-level module), ``servekit`` outside ``servekit.runtime`` (not archived), and
     ``handlers.*`` modules that do not exist; the project's ``handlers.*`` modules the handler
-    imports are followed one level for the last two."""
+    imports (and their packages' ``__init__.py``) are followed one level for the last two.
+    An import under ``if`` or in a function runs only sometimes: ``BadImport.conditional``."""
     module = parse(handler)
+    imports = _imports(module.tree)
     problems = [
-        _relative(handler, root, node)
-        for node in _imports(module.tree)
+        _relative(handler, root, node, conditional)
+        for node, conditional in imports
         if isinstance(node, ast.ImportFrom) and node.level
     ]
     followed: list[Path] = []
-    for node in _imports(module.tree):
+    for node, conditional in imports:
         for name in _absolute_names(node):
-            problems += _absolute_problem(handler, root, node, name, followed)
+            problems += _absolute_problem(handler, root, node, name, conditional, followed)
     for path in dict.fromkeys(p for p in followed if p != handler and is_file(p)):
         try:
             tree = parse(path).tree
         except ConfigError:
             continue  # what is wrong in it shows when the worker imports it, with its reason
-        for node in _imports(tree):
+        for node, conditional in _imports(tree):
             for name in _absolute_names(node):
-                problems += _absolute_problem(path, root, node, name, [])
-    return problems
+                problems += _absolute_problem(path, root, node, name, conditional, [])
+    return sorted(problems, key=lambda p: p.conditional)  # errors first, in file order
 
 
-def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Import statements that run unconditionally: not under ``if TYPE_CHECKING`` nor in a
-    ``try`` that catches ImportError (a fallback the author planned)."""
-    found: list[ast.Import | ast.ImportFrom] = []
-    pending: list[ast.AST] = [tree]
+_TYPING = ("typing", "typing_extensions")
+_IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+
+
+def _imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Import statements with whether they run only sometimes (under ``if``, ``match`` or in
+    a function: True); none under ``if TYPE_CHECKING`` (also aliased) nor in a ``try`` that
+    catches ImportError (a fallback the author planned)."""
+    flags = _type_checking_names(tree)
+    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
+    pending: list[tuple[ast.AST, bool]] = [(tree, False)]
     while pending:
-        node = pending.pop()
+        node, conditional = pending.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
+            found.append((node, conditional))
             continue
-        if isinstance(node, ast.If) and _base_name(node.test) == "TYPE_CHECKING":
-            pending += node.orelse
+        if isinstance(node, ast.If) and _is_type_checking(node.test, flags):
+            pending += [(s, conditional) for s in node.orelse]
             continue
-        if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
-            pending += [*node.orelse, *node.finalbody, *node.handlers]
+        if isinstance(node, ast.If):
+            pending += [(s, True) for s in (*node.body, *node.orelse)]
             continue
-        pending += list(ast.iter_child_nodes(node))
-    return sorted(found, key=lambda n: n.lineno)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Match)):
+            pending += [(c, True) for c in ast.iter_child_nodes(node)]
+            continue
+        if isinstance(node, ast.Try | ast.TryStar) and any(
+            _catches_import_error(h) for h in node.handlers
+        ):
+            pending += [(c, conditional) for c in (*node.orelse, *node.finalbody, *node.handlers)]
+            continue
+        pending += [(c, conditional) for c in ast.iter_child_nodes(node)]
+    return sorted(found, key=lambda f: f[0].lineno)
+
+
+def _type_checking_names(tree: ast.Module) -> set[str]:
+    """Names ``TYPE_CHECKING`` goes by here: itself, ``from typing import TYPE_CHECKING as TC``."""
+    names = {"TYPE_CHECKING"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in _TYPING:
+            names |= {a.asname for a in node.names if a.name == "TYPE_CHECKING" and a.asname}
+    return names
+
+
+def _is_type_checking(test: ast.expr, names: set[str]) -> bool:
+    if isinstance(test, ast.Name):
+        return test.id in names
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:
     kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
     names = {_base_name(k) for k in kinds if k is not None}
-    return handler.type is None or bool(names & {"ImportError", "ModuleNotFoundError", "Exception"})
+    return handler.type is None or bool(names & _IMPORT_ERRORS)
 
 
 def _absolute_names(node: ast.Import | ast.ImportFrom) -> list[str]:
@@ -364,19 +398,43 @@ def _absolute_names(node: ast.Import | ast.ImportFrom) -> list[str]:
     return [node.module]
 
 
+def _servekit_problem(node: ast.Import | ast.ImportFrom, parts: list[str]) -> str | None:
+    """The module of ``servekit`` outside ``servekit.runtime`` the import needs, if any: the
+    archive holds servekit/__init__.py and servekit/runtime/."""
+    if len(parts) > 1:
+        return ".".join(parts) if parts[1] != _SHIPPED[1] else None
+    if isinstance(node, ast.ImportFrom):  # from servekit import runtime, __version__, health
+        for alias in node.names:
+            own = _INSTALLED / _SHIPPED[0] / alias.name
+            unshipped = alias.name != _SHIPPED[1] and (
+                is_file(own.with_suffix(".py")) or _is_dir(own)
+            )
+            if unshipped:
+                return f"{_SHIPPED[0]}.{alias.name}"
+    return None
+
+
 def _absolute_problem(
-    path: Path, root: Path, node: ast.Import | ast.ImportFrom, name: str, followed: list[Path]
+    path: Path,
+    root: Path,
+    node: ast.Import | ast.ImportFrom,
+    name: str,
+    conditional: bool,
+    followed: list[Path],
 ) -> list[BadImport]:
     parts = name.split(".")
     statement, shown, file = _statement(node), cut(name, 120), cut("/".join(parts), 120)
-    if parts[0] == "servekit" and tuple(parts[:2]) != _SHIPPED:
+    unshipped = _servekit_problem(node, parts) if parts[0] == _SHIPPED[0] else None
+    if unshipped is not None:
         return [
             BadImport(
                 path,
                 node.lineno,
                 statement,
-                f"{shown} is not in the archive: only servekit.runtime is shipped with a model",
+                f"{cut(unshipped, 120)} is not in the archive: only servekit.runtime is shipped "
+                "with a model",
                 f"import it from servekit.runtime, or move what the handler needs into {PACKAGE}/",
+                conditional,
             )
         ]
     if parts[0] != PACKAGE or not _is_dir(root / PACKAGE):
@@ -390,8 +448,11 @@ def _absolute_problem(
                 statement,
                 f"no module {shown} in the project ({file}.py)",
                 f"add {file}.py or fix the import",
+                conditional,
             )
         ]
+    # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+    followed += [root.joinpath(*parts[:n], "__init__.py") for n in range(1, len(parts))]
     followed.append(found)
     if isinstance(node, ast.ImportFrom):  # from handlers.pkg import module: follow it too
         followed += [
@@ -403,10 +464,30 @@ def _absolute_problem(
 
 
 def _project_module(root: Path, parts: list[str]) -> Path | None:
-    """``root/a/b.py`` or ``root/a/b/__init__.py``; the directory of a namespace package."""
+    """``root/a/b.py``, ``root/a/b/__init__.py`` or a compiled ``root/a/b.<tag>.so``; the
+    directory of a namespace package."""
     base = root.joinpath(*parts)
     found = [c for c in (base.with_suffix(".py"), base / "__init__.py") if is_file(c)]
-    return found[0] if found else (base if _is_dir(base) else None)
+    if found:
+        return found[0]
+    if _is_dir(base):
+        return base
+    return next((c for c in _extensions(base) if is_file(c)), None)
+
+
+def _extensions(base: Path) -> list[Path]:
+    """Where an extension module ``base`` may be: this interpreter's suffixes, and any
+    ``base.<tag>.so`` or ``.pyd`` (the workers' Python may be another version)."""
+    named = [base.with_name(base.name + s) for s in importlib.machinery.EXTENSION_SUFFIXES]
+    try:
+        tagged = [
+            p
+            for pattern in (".*.so", ".*.pyd", ".so", ".pyd")
+            for p in base.parent.glob(glob.escape(base.name) + pattern)
+        ]
+    except (OSError, ValueError):
+        tagged = []
+    return [*named, *tagged]
 
 
 def _is_dir(path: Path) -> bool:
@@ -417,23 +498,37 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _relative(handler: Path, root: Path, node: ast.ImportFrom) -> BadImport:
+def _relative(handler: Path, root: Path, node: ast.ImportFrom, conditional: bool) -> BadImport:
     package = handler.parent.absolute()
     for _ in range(node.level - 1):
         package = package.parent
     try:
-        prefix = list(package.relative_to(root.absolute()).parts)
+        prefix: list[str] | None = list(package.relative_to(root.absolute()).parts)
     except ValueError:
-        prefix = [PACKAGE]
-    module = ".".join([*prefix, *([node.module] if node.module else [])]) or PACKAGE
+        prefix = None  # above the project root
     names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
+    dots = "." * node.level
+    if prefix is None:
+        fix = f"{dots} is above the project: move what it imports into {PACKAGE}/, import it there"
+    else:
+        module = ".".join([*prefix, *([node.module] if node.module else [])])
+        if not module:  # from .. import x in handlers/: x is a top-level module
+            fix = f"write import {cut(names, 120)}"
+        else:
+            fix = f"write from {cut(module, 120)} import {cut(names, 120)}"
+        if not prefix or prefix[0] != PACKAGE:
+            fix += (
+                f" ({dots} is {'/'.join(prefix) or 'the project root'}, outside {PACKAGE}/: only "
+                f"{PACKAGE}/ and the spec's extra files are archived)"
+            )
     return BadImport(
         handler,
         node.lineno,
         _statement(node),
         "a relative import: TorchServe loads the handler file as a top-level module "
         "(ImportError: attempted relative import with no known parent package)",
-        f"write from {cut(module, 120)} import {cut(names, 120)}",
+        fix,
+        conditional,
     )
 
 

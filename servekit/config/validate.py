@@ -338,15 +338,16 @@ def _spec_imports(data: Mapping[str, Any], doc: Loaded, root: Path) -> list[Find
         return []
     return [
         Finding(
-            severity=ERROR,
-            code="bad-import",
+            severity=WARNING if p.conditional else ERROR,
+            code="conditional-import" if p.conditional else "bad-import",
             file=doc.label,
             line=doc.doc.line("handler"),
             key="handler",
             value=show(handler),
             expected="imports an archived model can satisfy",
             fix=p.fix,
-            problem=f"{_shown(p.path, root)}:{p.line}: {p.statement}: {p.problem}",
+            problem=f"{_shown(p.path, root)}:{p.line}: {p.statement}: {p.problem}"
+            + (" (if the code under if or in the function runs)" if p.conditional else ""),
         )
         for p in problems
     ]

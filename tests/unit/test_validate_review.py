@@ -271,3 +271,98 @@ def test_hostile_imports_get_findings_not_exceptions(project: Path) -> None:
     found = bad_imports(project, source)
     assert len(found) == 2002
     assert all(len(f.text()) < 1000 for f in found)
+
+
+# ----- second review: false positives of the import checks ----------------------------------
+def import_findings(project: Path, source: str) -> list[tuple[str, str, str]]:
+    """(code, severity, where) of each import finding, ``where`` being file:line."""
+    (project / "handlers" / "tiny.py").write_text(source + "\n\n" + HANDLER)
+    return [
+        (f.code, f.severity, f.problem.split(": ")[0])
+        for f in findings(project)
+        if f.code in ("bad-import", "conditional-import")
+    ]
+
+
+def test_servekit_itself_and_its_runtime_name_are_shipped(project: Path) -> None:
+    source = (
+        "import servekit\nfrom servekit import runtime\nfrom servekit import __version__\n"
+        "from servekit import runtime as rt, __version__ as v\nimport servekit.runtime as r"
+    )
+    assert import_findings(project, source) == []
+
+
+def test_from_servekit_import_a_module_outside_the_runtime_is_an_error(project: Path) -> None:
+    (found,) = bad_imports(project, "from servekit import __version__, health")
+    assert "servekit.health is not in the archive" in found.problem
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "try:\n    from handlers.fast_path import accel\nexcept BaseException:\n    accel = None",
+        "try:\n    import servekit.bench\nexcept (OSError, BaseException):\n    pass",
+        "from typing import TYPE_CHECKING as TC\nif TC:\n    from servekit.health.cli import Y",
+        "import typing\nif typing.TYPE_CHECKING:\n    from servekit.config.schema import X",
+        "import typing_extensions as te\nif te.TYPE_CHECKING:\n    import handlers.nope",
+    ],
+)
+def test_guarded_imports_are_not_reported(project: Path, source: str) -> None:
+    assert import_findings(project, source) == []
+
+
+def test_imports_under_if_or_in_a_function_are_warnings(project: Path) -> None:
+    source = (
+        "import sys\nif sys.version_info >= (3, 12):\n    from handlers.py312 import z\n"
+        "else:\n    from servekit.health import z\n"
+        "def f():\n    import servekit.health.cli\n"
+        "class C:\n    def m(self):\n        from handlers.later import q\n"
+        "import servekit.bench"
+    )
+    assert import_findings(project, source) == [
+        ("bad-import", "error", "handlers/tiny.py:11"),
+        ("conditional-import", "warning", "handlers/tiny.py:3"),
+        ("conditional-import", "warning", "handlers/tiny.py:5"),
+        ("conditional-import", "warning", "handlers/tiny.py:7"),
+        ("conditional-import", "warning", "handlers/tiny.py:10"),
+    ]
+    assert validate.main(["--project", str(project)]) == 1  # the unguarded one
+
+
+def test_a_warning_alone_does_not_fail_the_check(project: Path) -> None:
+    found = import_findings(project, "def f():\n    import servekit.health.cli")
+    assert found == [("conditional-import", "warning", "handlers/tiny.py:2")]
+    assert validate.main(["--project", str(project)]) == 0
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["fastops.cpython-311-x86_64-linux-gnu.so", "fastops.abi3.so", "fastops.so", "fastops.pyd"],
+)
+def test_a_compiled_extension_module_in_handlers_is_found(project: Path, name: str) -> None:
+    (project / "handlers" / name).write_bytes(b"\x7fELF\x02\x01\x01\x00")
+    source = "from handlers.fastops import f\nimport handlers.fastops\nfrom handlers import fastops"
+    assert import_findings(project, source) == []
+
+
+def test_relative_import_of_the_project_root_says_it_is_not_handlers(project: Path) -> None:
+    (found, here, star) = bad_imports(
+        project, "from .. import x\nfrom . import y\nfrom ..lib import z as w"
+    )
+    assert found.fix.startswith("write import x (.. is the project root, outside handlers/")
+    assert here.fix == "write from handlers import y"
+    assert star.fix.startswith("write from lib import z as w (.. is the project root")
+
+
+def test_relative_import_above_the_project_says_so(project: Path) -> None:
+    (found,) = bad_imports(project, "from ... import x")
+    assert found.fix.startswith("... is above the project: move what it imports into handlers/")
+
+
+def test_the_packages_init_of_an_imported_module_is_followed(project: Path) -> None:
+    pkg = project / "handlers" / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from servekit.bench import stats\n")
+    (pkg / "mod.py").write_text("X = 1\n")
+    found = bad_imports(project, "import handlers.pkg.mod")
+    assert [f.problem.split(": ")[0] for f in found] == ["handlers/pkg/__init__.py:1"]
