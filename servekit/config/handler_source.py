@@ -323,7 +323,9 @@ def import_problems(handler: Path, root: Path) -> list[BadImport]:
     for node, conditional in imports:
         for name in _absolute_names(node):
             problems += _absolute_problem(handler, root, node, name, conditional, followed)
-    for path in dict.fromkeys(p for p in followed if p != handler and is_file(p)):
+    for path in dict.fromkeys(
+        p for p in followed if p != handler and p.suffix == ".py" and is_file(p)
+    ):
         try:
             tree = parse(path).tree
         except ConfigError:
@@ -335,6 +337,7 @@ def import_problems(handler: Path, root: Path) -> list[BadImport]:
 
 
 _TYPING = ("typing", "typing_extensions")
+_TRY = (ast.Try, getattr(ast, "TryStar", ast.Try))  # try/except* from Python 3.11 on
 _IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 
 
@@ -359,9 +362,7 @@ def _imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, bool]]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Match)):
             pending += [(c, True) for c in ast.iter_child_nodes(node)]
             continue
-        if isinstance(node, ast.Try | ast.TryStar) and any(
-            _catches_import_error(h) for h in node.handlers
-        ):
+        if isinstance(node, _TRY) and any(_catches_import_error(h) for h in node.handlers):
             pending += [(c, conditional) for c in (*node.orelse, *node.finalbody, *node.handlers)]
             continue
         pending += [(c, conditional) for c in ast.iter_child_nodes(node)]

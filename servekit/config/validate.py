@@ -347,7 +347,7 @@ def _spec_imports(data: Mapping[str, Any], doc: Loaded, root: Path) -> list[Find
             expected="imports an archived model can satisfy",
             fix=p.fix,
             problem=f"{_shown(p.path, root)}:{p.line}: {p.statement}: {p.problem}"
-            + (" (if the code under if or in the function runs)" if p.conditional else ""),
+            + (" (only when the if or function around it runs)" if p.conditional else ""),
         )
         for p in problems
     ]

@@ -366,3 +366,14 @@ def test_the_packages_init_of_an_imported_module_is_followed(project: Path) -> N
     (pkg / "mod.py").write_text("X = 1\n")
     found = bad_imports(project, "import handlers.pkg.mod")
     assert [f.problem.split(": ")[0] for f in found] == ["handlers/pkg/__init__.py:1"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="except* is Python 3.11")
+def test_except_star_guards_and_match_cases_are_conditional(project: Path) -> None:
+    source = (
+        "try:\n    import servekit.bench\nexcept* ImportError:\n    pass\n"
+        "match 1:\n    case 1:\n        import servekit.health"
+    )
+    assert import_findings(project, source) == [
+        ("conditional-import", "warning", "handlers/tiny.py:7")
+    ]
