@@ -353,6 +353,62 @@ def test_a_recycle_leaves_no_worker_process_behind(ops: OpsServer) -> None:
     assert worker_processes(server) == listed_workers(server)
 
 
+def retired_processes(server: TorchServe) -> set[int]:
+    """Workers parked in a describe (renamed ``sk-retired``), listed or not."""
+    found = set()
+    for pid in worker_processes(server):
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).name() == "sk-retired":
+                found.add(pid)
+    return found
+
+
+@pytest.mark.parametrize("stop_when", ["scaled up", "parked"])
+def test_a_recycle_stopped_by_sigterm_leaves_the_model_as_it_was(
+    ops: OpsServer, stop_when: str
+) -> None:
+    """SIGTERM (how ``--every`` is stopped) right after the scale-up, or while the extra worker
+    holds a describe: the extra worker is removed, minWorkers/maxWorkers are as before, no
+    worker is left holding describes (TorchServe would wait 300 s for it)."""
+    server = ops.server
+    before = describe(server, "leaky_model")
+    count = len(before["workers"])
+    command = [sys.executable, "-m", "servekit.cli", "recycle", "--model", "leaky_model"]
+    command += ["--management-url", server.management_url, "--max-memory-mb", "1"]
+    recycler = subprocess.Popen(command, env=server.env(), stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (
+            len(describe(server, "leaky_model")["workers"]) > count
+            if stop_when == "scaled up"
+            else retired_processes(server)
+        ):
+            assert recycler.poll() is None and time.monotonic() < deadline, stop_when
+            time.sleep(0.01)
+        recycler.send_signal(signal.SIGTERM)
+        returncode = recycler.wait(60)
+    finally:
+        if recycler.poll() is None:
+            recycler.kill()
+    after = describe(server, "leaky_model")
+    assert [after[k] for k in ("minWorkers", "maxWorkers")] == [
+        before[k] for k in ("minWorkers", "maxWorkers")
+    ]
+    deadline = time.monotonic() + 60
+    while sum(w["status"] == "READY" for w in describe(server, "leaky_model")["workers"]) < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert len(describe(server, "leaky_model")["workers"]) == count
+    assert not retired_processes(server)
+    for _ in range(2 * count):  # what the readiness probe sends: each answers at once
+        started = time.monotonic()
+        assert customized(server, "leaky_model")
+        assert time.monotonic() - started < 2
+    time.sleep(3)  # a process removed during a restart back-off would be back by now
+    assert worker_processes(server) == listed_workers(server)
+    assert returncode == 128 + signal.SIGTERM  # after its clean-up
+
+
 # ----- Q2 init failure ------------------------------------------------------------------------
 def test_init_failure_is_reported_before_ping_turns_500(model_store: Path, tmp_path: Path) -> None:
     """failing_model (maxRetryTimeoutInSec 10): ours says unhealthy at once, /ping only later."""
