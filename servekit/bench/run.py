@@ -24,8 +24,10 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import socket
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,7 +37,7 @@ from servekit.bench import payloads as bench_payloads
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_histogram, plot_sweep
 from servekit.cli import OK
-from servekit.errors import ToolkitError, Unreachable
+from servekit.errors import ConfigError, ToolkitError, Unreachable
 from servekit.project import Project
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.server import running
@@ -131,10 +133,31 @@ def loads_of(args: argparse.Namespace) -> list[loadgen.Load]:
     return [loadgen.Load(concurrency=n, **common) for n in args.concurrency or [8]]
 
 
+def reachable(url: str, timeout: float) -> None:
+    """``Unreachable`` at once when nothing accepts a connection at ``url``'s host and port,
+    instead of a whole run of connection errors (a TCP connect only: no request is sent)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:  # a port out of range or not a number
+        raise ConfigError(f"--url {url}: {err}") from None
+    if not parts.hostname:
+        raise ConfigError(f"--url {url} has no host; give http://HOST:PORT/predictions/MODEL")
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise Unreachable(
+            f"cannot reach {url}: {err.strerror or type(err).__name__} connecting to "
+            f"{parts.hostname}:{port}; is the server running there?"
+        ) from None
+
+
 @contextlib.contextmanager
 def server_for(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]:
     """The endpoint URL and what is known of the server: given, or a TorchServe started here."""
     if args.url is not None:
+        reachable(args.url, min(args.timeout, 5.0))
         yield args.url, {"kind": "given", "url": args.url}
         return
     project: Project = args.project

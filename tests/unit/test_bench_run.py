@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from servekit import cli
+from servekit.bench import run
 from servekit.serve.server import free_ports
 
 
@@ -72,13 +73,28 @@ def test_a_server_that_answers_2xx_exits_0_with_strict_json(
     assert run["ok"] > 0 and run["latency_ms"]["p50"] > 0
 
 
-def test_no_server_at_all_is_unreachable(payload: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_server_at_all_is_unreachable_before_any_load(
+    payload: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a whole --duration of connection errors first: one connect, then exit 3."""
     (port,) = free_ports(1)  # nothing listens there
     url = f"http://127.0.0.1:{port}/predictions/tiny"
-    code, _, err = bench(url, payload, capsys)
+
+    def no_load(*args: object) -> None:
+        raise AssertionError("the load ran against a server that is not there")
+
+    monkeypatch.setattr(run.loadgen, "run", no_load)
+    code, _, err = bench(url, payload, capsys, "--duration", "3600")
     assert code == cli.UNREACHABLE
-    assert f"servekit bench: cannot reach {url}: none of the" in err
+    assert f"servekit bench: cannot reach {url}: " in err and f"127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+def test_a_url_without_a_host_is_bad_input(
+    payload: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = bench("http:///predictions/tiny", payload, capsys)
+    assert code == cli.USAGE and "has no host" in err
 
 
 @pytest.mark.parametrize(("path", "status"), [("/predictions/nosuch", "404"), ("/busy", "503")])
