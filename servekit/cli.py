@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from servekit import __version__
-from servekit.errors import ConfigError, ToolkitError, Unreachable
+from servekit.errors import ConfigError, ToolkitError, Unreachable, os_error_text
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 
@@ -128,8 +128,7 @@ def _main(args: list[str]) -> int:
         print(f"servekit {name}: {err}", file=sys.stderr)
         return FAILED
     except OSError as err:  # a file or directory the command needs cannot be read or written
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"servekit {name}: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"servekit {name}: {os_error_text(err)}", file=sys.stderr)
         return USAGE
 
 

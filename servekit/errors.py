@@ -21,3 +21,9 @@ class ServerError(ToolkitError):
 
 class Unreachable(ServerError):
     """A server gave no answer at all (refused, timed out, reset): ``servekit`` exits 3."""
+
+
+def os_error_text(err: OSError) -> str:
+    """``path: reason`` for a message (``model_store: Permission denied``)."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"

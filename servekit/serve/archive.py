@@ -32,7 +32,7 @@ import yaml
 import servekit.runtime
 from servekit import project
 from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
-from servekit.errors import ArchiveError, ConfigError, ToolkitError
+from servekit.errors import ArchiveError, ConfigError, ToolkitError, os_error_text
 from servekit.serve.reproducible import make_public, normalize_mar, write_public
 
 HANDLER_PACKAGE = "handlers"
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"{parser.prog}: error: {_os_error(err)}", file=sys.stderr)
+        print(f"{parser.prog}: error: {os_error_text(err)}", file=sys.stderr)
         return 2
     if not known:
         parser.error(f"no model spec (*.yml) in {specs_dir}: write config/<model>.yml first")
@@ -262,10 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bad_specs += isinstance(err, ConfigError)
             continue
         except OSError as err:  # the store or a shared input (a handler): every build fails
-            print(f"{parser.prog}: error: {_os_error(err)}", file=sys.stderr)
+            print(f"{parser.prog}: error: {os_error_text(err)}", file=sys.stderr)
             return 2
         state = "built" if result.rebuilt else "up to date"
-        print(f"{result.name:<16} {state:<11} {_shown(result.path, where.root)}", flush=True)
+        print(f"{result.name:<16} {state:<11} {shown_path(result.path, where.root)}", flush=True)
     if failed:
         print(
             f"{parser.prog}: error: {len(failed)} of {len(names)} failed: {', '.join(failed)}",
@@ -276,13 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _os_error(err: OSError) -> str:
-    """``path: reason`` (``cannot write model_store: Permission denied``)."""
-    where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}"
-
-
-def _shown(path: Path, root: Path) -> Path:
+def shown_path(path: Path, root: Path) -> Path:
+    """``path`` relative to ``root`` when it is below it, else as it is (for messages)."""
     return path.relative_to(root) if path.is_relative_to(root) else path
 
 

@@ -24,6 +24,7 @@ import requests
 from servekit import project
 from servekit.errors import Unreachable
 from servekit.runtime.decoding import brief
+from servekit.serve.archive import shown_path
 from servekit.serve.management import Management
 
 DIGIT_PNG = "digit.png"
@@ -51,7 +52,7 @@ def samples(digit: Path | None) -> dict[str, Sample]:
     }
     if digit is not None:
         known["digits"] = Sample(
-            f"-H 'Content-Type: image/png' --data-binary @{_near(digit)}",
+            f"-H 'Content-Type: image/png' --data-binary @{shown_path(digit, Path.cwd())}",
             {"data": digit.read_bytes(), "headers": {"Content-Type": "image/png"}},
         )
     return known
@@ -72,7 +73,7 @@ def write_digit(root: Path) -> tuple[Path | None, str]:
         path.write_bytes(digit_png(split.x_test[0]))
     except OSError as err:
         return None, f"cannot write {path} ({err.strerror or err}): no digits example"
-    return path, f"{_near(path)} is a held-out '{split.y_test[0]}'"
+    return path, f"{shown_path(path, Path.cwd())} is a held-out '{split.y_test[0]}'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,12 +129,6 @@ def show_calls(url: str, mgmt: str, models: Sequence[str], known: Mapping[str, S
         print(f"  curl -s -X POST {url}/predictions/{model} {data}".rstrip())
         print(f"  curl -s '{mgmt}/models/{model}?customized=true'   # its handler's metadata")
     print(f"  servekit health --customized --inference-url {url} --management-url {mgmt}")
-
-
-def _near(path: Path) -> Path:
-    """``path`` relative to the current directory when it is below it (``@digit.png``)."""
-    here = Path.cwd()
-    return path.relative_to(here) if path.is_relative_to(here) else path
 
 
 def live_answers(

@@ -40,7 +40,7 @@ from servekit.config.limits import is_file, not_a_file, read_capped
 from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
 from servekit.config.yamlpos import load_yaml
 from servekit.errors import ArchiveError, ConfigError, ToolkitError
-from servekit.serve.archive import file_sha256, handler_sources
+from servekit.serve.archive import file_sha256, handler_sources, shown_path
 from servekit.serve.reproducible import MANIFEST
 
 CHUNK = 1 << 20
@@ -265,7 +265,7 @@ def check_against_spec(
         if name not in info.files:
             problems.append(f"{name} is missing from the archive")
         elif info.files[name].sha256 != file_sha256(source):
-            problems.append(f"{name} differs from {_shown_path(source, root)}")
+            problems.append(f"{name} differs from {shown_path(source, root)}")
     known = {*expected, MANIFEST, model.get("configFile")}
     problems += [
         f"{name} is in the archive but not in the spec" for name in info.files if name not in known
@@ -274,11 +274,6 @@ def check_against_spec(
     if recorded is not None and recorded != info.sha256():
         problems.append(f"sha256 is {info.sha256()}; {info.path.name}.sha256 records {recorded}")
     return problems
-
-
-def _shown_path(path: Path, root: Path) -> str:
-    """``path`` relative to the project, or as it is (the installed handler runtime)."""
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 # --- the command -----------------------------------------------------------------------------
