@@ -18,7 +18,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,9 @@ bench-ops: install archive ## measure 503 latency, init-failure detection, worke
 
 test: install archive brokers ## run every test: unit (in-process) and end-to-end (real TorchServe)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-gpu: install archive ## on a machine with CUDA: the tests that run handlers and a generated model on the GPU
+	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
 
 test-unit: install ## run the fast in-process tests only
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
