@@ -25,6 +25,11 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
+    # scaffold
+    "init": Command("servekit.scaffold.init", "create a new, working project in a directory"),
+    "new-model": Command(
+        "servekit.scaffold.new_model", "add a model from its weights: handler, spec, tests"
+    ),
     # config
     "validate": Command(
         "servekit.config.validate", "check config.properties, model-config.yml and specs"

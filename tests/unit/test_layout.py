@@ -1,6 +1,6 @@
 """The package's layout is its architecture: imports point one way between concerns.
 
-runtime (inside every .mar) <- config <- serve <- health, queue <- bench; ``servekit.errors`` and
+runtime (inside every .mar) <- config <- serve <- health, queue <- bench; serve <- scaffold; ``servekit.errors`` and
 ``servekit.datasets`` are shared leaves. Nothing in the package imports the tests.
 """
 
@@ -20,6 +20,7 @@ ALLOWED = {
     "health": {"runtime", "config", "serve", "health"},
     "queue": {"runtime", "config", "serve", "queue"},
     "bench": {"runtime", "config", "serve", "health", "queue", "bench"},
+    "scaffold": {"runtime", "config", "serve", "scaffold"},
 }
 
 
