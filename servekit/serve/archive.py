@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servekit archive",
         description="Build every model's .mar into the project's model_store/ (only what "
-        "changed). Exit codes: 0 built or up to date, 1 a build failed, 2 usage or bad input "
-        "(only bad specs failed; the others are built).",
+        "changed). Exit codes: 0 built, up to date or no spec to build, 1 a build failed, "
+        "2 usage or bad input (only bad specs failed; the others are built).",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="models (default: every spec)")
     parser.add_argument("-f", "--force", action="store_true", help="rebuild even if up to date")
@@ -238,12 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"{parser.prog}: error: {os_error_text(err)}", file=sys.stderr)
         return 2
-    if not known:
-        parser.error(f"no model spec (*.yml) in {specs_dir}: write config/<model>.yml first")
+    if not known and not args.names:  # a new project: nothing to build yet is not an error
+        print(f"no model spec (*.yml) in {shown_path(specs_dir, where.root)}: nothing to archive")
+        return 0
     unknown = sorted(set(args.names) - set(known))
     if unknown:
         parser.error(
-            f"no spec in {specs_dir} for: {', '.join(unknown)} (there are: {', '.join(known)})"
+            f"no spec in {specs_dir} for: {', '.join(unknown)} "
+            f"(there are: {', '.join(known) or 'none'})"
         )
     store = args.store or where.model_store
     if store.exists() and not store.is_dir():
