@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -32,6 +33,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from servekit.runtime import recycle
 from servekit.runtime.decoding import DEFAULT_FIELDS, Payload, select_payload
+from servekit.runtime.devices import CPU, choose_device, to_device
 from servekit.runtime.errors import (
     BadRequest,
     InsufficientMemory,
@@ -48,6 +50,7 @@ from servekit.runtime.stats import WorkerStats
 logger = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
+T = TypeVar("T")
 STAGES = ("preprocess", "inference", "postprocess")
 
 
@@ -74,6 +77,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.warming = False
         self.health = Readiness()
         self.publish_stats = False
+        self.device: torch.device = CPU
+        self.device_reason = "cpu (not initialized)"
 
     # ----- lifecycle ---------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -82,7 +87,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.health = Readiness(self.options.degraded_after_errors, self.options.recheck_seconds)
         if self.options.torch_threads:
             torch.set_num_threads(self.options.torch_threads)
-        self.model = self.load_model()
+        self._choose_device(context)
+        self.model = self._on_device(self.load_model())
         self.labels = self.load_labels()
         if self.options.recycle_on_sigusr1:
             recycle.install(self.model_name)
@@ -105,6 +111,29 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         manifest = context.manifest or {}
         self.model_version = str(manifest.get("model", {}).get("modelVersion", ""))
         self.model_config = dict(context.model_yaml_config or {})
+
+    def _choose_device(self, context: Any) -> None:
+        """``self.device`` from TorchServe's ``gpu_id`` and the model config (``devices``)."""
+        cuda = torch.cuda.is_available()
+        choice = choose_device(
+            context.system_properties,
+            self.model_config,
+            cuda_available=cuda,
+            device_count=torch.cuda.device_count() if cuda else 0,
+        )
+        self.device, self.device_reason = choice.device, choice.reason
+        if choice.fallback:
+            logger.warning("%s: serving on %s", self.model_name, choice.reason)
+        else:
+            logger.info("%s: device %s", self.model_name, choice.reason)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # what allocates on "the current device" too
+
+    def _on_device(self, model: Any) -> Any:
+        """A ``torch.nn.Module`` (scripted and exported ones too) moved to ``self.device``."""
+        if isinstance(model, torch.nn.Module) and self.device != CPU:
+            return model.to(self.device)
+        return model
 
     def _warmup(self) -> None:
         started = time.perf_counter()
@@ -179,11 +208,15 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             )
         return path
 
+    def to_device(self, obj: T) -> T:
+        """``obj`` with its tensors on this worker's device (see ``devices.to_device``)."""
+        return to_device(obj, self.device)
+
     def load_state_dict(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
         """Load weights ``name`` from the archive into ``module``, in eval mode."""
         path = self.artifact(name)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location=self.device, weights_only=True)
             module.load_state_dict(state)
         except Exception as err:  # torch raises many types for a broken file
             raise ModelLoadError(
@@ -305,27 +338,57 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         return Payload(payload.value, payload.field, content_type)
 
     def _predict_isolating(self, items: list[ItemT], timings: dict[str, float]) -> list[Any]:
-        """Predict a batch; if it fails as a whole, retry one by one so only culprits fail."""
+        """Predict a batch so that only culprits fail: one that fails as a whole is retried
+        in halves if it ran out of memory (recursively), else one request at a time.
+
+        A request gets an error only when it fails alone; the worker keeps serving. Retries
+        run outside the ``except`` clause: the error's frames hold the failed batch's tensors.
+        """
         try:
             return self._predict(items, timings)
         except Exception as err:
             if len(items) == 1:
-                return [err]
-            logger.warning("batch of %d failed (%r); retrying one by one", len(items), err)
+                return [_without_locals(err)]
+            halve = _out_of_memory(err)
+            retry = f"in halves of {(len(items) + 1) // 2}" if halve else "one by one"
+            logger.warning(
+                "%s: batch of %d failed on %s (%r); retrying it %s",
+                self.model_name,
+                len(items),
+                self.device,
+                err,
+                retry,
+            )
+        if halve:
+            self._free_device_memory()
+            half = (len(items) + 1) // 2
+            first = self._predict_isolating(items[:half], timings)
+            return first + self._predict_isolating(items[half:], timings)
         outcomes: list[Any] = []
         for item in items:
             try:
                 outcomes.extend(self._predict([item], timings))
             except Exception as err:
-                outcomes.append(err)
+                outcomes.append(_without_locals(err))
         return outcomes
 
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _predict(self, items: list[ItemT], timings: dict[str, float]) -> list[Any]:
-        """Run the three stages on valid items, adding each stage's milliseconds to ``timings``."""
+        """Run the three stages on valid items, adding each stage's milliseconds to ``timings``.
+
+        The model's input goes to ``self.device`` and its output comes back to CPU, so
+        ``preprocess`` and ``postprocess`` only ever see CPU tensors; on CPU nothing moves.
+        """
+        on_device = self.device != CPU
         with _timed("preprocess", timings):
             batch = self.preprocess(items)
         with _timed("inference", timings), torch.inference_mode():
-            outputs = self.inference(batch)
+            outputs = self.inference(to_device(batch, self.device) if on_device else batch)
+            if on_device:
+                outputs = to_device(outputs, CPU)
         with _timed("postprocess", timings):
             results = self.postprocess(outputs)
         if len(results) != len(items):
@@ -391,6 +454,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             "options": {"declared": self.options_class.declared(), "values": vars(self.options)},
             "worker": self.stats.as_dict(),
             "torch_threads": torch.get_num_threads(),
+            "device": {"name": str(self.device), "reason": self.device_reason},
         }
         if self.labels is not None:
             described["labels"] = self.labels
@@ -434,6 +498,13 @@ def _valid_json(result: Any) -> bool:
     except (TypeError, ValueError, RecursionError):
         return False
     return True
+
+
+def _without_locals(err: BaseException) -> BaseException:
+    """``err`` with its frames' locals dropped (its traceback still prints): a kept error
+    must not keep a batch's tensors, device memory above all, alive."""
+    traceback.clear_frames(err.__traceback__)
+    return err
 
 
 def _out_of_memory(err: BaseException) -> bool:

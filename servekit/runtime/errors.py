@@ -58,12 +58,20 @@ class InternalError(RequestError):
 
 
 class InsufficientMemory(InternalError):
-    """The model ran out of memory on this request (TorchServe's own code for it: 507)."""
+    """The model ran out of memory on this request alone (TorchServe's own code for it: 507).
+
+    The base handler answers it only after the batch was split down to this one request:
+    the others of its batch got their answers.
+    """
 
     status = HTTPStatus.INSUFFICIENT_STORAGE
 
     def __init__(self) -> None:
-        RequestError.__init__(self, "Out of memory while serving this request; see the server log.")
+        RequestError.__init__(
+            self,
+            "Out of memory on this request alone (its batch was split until it ran by "
+            "itself); send a smaller input, or see the server log.",
+        )
 
 
 class ModelLoadError(RuntimeError):

@@ -12,6 +12,7 @@ flattens them, runs the groups, and splits the rows back per request::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -46,10 +47,18 @@ class LengthGroups:
         ]
         return cls(groups, order, inputs)
 
+    def to(self, device: torch.device) -> LengthGroups:
+        """The same groups with their tensors on ``device`` (itself when they are there)."""
+        if all(ids.device == device and mask.device == device for ids, mask in self.groups):
+            return self
+        groups = [(ids.to(device), mask.to(device)) for ids, mask in self.groups]
+        return dataclasses.replace(self, groups=groups)
+
     def per_request(self, sorted_rows: torch.Tensor) -> Iterator[tuple[TextInput, torch.Tensor]]:
-        """Each request with its rows of ``sorted_rows`` (one row per sorted string)."""
+        """Each request with its rows of ``sorted_rows`` (one row per sorted string), on
+        the device ``sorted_rows`` is on."""
         rows = torch.empty_like(sorted_rows)
-        rows[torch.tensor(self.order)] = sorted_rows
+        rows[torch.tensor(self.order, device=sorted_rows.device)] = sorted_rows
         start = 0
         for item in self.inputs:
             yield item, rows[start : start + len(item.ids)]

@@ -89,8 +89,13 @@ class LocalModel:
     """A model directory (an unpacked ``.mar``) loaded by TorchServe's worker code."""
 
     def __init__(
-        self, model_dir: Path, batch_size: int | None = None, cleanup: Path | None = None
+        self,
+        model_dir: Path,
+        batch_size: int | None = None,
+        cleanup: Path | None = None,
+        gpu_id: int | None = None,
     ) -> None:
+        """``gpu_id`` is what the frontend would assign the worker (``None``: no GPU)."""
         from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
         from ts.model_loader import TsModelLoader
 
@@ -110,7 +115,7 @@ class LocalModel:
                 self.name,
                 str(self.model_dir),
                 model["handler"],
-                None,
+                gpu_id,
                 self.batch_size,
                 None,
                 True,
@@ -123,13 +128,15 @@ class LocalModel:
         self.service.set_cl_socket(None)
 
     @classmethod
-    def from_mar(cls, mar: str | Path, batch_size: int | None = None) -> LocalModel:
+    def from_mar(
+        cls, mar: str | Path, batch_size: int | None = None, gpu_id: int | None = None
+    ) -> LocalModel:
         """Unpack ``mar`` to a temporary directory (removed by ``close``) and load it."""
         unpacked = Path(tempfile.mkdtemp(prefix=f"{Path(mar).stem}-"))
         try:
             with zipfile.ZipFile(mar) as archive:
                 archive.extractall(unpacked)
-            return cls(unpacked, batch_size, cleanup=unpacked)
+            return cls(unpacked, batch_size, cleanup=unpacked, gpu_id=gpu_id)
         except BaseException:
             shutil.rmtree(unpacked, ignore_errors=True)
             raise
