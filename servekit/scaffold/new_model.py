@@ -69,6 +69,8 @@ SUFFIX_FORMATS = {
 HF_SKIPPED = (".h5", ".msgpack", ".ot", ".onnx", ".tflite", ".md", ".gitattributes")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 STAGE_PREFIX = ".servekit-new-model-"
+CHECK_STORE = ".store"  # in the staging directory: where the checked archive is built
+ARCHIVE_FILES = (".mar", ".mar.inputs", ".mar.sha256")  # an archive and its stamps
 
 
 @dataclasses.dataclass
@@ -83,6 +85,8 @@ class Plan:
     content_type: str = ""
     files: dict[str, bytes | Path] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    derived: set[str] = dataclasses.field(default_factory=set)
+    """Files made from the others (the archive): replaced without ``--force``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +171,7 @@ def new_model(args: argparse.Namespace) -> int:
     refuse_existing(plan, where.root, args.force)
     with staged(plan, where.root) as stage:
         answer = check_served(plan, stage, where.root, example, args.batch_size)
+        keep_archive(plan, stage)
         commit(plan, stage, where.root)
     report(plan, where.root, answer, time.monotonic() - started)
     return 0
@@ -311,6 +316,8 @@ def plan_files(
         args, kind, module, serialized, extra, handler_options
     )
     plan.files[f"handlers/{module}.py"] = handler_text(args, kind, fmt)
+    if not (root / "handlers" / "__init__.py").is_file():  # the package the worker imports
+        plan.files["handlers/__init__.py"] = b""
     fields = {
         "name": name,
         "example": example_name,
@@ -490,8 +497,6 @@ def staged(plan: Plan, root: Path) -> Iterator[Path]:
             shutil.copytree(
                 handlers, stage / "handlers", ignore=shutil.ignore_patterns("__pycache__")
             )
-        (stage / "handlers").mkdir(exist_ok=True)
-        (stage / "handlers" / "__init__.py").touch()
         for rel, content in plan.files.items():
             target = stage / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -511,7 +516,7 @@ def check_served(plan: Plan, stage: Path, root: Path, example: Example, batch: i
     spec = load_spec(stage / "config" / f"{plan.name}.yml", stage)
     defaults_file = root / "model-config.yml"
     defaults = read_yaml(defaults_file) if defaults_file.is_file() else {}
-    store = stage / ".store"
+    store = stage / CHECK_STORE
     build(spec, defaults, stage, store, force=True)
     request = Request.raw(example.body, example.content_type)
     quiet_transformers()
@@ -598,6 +603,19 @@ def _cause(err: ModelLoadFailed) -> str:
     return reason if len(reason) <= 600 else reason[:600] + "..."
 
 
+def keep_archive(plan: Plan, stage: Path) -> None:
+    """The archive just checked goes to ``model_store/`` with its stamps, so ``servekit archive``
+    (``make serve``) finds it up to date: the staging directory holds the project's handlers
+    and the model's files at the same paths, so its inputs are the project's."""
+    store = stage / "model_store"
+    store.mkdir(exist_ok=True)
+    for suffix in ARCHIVE_FILES:
+        name = f"{plan.name}{suffix}"
+        os.replace(stage / CHECK_STORE / name, store / name)
+        plan.files[f"model_store/{name}"] = store / name
+        plan.derived.add(f"model_store/{name}")
+
+
 def commit(plan: Plan, stage: Path, root: Path) -> None:
     """Move the staged files into the project; on any failure, put everything back."""
     moved: list[tuple[Path, Path | None]] = []  # (destination, its backup)
@@ -628,7 +646,7 @@ def commit(plan: Plan, stage: Path, root: Path) -> None:
 def report(plan: Plan, root: Path, answer: Any, seconds: float) -> None:
     print(f"Model '{plan.name}' written and checked in {seconds:.1f} s:")
     for rel in sorted(plan.files):
-        print(f"  {rel}")
+        print(f"  {rel}" + ("  (archived and checked)" if rel.endswith(".mar") else ""))
     shown = json.dumps(answer)
     print(f"Its example request was answered: {shown[:200]}{'...' if len(shown) > 200 else ''}")
     for note in plan.notes:
