@@ -110,7 +110,8 @@ def _label_is(expected: str) -> Callable[[Any], bool]:
 
 def digits_torchscript(out: Path, cases: int = 20) -> OwnModel:
     path = out / "digits_cnn.ts"
-    torch.jit.save(torch.jit.trace(digits_module(), torch.zeros(2, 1, 8, 8)), str(path))
+    traced = torch.jit.trace(digits_module(), torch.zeros(2, 1, 8, 8))  # type: ignore[no-untyped-call]
+    torch.jit.save(traced, str(path))
     return OwnModel(
         "digits_ts",
         "image-classifier",
@@ -206,7 +207,8 @@ def topic_classifier(out: Path) -> OwnModel:
         num_labels=len(TOPICS),
         id2label=labels,
         label2id={t: i for i, t in labels.items()},
-    ).eval()
+    )
+    model.eval()  # type: ignore[no-untyped-call]
     tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
     sentences, targets = [], []
     for topic, words in TOPIC_WORDS.items():
@@ -222,7 +224,8 @@ def topic_classifier(out: Path) -> OwnModel:
     y = torch.tensor(targets)
     for _ in range(200):
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(head(pooled.clone()), y).backward()
+        loss = torch.nn.functional.cross_entropy(head(pooled.clone()), y)
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     directory = out / "topics"
     model.save_pretrained(str(directory))
@@ -256,7 +259,8 @@ def iris_custom(out: Path) -> OwnModel:
     trained = IrisNet()
     trained.load_state_dict(torch.load(ROOT / "models" / "iris.pt", weights_only=True))
     path = out / "iris_logits.ts"
-    torch.jit.save(torch.jit.trace(trained.eval(), torch.zeros(2, 4)), str(path))
+    traced = torch.jit.trace(trained.eval(), torch.zeros(2, 4))  # type: ignore[no-untyped-call]
+    torch.jit.save(traced, str(path))
     split = iris_split()
 
     def argmax_is(expected: int) -> Callable[[Any], bool]:
