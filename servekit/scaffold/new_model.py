@@ -87,6 +87,8 @@ class Plan:
     notes: list[str] = dataclasses.field(default_factory=list)
     derived: set[str] = dataclasses.field(default_factory=set)
     """Files made from the others (the archive): replaced without ``--force``."""
+    keep_stage: bool = False
+    """Set when a failed write could not put a replaced file back: its copy is in the stage."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,7 +465,15 @@ def render(template: str, fields: dict[str, str]) -> bytes:
 
 # ----- staging, checking, writing ---------------------------------------------------------------
 def refuse_existing(plan: Plan, root: Path, force: bool) -> None:
-    """``ConfigError`` listing the files that exist, unless ``force`` (or they are the same)."""
+    """``ConfigError`` listing the files that exist, unless ``force`` (or they are the same);
+    even with ``force``, nothing but a regular file is replaced (a directory, a link, a file
+    where a directory must go are the user's to move)."""
+    blocked = [rel for rel in plan.files if _blocked(root, rel)]
+    if blocked:
+        raise ConfigError(
+            f"model '{plan.name}': something other than a file is in the way of "
+            f"{', '.join(sorted(blocked))}: move it, or choose another name"
+        )
     clashes = [
         rel
         for rel, content in plan.files.items()
@@ -471,9 +481,23 @@ def refuse_existing(plan: Plan, root: Path, force: bool) -> None:
     ]
     if clashes and not force:
         raise ConfigError(
-            f"model '{plan.name}': these files exist: {', '.join(clashes)}; "
+            f"model '{plan.name}': these files exist: {', '.join(sorted(clashes))}; "
             "choose another name, or --force to replace them"
         )
+
+
+def _blocked(root: Path, rel: str) -> bool:
+    """True when ``root/rel`` is not a regular file though it exists, or one of the
+    directories above it (below ``root``) is not a directory."""
+    target = root / rel
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        return True
+    parent = target.parent
+    while parent != root and parent.is_relative_to(root):
+        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+            return True
+        parent = parent.parent
+    return False
 
 
 def _same(path: Path, content: bytes | Path) -> bool:
@@ -506,7 +530,8 @@ def staged(plan: Plan, root: Path) -> Iterator[Path]:
                 target.write_bytes(content)
         yield stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if not plan.keep_stage:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def check_served(plan: Plan, stage: Path, root: Path, example: Example, batch: int) -> Any:
@@ -632,12 +657,22 @@ def commit(plan: Plan, stage: Path, root: Path) -> None:
             moved.append((target, backup))
             os.replace(stage / rel, target)
     except OSError as err:
+        lost = []
         for target, backup in reversed(moved):
-            with contextlib.suppress(OSError):
+            try:
                 if backup is not None:
                     os.replace(backup, target)
                 else:
                     target.unlink(missing_ok=True)
+            except OSError:
+                lost.append(target)
+        if lost:  # keep the staging directory: it holds the user's files that were replaced
+            plan.keep_stage = True
+            raise ToolkitError(
+                f"model '{plan.name}': writing into {root} failed ({err}), and putting back "
+                f"{', '.join(str(p.relative_to(root)) for p in lost)} failed too: the files "
+                f"that were there are in {backups}"
+            ) from None
         raise ToolkitError(
             f"model '{plan.name}': writing into {root} failed ({err}); nothing was changed"
         ) from None
