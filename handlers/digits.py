@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from handlers.digits_options import DigitsOptions
-from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet, check_finite
+from handlers.nets import DIGIT_MAX, DIGIT_SIDE, DigitsNet
 from servekit.runtime.base import ToolkitHandler
 from servekit.runtime.decoding import Payload
 from servekit.runtime.images import FORMATS, open_image
+from servekit.runtime.outputs import check_finite
 
 
 class DigitsHandler(ToolkitHandler[np.ndarray]):

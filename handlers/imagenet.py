@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from handlers.imagenet_options import CLASSES, ImagenetOptions
-from handlers.nets import check_finite
 from servekit.runtime.base import ToolkitHandler
 from servekit.runtime.decoding import Payload
 from servekit.runtime.errors import ModelLoadError
 from servekit.runtime.images import FORMATS, open_image
+from servekit.runtime.outputs import check_finite
 
 SIDE = 224
 CROP_FRACTION = SIDE / (SIDE + 32)

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from handlers.nets import IRIS_FEATURES, IrisNet, check_finite
+from handlers.nets import IRIS_FEATURES, IrisNet
 from servekit.runtime.base import ToolkitHandler
 from servekit.runtime.decoding import Payload, brief, brief_list
 from servekit.runtime.errors import BadRequest
+from servekit.runtime.outputs import check_finite
 
 Features = list[float]
 MAX_CM = 1000.0

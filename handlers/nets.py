@@ -10,21 +10,6 @@ DIGIT_SIDE = 8
 DIGIT_MAX = 16.0
 
 
-class NonFiniteOutput(ArithmeticError):
-    """The model computed NaN or Infinity: a model failure (a 500), never a 200 with NaN."""
-
-
-def check_finite(outputs: torch.Tensor) -> torch.Tensor:
-    """``outputs`` as they are when every value is finite, else ``NonFiniteOutput``.
-
-    Raised from ``postprocess``, it fails the batch; the base handler then retries one
-    request at a time, so only the request whose output is not finite fails.
-    """
-    if not bool(torch.isfinite(outputs).all()):
-        raise NonFiniteOutput(f"model output {tuple(outputs.shape)} holds NaN or Infinity")
-    return outputs
-
-
 class IrisNet(nn.Module):
     """A small MLP on the four iris measurements (cm); standardizes its own input."""
 

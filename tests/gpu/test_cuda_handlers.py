@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 import torch
 
+from models import own_formats
+from models.own_formats import OwnModel
+from servekit.cli import main as servekit
 from servekit.datasets import digit_png, digits_split, iris_split
 from servekit.serve.harness import LocalModel, Reply, Request
 from tests.unit.test_batch_contract import model_dir
@@ -141,8 +144,38 @@ def test_out_of_memory_halving_on_cuda(greedy_on_cuda: LocalModel) -> None:
 
 
 # ----- a generated model on CUDA ---------------------------------------------------------------
-# The model that `servekit` generates goes here: build it into tmp_path, load it with
-# LocalModel(..., gpu_id=last_gpu()) and compare with the CPU load, as above.
+OWN: dict[str, Callable[[Path], OwnModel]] = {
+    "torchscript": lambda out: own_formats.digits_torchscript(out, 8),
+    "export": lambda out: own_formats.digits_export(out, 8),
+    "state-dict": own_formats.iris_state_dict,
+    "custom": own_formats.iris_custom,
+    "huggingface": lambda out: own_formats.minilm_embedding(),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(OWN))
+def test_a_generated_model_on_cuda_answers_as_on_cpu(tmp_path: Path, fmt: str) -> None:
+    """`servekit init` and `servekit new-model` (which checks the model on CPU), then the
+    archive it made loaded with a gpu_id: on the GPU, the CPU's answers to its held-out cases."""
+    project = tmp_path / "project"
+    assert servekit(["init", str(project)]) == 0
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    own = OWN[fmt](weights)
+    made = servekit(
+        ["new-model", own.name, "--kind", own.kind, *own.args, "--project", str(project)]
+    )
+    assert made == 0
+    mar = project / "model_store" / f"{own.name}.mar"
+    requests = [Request.raw(body, content_type) for body, content_type, _ in own.cases]
+    with LocalModel.from_mar(mar) as cpu:
+        want = cpu.predict(requests)
+    gpu_id = last_gpu()
+    with LocalModel.from_mar(mar, gpu_id=gpu_id) as gpu:
+        assert_on_device(gpu, torch.device("cuda", gpu_id))
+        got = gpu.predict(requests)
+    assert_same_replies(got, want, 1e-4)
+    assert all(right(reply.json()) for reply, (_, _, right) in zip(got, own.cases, strict=True))
 
 
 # ----- helpers ---------------------------------------------------------------------------------

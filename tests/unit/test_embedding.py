@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from handlers.embedding_options import EmbeddingOptions
 from servekit.runtime.errors import ModelLoadError
-from servekit.serve.harness import LocalModel, Reply, Request
+from servekit.runtime.text import EmbeddingOptions
+from servekit.serve.harness import LocalModel, ModelLoadFailed, Reply, Request
 
 DIM = 384
 BATCH_SIZES = [1, 2, 5, 8, 16]
@@ -188,7 +188,8 @@ def test_truncation_small_groups_and_raw_vectors(
 @pytest.mark.parametrize(
     ("section", "fragment"),
     [
-        ({"max_tokens": 600}, "'max_tokens' is 600; it must be 3..512"),
+        ({"max_tokens": 0}, "'max_tokens' is 0; it must be >= 1"),
+        ({"pooling": "max"}, "'pooling' is 'max'; allowed: mean, cls"),
         ({"group_size": 0}, "'group_size' is 0; it must be >= 1"),
         ({"max_chars": 0}, "'max_chars' is 0; it must be >= 1"),
         ({"max_tokns": 10}, "did you mean 'max_tokens'?"),
@@ -198,6 +199,12 @@ def test_truncation_small_groups_and_raw_vectors(
 def test_bad_options_fail_at_load(section: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ModelLoadError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         EmbeddingOptions.from_section(section)
+
+
+def test_more_tokens_than_the_model_reads_fail_at_load(model_store: Path, tmp_path: Path) -> None:
+    unpacked = with_options(model_store / "minilm.mar", tmp_path / "minilm", max_tokens=600)
+    with pytest.raises(ModelLoadFailed, match="'max_tokens' is 600; the model reads at most 512"):
+        LocalModel(unpacked)
 
 
 # ----- hostile strings (issue 11): their own 4xx, in bounded time -----------------------------
