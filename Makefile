@@ -18,7 +18,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -121,6 +121,9 @@ tune: install archive ## best batchSize x maxBatchDelay x workers for NAME (mini
 
 baselines: install archive ## the in-process limit of minilm at batch 16, 3 s (figures, not a test)
 	$(BIN)/servekit limit --mar model_store/minilm.mar --batch-size 16 --duration 3
+
+bench-first: install models-local ## time from servekit init to the first right answer of an own model, per kind -> docs/bench/first-prediction.json
+	$(BIN)/python -m models.first_prediction --out docs/bench/first-prediction.json
 
 train: install ## retrain the example models (deterministic) and rewrite models/accuracy.json
 	$(BIN)/python -m models.train

@@ -1,5 +1,6 @@
 """``servekit examples``: how to call the models a running TorchServe serves, with a live answer
-from each model it has a sample input for (the example models: iris, digits, empty_model).
+from each model it has a sample input for: the project's ``examples/<model>.json`` (``.png``,
+``.jpg``, ``.txt``; ``servekit new-model`` writes one), else the example models' own.
 
     servekit examples                                   # against http://127.0.0.1:8080
     servekit examples --inference-url http://host:8080 --management-url http://host:8081
@@ -58,6 +59,37 @@ def samples(digit: Path | None) -> dict[str, Sample]:
     return known
 
 
+EXAMPLE_TYPES = {
+    ".json": "application/json",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".txt": "text/plain",
+}
+MAX_EXAMPLE_BYTES = 10 << 20  # a sample request, not a dataset
+
+
+def project_samples(root: Path, models: Sequence[str]) -> dict[str, Sample]:
+    """The example request of each served model the project has one for: ``examples/<model>``
+    with a known suffix (``servekit new-model`` writes one)."""
+    found: dict[str, Sample] = {}
+    for model in models:
+        for suffix, content_type in EXAMPLE_TYPES.items():
+            path = root / "examples" / f"{model}{suffix}"
+            try:
+                if not path.is_file() or path.stat().st_size > MAX_EXAMPLE_BYTES:
+                    continue
+                body = path.read_bytes()
+            except OSError:
+                continue
+            found[model] = Sample(
+                f"-H 'Content-Type: {content_type}' --data-binary @{shown_path(path, Path.cwd())}",
+                {"data": body, "headers": {"Content-Type": content_type}},
+            )
+            break
+    return found
+
+
 def write_digit(root: Path) -> tuple[Path | None, str]:
     """``root/digit.png`` (a held-out digit) and what it shows, or ``None`` and why not."""
     try:  # the example models' data: scikit-learn, part of the [examples] extra
@@ -111,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"No model is registered at {mgmt}: register one (servekit archive, load_models).")
         return 0 if healthy else 1
     digit, why = write_digit(root) if "digits" in models else (None, "")
-    known = samples(digit)
+    known = project_samples(root, models) | samples(digit)
     show_calls(url, mgmt, models, known)
     if why:
         print(f"\n({why})")

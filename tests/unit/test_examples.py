@@ -165,3 +165,20 @@ def test_without_the_examples_extra_the_digits_example_is_skipped_saying_why(
     path, why = examples.write_digit(tmp_path)
     assert path is None and "torchserve-kit[examples]" in why
     assert not (tmp_path / "digit.png").exists()
+
+
+def test_a_project_model_with_an_example_request_gets_a_live_answer(
+    fake: tuple[Fake, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `servekit new-model` writes, examples/<model>.<suffix>, is posted as it is."""
+    state, url = fake
+    state.models = ["fraud", "photo", "tiny"]
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "fraud.json").write_text('{"features": [1.0, 2.0]}\n')
+    (tmp_path / "examples" / "photo.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "examples" / "tiny.bin").write_bytes(b"unknown suffix: no sample")
+    assert run(url, tmp_path) == cli.OK
+    out = capsys.readouterr().out
+    assert "fraud -H 'Content-Type: application/json' --data-binary @" in out
+    assert "photo -H 'Content-Type: image/png' --data-binary @" in out
+    assert state.posted == {"fraud": b'{"features": [1.0, 2.0]}\n', "photo": b"\x89PNG fake"}
