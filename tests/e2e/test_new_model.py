@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 from models.own_formats import OwnModel, all_models
 from servekit.serve.server import TorchServe, running
@@ -48,7 +49,9 @@ def own() -> Iterator[tuple[Path, list[OwnModel]]]:
         weights.mkdir()
         models = all_models(weights, digits=DIGITS)
         for model in models:
-            added = servekit("new-model", model.name, "--kind", model.kind, *model.args, cwd=project)
+            added = servekit(
+                "new-model", model.name, "--kind", model.kind, *model.args, cwd=project
+            )
             assert added.returncode == 0, f"{model.name}: {added.stderr}"
         archived = servekit("archive", cwd=project)
         assert archived.returncode == 0, archived.stderr
@@ -153,3 +156,30 @@ def test_the_generated_tests_pass_in_the_project(own: tuple[Path, list[OwnModel]
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
     assert "passed" in ran.stdout
+
+
+def test_bad_input_to_the_installed_command_exits_2_and_leaves_the_project_alone(
+    own: tuple[Path, list[OwnModel]], tmp_path: Path
+) -> None:
+    project, _ = own
+    lying = tmp_path / "model.pt2"
+    lying.write_bytes(b"PK\x03\x04 not really a zip")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_package_anywhere\n")
+    state = tmp_path / "state.pt"
+    torch.save({"w": torch.zeros(2)}, state)
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    module = ["--module", f"{broken}:Net"]
+    cases = [
+        ("bad", ["--weights", str(lying)], "is said to be a torch.export program"),
+        ("bad", ["--weights", str(state), *module], "No module named 'no_such_package_any"),
+        ("bad model", ["--weights", str(state), *module], "TorchServe refuses it"),
+    ]
+    for name, args, says in cases:
+        ran = servekit(
+            "new-model", name, "--kind", "tabular", "--features", "2", *args, cwd=project
+        )
+        assert ran.returncode == 2, ran.stderr
+        assert says in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
