@@ -8,6 +8,7 @@ It serves any model that takes one tensor per request, batched on the first dime
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -129,6 +130,8 @@ def _count_numbers(value: Any, options: TensorOptions) -> int:
             raise BadRequest(f"the input holds {brief(item)}; expected numbers in nested lists")
         if integer and (not isinstance(item, int) or not -limit <= item < limit):
             raise BadRequest(f"the input holds {brief(item)}; expected {options.input_dtype}")
+        if not integer and isinstance(item, float) and math.isnan(item):
+            raise BadRequest(f"the input holds NaN; expected finite {options.input_dtype} numbers")
         if not integer and abs(item) > 3.4e38:
             raise BadRequest(f"the input holds {brief(item)}; too large for {options.input_dtype}")
         count += 1

@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -205,14 +206,8 @@ def read_state(path: Path, fmt: str, device: torch.device) -> dict[str, torch.Te
             f"'{path.name}': reading {fmt} needs the package {err.name}: pip install it"
         ) from None
     except Exception as err:  # torch and safetensors raise many types for a broken file
-        hint = (
-            " (a whole pickled model is not read: save model.state_dict(), or TorchScript)"
-            if "weights_only" in str(err) or "Unsupported global" in str(err)
-            else ""
-        )
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
-            f"'{path.name}' cannot be read as a state dict: {first}{hint}"
+            f"'{path.name}' cannot be read as a state dict: {_unreadable(err)}"
         ) from None
     if isinstance(state, Mapping):
         for key in WRAPPERS:
@@ -227,6 +222,20 @@ def read_state(path: Path, fmt: str, device: torch.device) -> dict[str, torch.Te
             f"it holds {type(state).__name__}"
         )
     return dict(state)
+
+
+def _unreadable(err: Exception) -> str:
+    """Why ``torch.load`` refused a file, in one line: torch's own message for a pickled object
+    is many lines with terminal escapes, offering to run the pickle's code (never done here)."""
+    text = str(err).strip()
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled or "weights_only" in text.lower() or "weights only" in text.lower():
+        what = pickled.group(1) if pickled else "Python objects"
+        return (
+            f"it pickles {what}, not only tensors (a whole pickled model is not read: "
+            "save model.state_dict(), or TorchScript)"
+        )
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def fit(module: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str, target: str) -> None:
