@@ -130,6 +130,8 @@ def _coerce(where: str, key: str, value: Any, hint: Any) -> Any:
             item = typing.get_args(kind)[0]
             if all(type(v) is item for v in value):
                 return tuple(value)
+            if item is float and all(type(v) in (int, float) for v in value):
+                return tuple(float(v) for v in value)  # `mean: [0, 0, 0]` as written by hand
     raise ModelLoadError(
         f"handler option '{key}' in section '{where}' is {value!r} "
         f"({type(value).__name__}); expected {_type_name(hint)}"

@@ -44,3 +44,12 @@ def test_declared_lists_every_option_with_its_type() -> None:
     assert declared["top_k"] == "int"
     assert declared["warmup"] == "bool"
     assert declared["invert"] == "str"
+
+
+def test_a_list_of_floats_may_be_written_with_integers() -> None:
+    from servekit.runtime.vision import ImageOptions
+
+    options = ImageOptions.from_section({"mean": [0, 0.5, 1], "std": [1, 1, 1]})
+    assert options.mean == (0.0, 0.5, 1.0) and all(type(v) is float for v in options.std)
+    with pytest.raises(ModelLoadError, match="expected list of float"):
+        ImageOptions.from_section({"mean": [True, 0, 0]})
