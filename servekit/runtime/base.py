@@ -404,6 +404,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             # TorchServe would send NaN/Infinity as such (not JSON) or fail the whole batch
             bad = ValueError(f"result is not strict JSON (NaN, Infinity, a type): {result!r:.200}")
             return self._error(context, idx, bad)
+        size, limit = encoded_size(result), self.options.max_response_bytes
+        if size > limit:  # past the frontend's max_response_size the whole worker dies
+            too_big = PayloadTooLarge(
+                f"the answer to this request would be {size} bytes; the server sends at most "
+                f"{limit} (max_response_size): ask for less in one request"
+            )
+            return self._error(context, idx, too_big)
         context.set_response_content_type(idx, "application/json")
         return result
 
@@ -489,6 +496,23 @@ def is_describe(data: list[Any], context: Any) -> bool:
         (str(v) for k, v in headers.items() if str(k).lower() == "content-type"), ""
     ).lower()
     return not content_type.startswith(("multipart/", "application/x-www-form-urlencoded"))
+
+
+RESPONSE_OVERHEAD = 1024
+"""Bytes of a response that are not its body (status phrase, content type, headers), kept
+free under ``max_response_bytes``."""
+
+
+def encoded_size(result: Any) -> int:
+    """The bytes TorchServe sends for ``result`` (its worker writes JSON with ``indent=2``),
+    plus what the rest of the response may take."""
+    if isinstance(result, (bytes, bytearray)):
+        size = len(result)
+    elif isinstance(result, str):
+        size = len(result.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(json.dumps(result, indent=2).encode("utf-8"))
+    return size + RESPONSE_OVERHEAD
 
 
 def _valid_json(result: Any) -> bool:

@@ -52,6 +52,11 @@ class HandlerOptions:
     text; 0: no limit). Keep a full batch well inside responseTimeout: past it the frontend
     kills the worker and fails the whole batch. Over it alone: 413; past it in a batch: 503."""
 
+    max_response_bytes: int = 6_553_500
+    """The largest answer one request may get, as TorchServe encodes it: set it to the server's
+    max_response_size (this is its default). A larger answer would kill the worker (the
+    frontend drops the connection); it gets a 413 instead."""
+
     torch_threads: int = 0
     """Torch threads per worker (0: torch's default, one per core, or OMP_NUM_THREADS).
     With several workers, cores / workers keeps them from spinning against each other."""
@@ -87,6 +92,11 @@ class HandlerOptions:
             raise ModelLoadError(
                 f"handler option 'max_batch_cost' is {self.max_batch_cost}; "
                 "it must be >= 0 (0: no limit)"
+            )
+        if self.max_response_bytes < 1024:
+            raise ModelLoadError(
+                f"handler option 'max_response_bytes' is {self.max_response_bytes}; "
+                "it must be >= 1024 (the server's max_response_size)"
             )
         if self.torch_threads < 0:
             raise ModelLoadError(

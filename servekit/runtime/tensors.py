@@ -35,6 +35,8 @@ class TensorOptions(WeightsOptions):
     """float32, float64, int64 or int32."""
     max_elements: int = 1_000_000
     """Numbers one request may send; more get 413."""
+    max_abs_value: float = 1e6
+    """Larger numbers get 400: a float32 model overflows to Infinity long before 3.4e38."""
 
     def check(self) -> None:
         super().check()
@@ -47,6 +49,11 @@ class TensorOptions(WeightsOptions):
             raise ModelLoadError(
                 f"handler option 'input_dtype' is {self.input_dtype!r}; "
                 f"allowed: {', '.join(DTYPES)}"
+            )
+        if not 0 < self.max_abs_value < 3e38:
+            raise ModelLoadError(
+                f"handler option 'max_abs_value' is {self.max_abs_value}; it must be > 0 and "
+                "finite in float32"
             )
         if self.max_elements < 1:
             raise ModelLoadError(
@@ -132,8 +139,11 @@ def _count_numbers(value: Any, options: TensorOptions) -> int:
             raise BadRequest(f"the input holds {brief(item)}; expected {options.input_dtype}")
         if not integer and isinstance(item, float) and math.isnan(item):
             raise BadRequest(f"the input holds NaN; expected finite {options.input_dtype} numbers")
-        if not integer and abs(item) > 3.4e38:
-            raise BadRequest(f"the input holds {brief(item)}; too large for {options.input_dtype}")
+        if not integer and not -options.max_abs_value <= item <= options.max_abs_value:
+            raise BadRequest(
+                f"the input holds {brief(item)}; expected numbers within "
+                f"±{options.max_abs_value:g} (max_abs_value)"
+            )
         count += 1
         if count > options.max_elements:
             raise PayloadTooLarge(f"the input holds more than {options.max_elements} numbers")

@@ -354,7 +354,7 @@ CUSTOM_BAD = [
     (Request.json({"values": [1]}), 400, "needs the key 'inputs'"),
     (Request.json([[]]), 400, "holds no numbers"),
     (Request.json([[1, 2, 3], [4, 5, 6], [7]]), 413, "more than 6"),
-    (Request.json([[1, 2, 3], [4, 5, 1e39]]), 400, "too large for float32"),
+    (Request.json([[1, 2, 3], [4, 5, 1e39]]), 400, "within ±1e+06 (max_abs_value)"),
     (Request.raw(b"[[1, 2, 3], [4, 5, Infinity]]", "application/json"), 400, "Infinity"),
 ]
 
@@ -389,6 +389,29 @@ def test_custom_with_a_model_answers_its_output(tmp_path: Path) -> None:
         replies = model.predict([Request.json([1, 2]), Request.json([1, 2, 3])])
     assert replies[0].json() == {"outputs": [2.0, 4.0]}
     assert_error(replies[1], 400, "has shape [3]; expected [2]")
+
+
+def test_an_answer_past_max_response_size_is_a_413_not_a_dead_worker(tmp_path: Path) -> None:
+    """Past the frontend's max_response_size (6,553,500 bytes by default) the frontend drops the
+    worker's connection and the worker dies: the handler answers 413 first (found by review:
+    an echo of [[0]*1000]*1000 killed the worker over HTTP)."""
+    opts = {"max_elements": 1_000_000, "max_response_bytes": 2_000_000}
+    with serve(tmp_path, "wide", CUSTOM, opts, {}) as model:
+        big = [[0.0] * 1000] * 400  # about 4.8 MB as TorchServe writes it (indent=2)
+        replies = model.predict([Request.json(big), Request.json([1.0, 2.0])])
+    assert_error(replies[0], 413, "would be")
+    assert "max_response_size" in replies[0].json()["message"]
+    assert replies[1].json() == {"outputs": [1.0, 2.0]}
+
+
+def test_custom_refuses_values_past_max_abs_value(tmp_path: Path) -> None:
+    """A float32 model overflows on 3e38 (found by review: a 500 from a valid-looking input)."""
+    files = {"double.ts": fixed_linear([[2.0, 0.0], [0.0, 2.0]])}
+    opts = {"weights": "double.ts", "weights_format": "torchscript", "input_shape": [2]}
+    with serve(tmp_path, "double", CUSTOM, opts, files) as model:
+        replies = model.predict([Request.json([3e38, 1.0]), Request.json([1.0, 1.0])])
+    assert_error(replies[0], 400, "within ±1e+06")
+    assert replies[1].json() == {"outputs": [2.0, 2.0]}
 
 
 # ----- text ------------------------------------------------------------------------------------
