@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +25,26 @@ from servekit.runtime.text_batching import LengthGroups, TextInput
 from servekit.runtime.weights import HUGGINGFACE, WeightsOptions
 
 INPUT_KEYS = ("inputs", "input")
+TOKENIZERS = (
+    ("tokenizer.json",),
+    ("vocab.txt",),
+    ("spiece.model",),
+    ("sentencepiece.bpe.model",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+)
+"""The files of a tokenizer, one tuple a kind: without one, transformers builds a tokenizer
+with an empty vocabulary that reads every word as unknown (and answers without an error)."""
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any(all((directory / name).is_file() for name in files) for files in TOKENIZERS)
+
+
+def tokenizer_files() -> str:
+    return " or ".join(" and ".join(files) for files in TOKENIZERS)
+
+
 POOLING = ("mean", "cls")
 
 
@@ -111,6 +132,11 @@ class TextHandler(ModelHandler[TextInput]):
                 "(pip install 'torchserve-kit[hf]')"
             ) from None
         self.artifact("config.json")
+        if not has_tokenizer(self.model_dir):
+            raise ModelLoadError(
+                f"model '{self.model_name}': the archive holds no tokenizer files "
+                f"({tokenizer_files()}): every word would read as unknown"
+            )
         where = str(self.model_dir)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(

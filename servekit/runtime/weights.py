@@ -161,7 +161,7 @@ def resolve(target: str) -> Any:
     module_name, names = split_target(target)
     try:
         found: Any = importlib.import_module(module_name)
-    except Exception as err:  # the user's module may raise anything while importing
+    except (Exception, SystemExit) as err:  # the user's module may raise, even exit, at import
         raise ModelLoadError(
             f"module {target!r}: cannot import {module_name}: {type(err).__name__}: {err}"
         ) from None
@@ -180,7 +180,7 @@ def build_module(target: str, args_text: str) -> torch.nn.Module:
     factory = resolve(target)
     try:
         module = factory(*args, **kwargs)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         raise ModelLoadError(
             f"module {target!r} with module_args {args_text or '(none)'}: "
             f"{type(err).__name__}: {err}"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import servekit
 from servekit.errors import ConfigError, os_error_text
+from servekit.scaffold.paths import in_the_way
 
 TEMPLATE = ("templates", "project")
 # setuptools leaves dotfiles out of package data: they are stored without the dot
@@ -140,16 +141,12 @@ def _entries(root: Path) -> list[str]:
 
 
 def _occupied(root: Path, name: str) -> bool:
-    """Something is at ``name`` (a file, a directory, a link); ``ConfigError`` when a file
-    stands where the project needs one of its directories."""
-    path = root / name
-    for parent in path.relative_to(root).parents:
-        if (root / parent).exists() and not (root / parent).is_dir():
-            raise ConfigError(
-                f"{root / parent} is a file where the project needs a directory: move it "
-                "away, or init into another directory"
-            )
-    return path.exists() or path.is_symlink()
+    """A regular file is at ``name`` (kept); ``ConfigError`` when something else is in the way
+    (a link, a directory, a file where the project needs a directory)."""
+    why = in_the_way(root, name)
+    if why is not None:
+        raise ConfigError(f"{why}: move it away, or init into another directory")
+    return (root / name).exists()
 
 
 def _write(root: Path, written: dict[str, bytes]) -> None:

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from servekit.errors import ConfigError
 from servekit.runtime import weights
 
 FILE_FORMATS = (weights.TORCHSCRIPT, weights.EXPORT, weights.STATE_DICT, weights.SAFETENSORS)
+MAX_EXAMPLE_ELEMENTS = 1_000_000  # TensorOptions.max_elements' default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -87,7 +89,7 @@ def _image_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
         mean = list(IMAGENET_MEAN) if channels == 3 else [0.0]
     if std is None:
         std = list(IMAGENET_STD) if channels == 3 else [1.0]
-    size = args.image_size or 224
+    size = args.image_size if args.image_size is not None else 224
     resize = (
         args.resize if args.resize is not None else (round(size * 256 / 224) if size >= 32 else 0)
     )
@@ -97,7 +99,7 @@ def _image_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
         "mode": mode,
         "mean": mean,
         "std": std,
-        "top_k": args.top_k or 5,
+        "top_k": args.top_k if args.top_k is not None else 5,
     }
 
 
@@ -112,11 +114,9 @@ def _image_example(args: argparse.Namespace, options: dict[str, Any]) -> Example
 
 
 def _text_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
-    options: dict[str, Any] = {"max_tokens": args.max_tokens or 256}
+    options: dict[str, Any] = {"max_tokens": 256 if args.max_tokens is None else args.max_tokens}
     if args.kind == "text-embedding":
         options["pooling"] = args.pooling or "mean"
-    elif args.pooling:
-        raise ConfigError("--pooling is for --kind text-embedding only")
     return options
 
 
@@ -128,7 +128,13 @@ def _text_example(args: argparse.Namespace, options: dict[str, Any]) -> Example:
 def _custom_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
     options: dict[str, Any] = {"input_dtype": args.input_dtype or "float32"}
     if args.input_shape:
-        options["input_shape"] = _ints("--input-shape", args.input_shape)
+        shape = _ints("--input-shape", args.input_shape)
+        if math.prod(shape) > MAX_EXAMPLE_ELEMENTS:
+            raise ConfigError(
+                f"--input-shape {args.input_shape}: {math.prod(shape)} values per request; a "
+                f"request may hold at most {MAX_EXAMPLE_ELEMENTS} (the kind's max_elements)"
+            )
+        options["input_shape"] = shape
     elif fmt:
         raise ConfigError(
             "--input-shape is required for a custom model with weights: the shape of one "
@@ -141,6 +147,22 @@ def _custom_example(args: argparse.Namespace, options: dict[str, Any]) -> Exampl
     shape = options.get("input_shape") or [3]
     kind = int if str(options["input_dtype"]).startswith("int") else float
     return _json_example({"inputs": np.zeros(shape).astype(kind).tolist()})
+
+
+OWN_OPTIONS = {
+    "tabular": ("features", "task"),
+    "image-classifier": ("image_size", "resize", "mode", "mean", "std", "top_k"),
+    "text-embedding": ("max_tokens", "pooling"),
+    "text-classifier": ("max_tokens",),
+    "custom": ("input_shape", "input_dtype"),
+}
+
+
+def foreign_options(args: argparse.Namespace) -> list[str]:
+    """The kind-specific options given that belong to another kind (as --flags)."""
+    mine = set(OWN_OPTIONS[args.kind])
+    others = {name for names in OWN_OPTIONS.values() for name in names} - mine
+    return sorted(f"--{n.replace('_', '-')}" for n in others if getattr(args, n) is not None)
 
 
 def _json_example(value: Any) -> Example:

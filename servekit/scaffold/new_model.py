@@ -34,10 +34,13 @@ import keyword
 import logging
 import os
 import shutil
+import signal
 import string
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -48,11 +51,15 @@ import yaml
 import servekit
 from servekit import project
 from servekit.config import schema
+from servekit.config.findings import ERROR
 from servekit.config.specs import load_spec, read_yaml
+from servekit.config.validate import validate_paths
 from servekit.errors import ConfigError, ToolkitError
 from servekit.runtime import weights
 from servekit.runtime.errors import ModelLoadError
-from servekit.scaffold.kinds import KINDS, Example, Kind
+from servekit.runtime.text import has_tokenizer, tokenizer_files
+from servekit.scaffold.kinds import KINDS, Example, Kind, foreign_options
+from servekit.scaffold.paths import in_the_way
 from servekit.serve.archive import build
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
 from servekit.serve.server import read_properties
@@ -69,6 +76,10 @@ SUFFIX_FORMATS = {
 HF_SKIPPED = (".h5", ".msgpack", ".ot", ".onnx", ".tflite", ".md", ".gitattributes")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 STAGE_PREFIX = ".servekit-new-model-"
+# Top-level modules of an archive or a worker a handler module must not be named like (the
+# installed ones are found by importlib; these may not be installed where new-model runs).
+WORKER_MODULES = ("handlers", "servekit", "ts", "model_archiver", "models", "examples", "tests")
+CHECK_TIMEOUT = 600.0  # s: loading and serving the example in-process
 CHECK_STORE = ".store"  # in the staging directory: where the checked archive is built
 ARCHIVE_FILES = (".mar", ".mar.inputs", ".mar.sha256")  # an archive and its stamps
 
@@ -126,8 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", type=Path, metavar="FILE", help="class names: a JSON list or one a line"
     )
     parser.add_argument("--version", default="1.0", help="the model version (default 1.0)")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
-    parser.add_argument("--max-batch-delay", type=int, default=20, metavar="MS")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="(8)")
+    parser.add_argument("--max-batch-delay", type=int, default=20, metavar="MS", help="(20)")
+    parser.add_argument(
+        "--check-timeout",
+        type=float,
+        default=CHECK_TIMEOUT,
+        metavar="S",
+        help=f"give up the in-process check after S seconds ({CHECK_TIMEOUT:g})",
+    )
     tabular = parser.add_argument_group("tabular")
     tabular.add_argument("--features", metavar="N|NAMES", help="values per row, or their names")
     tabular.add_argument("--task", choices=("classification", "regression"))
@@ -163,6 +181,9 @@ def new_model(args: argparse.Namespace) -> int:
     started = time.monotonic()
     where = project.from_args(args)
     kind = KINDS[args.kind]
+    foreign = foreign_options(args)
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)}: not options of --kind {kind.name}")
     module = check_name(args.name)
     fmt = weights_format(args, kind)
     plan = Plan(args.name, module, fmt)
@@ -171,7 +192,8 @@ def new_model(args: argparse.Namespace) -> int:
     example = kind.example(args, options)
     plan_files(plan, args, kind, fmt, options, labels, example, where.root)
     refuse_existing(plan, where.root, args.force)
-    with staged(plan, where.root) as stage:
+    with staged(plan, where.root) as stage, deadline(args.check_timeout):
+        check_spec(plan, stage, where.root)
         answer = check_served(plan, stage, where.root, example, args.batch_size)
         keep_archive(plan, stage)
         commit(plan, stage, where.root)
@@ -193,6 +215,12 @@ def check_name(name: str) -> str:
         raise ConfigError(
             f"model name {name!r}: its handler module would be '{module}', which Python cannot "
             "import (it must not start with a digit or be a keyword): choose another name"
+        )
+    if module in sys.stdlib_module_names or module in WORKER_MODULES or _find_spec(module):
+        raise ConfigError(
+            f"model name {name!r}: its handler would be the top-level module '{module}', which "
+            "shadows a module of that name the worker imports (the standard library, torch, "
+            "TorchServe or another installed package): choose another name"
         )
     return module
 
@@ -244,7 +272,7 @@ def weights_format(args: argparse.Namespace, kind: Kind) -> str:
 def read_labels(path: Path) -> list[str]:
     """Class names from a JSON list, a JSON object {index: name}, or one name a line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Notepad writes, is not a name
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"--labels {path}: cannot read it as UTF-8 text: {err}") from None
     try:
@@ -344,6 +372,11 @@ def hf_files(directory: Path) -> list[Path]:
     )
     if not any(p.name == "config.json" for p in files):
         raise ConfigError(f"--weights {directory}: no config.json: not a Hugging Face directory")
+    if not has_tokenizer(directory):
+        raise ConfigError(
+            f"--weights {directory}: no tokenizer files ({tokenizer_files()}): save the "
+            "tokenizer into it too (tokenizer.save_pretrained), or every word reads as unknown"
+        )
     return files
 
 
@@ -356,7 +389,7 @@ def module_target(plan: Plan, target: str, root: Path) -> str:
         if not source.is_file():
             raise ConfigError(f"--module {target}: no such file {source}")
         stem = source.stem
-        if not stem.isidentifier() or stem == plan.module:
+        if not stem.isidentifier() or stem.startswith("__") or stem == plan.module:
             raise ConfigError(
                 f"--module {target}: the file is copied to handlers/{stem}.py; "
                 + ("that is the handler's own name" if stem == plan.module else "not a module name")
@@ -373,6 +406,8 @@ def module_target(plan: Plan, target: str, root: Path) -> str:
             raise ConfigError(f"--module {target}: no file {file.relative_to(root)}")
         return target
     found = _find_spec(module_name)
+    if found is not None and not found.has_location:  # built in, frozen: installed with Python
+        return target
     origin = Path(found.origin) if found is not None and found.origin else None
     if origin is None:
         raise ConfigError(
@@ -468,11 +503,11 @@ def refuse_existing(plan: Plan, root: Path, force: bool) -> None:
     """``ConfigError`` listing the files that exist, unless ``force`` (or they are the same);
     even with ``force``, nothing but a regular file is replaced (a directory, a link, a file
     where a directory must go are the user's to move)."""
-    blocked = [rel for rel in plan.files if _blocked(root, rel)]
+    reasons = [in_the_way(root, rel) for rel in sorted({*plan.files, *archive_paths(plan)})]
+    blocked = [why for why in reasons if why is not None]
     if blocked:
         raise ConfigError(
-            f"model '{plan.name}': something other than a file is in the way of "
-            f"{', '.join(sorted(blocked))}: move it, or choose another name"
+            f"model '{plan.name}': {'; '.join(blocked)}: move it, or choose another name"
         )
     clashes = [
         rel
@@ -484,20 +519,6 @@ def refuse_existing(plan: Plan, root: Path, force: bool) -> None:
             f"model '{plan.name}': these files exist: {', '.join(sorted(clashes))}; "
             "choose another name, or --force to replace them"
         )
-
-
-def _blocked(root: Path, rel: str) -> bool:
-    """True when ``root/rel`` is not a regular file though it exists, or one of the
-    directories above it (below ``root``) is not a directory."""
-    target = root / rel
-    if target.is_symlink() or (target.exists() and not target.is_file()):
-        return True
-    parent = target.parent
-    while parent != root and parent.is_relative_to(root):
-        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-            return True
-        parent = parent.parent
-    return False
 
 
 def _same(path: Path, content: bytes | Path) -> bool:
@@ -545,7 +566,8 @@ def check_served(plan: Plan, stage: Path, root: Path, example: Example, batch: i
     build(spec, defaults, stage, store, force=True)
     request = Request.raw(example.body, example.content_type)
     quiet_transformers()
-    with captured_logs() as logs:
+    with captured_logs() as logs, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecations and load warnings: not the user's
         try:
             with LocalModel.from_mar(store / f"{plan.name}.mar", batch_size=2) as served:
                 alone = served.predict([request])[0]
@@ -628,6 +650,54 @@ def _cause(err: ModelLoadFailed) -> str:
     return reason if len(reason) <= 600 else reason[:600] + "..."
 
 
+def archive_paths(plan: Plan) -> list[str]:
+    """Where the checked archive and its stamps go in the project."""
+    return [f"model_store/{plan.name}{suffix}" for suffix in ARCHIVE_FILES]
+
+
+class CheckTimeout(ConfigError):
+    """The check of the model did not finish in time."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """``CheckTimeout`` after ``seconds`` (a module that hangs at import, a forward that never
+    returns), and SIGTERM as an exit that still runs the clean-up; both restored after."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise CheckTimeout(
+            f"the model was not loaded and served within {seconds:g} s (--check-timeout): does "
+            "its module or its forward hang?"
+        )
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread
+        return
+    saved = signal.signal(signal.SIGALRM, expired), signal.signal(signal.SIGTERM, terminated)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
+def check_spec(plan: Plan, stage: Path, root: Path) -> None:
+    """The staged spec passes ``servekit validate`` against the project's own config."""
+    for name in ("config.properties", "model-config.yml"):
+        if (root / name).is_file():
+            shutil.copyfile(root / name, stage / name)
+    spec = stage / "config" / f"{plan.name}.yml"
+    errors = [f for f in validate_paths([spec], stage) if f.severity == ERROR]
+    if errors:
+        shown = "; ".join(f.text().replace(str(stage) + os.sep, "") for f in errors[:5])
+        raise ConfigError(f"model '{plan.name}': its spec would not validate: {shown}")
+
+
 def keep_archive(plan: Plan, stage: Path) -> None:
     """The archive just checked goes to ``model_store/`` with its stamps, so ``servekit archive``
     (``make serve``) finds it up to date: the staging directory holds the project's handlers
@@ -644,11 +714,15 @@ def keep_archive(plan: Plan, stage: Path) -> None:
 def commit(plan: Plan, stage: Path, root: Path) -> None:
     """Move the staged files into the project; on any failure, put everything back."""
     moved: list[tuple[Path, Path | None]] = []  # (destination, its backup)
+    made: list[Path] = []  # directories this made, outermost first
     backups = stage / ".backup"
     try:
         for rel in sorted(plan.files):
             target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            missing = [p for p in target.relative_to(root).parents if not (root / p).exists()]
+            for directory in reversed(missing):
+                (root / directory).mkdir()
+                made.append(root / directory)
             backup = None
             if target.exists():
                 backup = backups / rel
@@ -666,6 +740,9 @@ def commit(plan: Plan, stage: Path, root: Path) -> None:
                     target.unlink(missing_ok=True)
             except OSError:
                 lost.append(target)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         if lost:  # keep the staging directory: it holds the user's files that were replaced
             plan.keep_stage = True
             raise ToolkitError(

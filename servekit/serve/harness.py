@@ -122,6 +122,7 @@ class LocalModel:
                 metrics,
             )
         except Exception as err:  # the worker would log it and report a failed load
+            forget_modules(self.model_dir)  # a failed load leaves no module of its own behind
             raise ModelLoadFailed(f"{self.name}: {type(err).__name__}: {err}") from err
         finally:
             sys.path.remove(str(self.model_dir))
@@ -171,11 +172,7 @@ class LocalModel:
         Left in ``sys.modules``, an archived ``handlers`` package would shadow the repo's and
         point at a deleted directory: a later ``import handlers.x`` would fail.
         """
-        root = self.model_dir.resolve()
-        for name, module in list(sys.modules.items()):
-            location = getattr(module, "__file__", None)
-            if location and Path(location).resolve().is_relative_to(root):
-                del sys.modules[name]
+        forget_modules(self.model_dir)
         if self._cleanup is not None:
             shutil.rmtree(self._cleanup, ignore_errors=True)
             self._cleanup = None
@@ -201,6 +198,15 @@ class LocalModel:
         for module in list(sys.modules):
             if module in (entry, HANDLER_PACKAGE) or module.startswith(HANDLER_PACKAGE + "."):
                 del sys.modules[module]
+
+
+def forget_modules(model_dir: Path) -> None:
+    """Drop from ``sys.modules`` every module imported from ``model_dir``."""
+    root = model_dir.resolve()
+    for name, module in list(sys.modules.items()):
+        location = getattr(module, "__file__", None)
+        if location and Path(location).resolve().is_relative_to(root):
+            del sys.modules[name]
 
 
 class _Wire:

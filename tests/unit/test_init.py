@@ -159,11 +159,11 @@ def test_force_adds_the_missing_files_and_keeps_every_existing_one(
     (tmp_path / "README.md").write_text("mine\n")
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "iris.yml").write_text("name: iris\n")
-    (tmp_path / "Makefile").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "Makefile").write_text("all:\n\techo mine\n")
     assert cli.main(["init", str(tmp_path), "--force"]) == cli.OK
     assert (tmp_path / "README.md").read_text() == "mine\n"
     assert (tmp_path / "config" / "iris.yml").read_text() == "name: iris\n"
-    assert (tmp_path / "Makefile").is_symlink()
+    assert (tmp_path / "Makefile").read_text() == "all:\n\techo mine\n"
     assert (tmp_path / "config" / "log4j2.xml").is_file()
     assert files_in(tmp_path) == sorted([*FILES, "config/iris.yml"])
     out = capsys.readouterr().out
@@ -185,6 +185,28 @@ def test_a_file_where_a_directory_goes_is_refused_before_writing(
     assert cli.main(["init", str(tmp_path), "--force"]) == cli.USAGE
     assert f"{tmp_path / 'handlers'} is a file" in capsys.readouterr().err
     assert files_in(tmp_path) == ["handlers"]
+
+
+@pytest.mark.parametrize("what", ["a linked directory", "a dangling link", "a directory"])
+def test_force_never_writes_through_a_link_nor_keeps_a_non_file(
+    tmp_path: Path, what: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by review: `init --force` wrote handlers/__init__.py through a link to /etc, and
+    kept a dangling link or a directory named config.properties as if it were the config."""
+    project, outside = tmp_path / "project", tmp_path / "outside"
+    project.mkdir()
+    outside.mkdir()
+    if what == "a linked directory":
+        (project / "handlers").symlink_to(outside)
+    elif what == "a dangling link":
+        (project / "config.properties").symlink_to(tmp_path / "nowhere")
+    else:
+        (project / "config.properties").mkdir()
+    before = files_in(project)
+    assert cli.main(["init", str(project), "--force"]) == cli.USAGE
+    err = capsys.readouterr().err
+    assert "is a link" in err or "is not a regular file" in err
+    assert files_in(project) == before and not list(outside.iterdir())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any directory")

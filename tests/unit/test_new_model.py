@@ -271,8 +271,19 @@ def test_what_is_not_a_file_is_never_replaced_even_with_force(
     before = snapshot(project)
     assert new_model(project, *args, "--force") == 2
     err = capsys.readouterr().err
-    assert "models/iris/iris.ts" in err and "tests/test_iris_e2e.py" in err
+    assert "models/iris is a file where a directory must go" in err
+    assert "tests/test_iris_e2e.py is not a regular file" in err
     assert snapshot(project) == before
+    (project / "models" / "iris").unlink()
+    (project / "tests" / "test_iris_e2e.py" / "keep").unlink()
+    (project / "tests" / "test_iris_e2e.py").rmdir()
+    (project / "elsewhere").mkdir()
+    (project / "examples").rmdir() if (project / "examples").is_dir() else None
+    (project / "examples").symlink_to(project / "elsewhere")
+    before = snapshot(project)
+    assert new_model(project, *args, "--force") == 2
+    assert "examples is a link" in capsys.readouterr().err
+    assert snapshot(project) == before and not list((project / "elsewhere").iterdir())
 
 
 def test_a_failed_write_puts_everything_back(
@@ -301,7 +312,82 @@ def test_a_failed_write_puts_everything_back(
     assert snapshot(project) == before
 
 
+MORE_BAD_INPUTS = {
+    "a name that shadows numpy": (["numpy", "--weights", "{w}/iris.ts"], "shadows a module"),
+    "a name that shadows json": (["json", "--weights", "{w}/iris.ts"], "shadows a module"),
+    "a name that shadows the handlers package": (
+        ["handlers", "--weights", "{w}/iris.ts"],
+        "shadows a module",
+    ),
+    "a module that exits at import": (
+        ["m", "--weights", "{w}/iris_state.pt", "--module", "{w}/exits.py:Net"],
+        "SystemExit",
+    ),
+    "a module file named __init__": (
+        ["m", "--weights", "{w}/iris_state.pt", "--module", "{w}/pkg/__init__.py:IrisNet"],
+        "copied to handlers/__init__.py",
+    ),
+    "a batch size the validator refuses": (
+        ["m", "--weights", "{w}/iris.ts", "--batch-size", "0"],
+        "its spec would not validate",
+    ),
+    "an option of another kind": (
+        ["m", "--weights", "{w}/iris.ts", "--image-size", "8"],
+        "--image-size: not options of --kind tabular",
+    ),
+    "a module that hangs at import": (
+        [
+            "m",
+            "--weights",
+            "{w}/iris_state.pt",
+            "--module",
+            "{w}/hangs.py:Net",
+            "--check-timeout",
+            "3",
+        ],
+        "was not loaded and served within 3 s",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MORE_BAD_INPUTS))
+def test_more_bad_input_found_by_review_exits_2(
+    project: Path, weights: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (weights / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (weights / "hangs.py").write_text("import time\nwhile True:\n    time.sleep(0.1)\n")
+    (weights / "pkg").mkdir(exist_ok=True)
+    (weights / "pkg" / "__init__.py").write_text((weights / "nets.py").read_text())
+    args, says = MORE_BAD_INPUTS[case]
+    before = snapshot(project)
+    code = new_model(
+        project, *(a.format(w=weights) for a in args), "--kind", "tabular", "--features", "4"
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says in err, err
+    assert snapshot(project) == before
+
+
+def test_a_hugging_face_directory_without_a_tokenizer_is_refused(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by review: transformers then builds an empty vocabulary and every word is
+    unknown, so any two sentences got the same embedding, with no error."""
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (notok / name).symlink_to(ROOT / "build" / "models" / "minilm" / name)
+    before = snapshot(project)
+    assert new_model(project, "m", "--kind", "text-embedding", "--weights", str(notok)) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
+    assert snapshot(project) == before
+
+
 def test_labels_are_read_from_json_lists_objects_and_lines(tmp_path: Path) -> None:
+    (tmp_path / "bom.txt").write_bytes("\ufeffa\nb\n".encode())
+    (tmp_path / "bom.json").write_bytes('\ufeff["a", "b"]'.encode())
+    assert read_labels(tmp_path / "bom.txt") == read_labels(tmp_path / "bom.json") == ["a", "b"]
     given = {
         "list.json": '["a", "b"]',
         "object.json": '{"1": "b", "0": "a"}',
