@@ -143,11 +143,16 @@ def test_bad_requests_get_4xx_naming_the_problem(served: TorchServe) -> None:
 
 
 def test_the_generated_tests_pass_in_the_project(own: tuple[Path, list[OwnModel]]) -> None:
-    """What `make test` runs in the project: the tests new-model wrote (in-process ones here;
-    the end-to-end ones start a server each and are the same path as the tests above)."""
+    """What `make test` runs in the project: the tests new-model wrote, in-process ones here
+    (the end-to-end ones start a server each, the path of the tests above), for a model of
+    each template branch: image (415 for a bad body), tabular, custom (JSON, 400). The text
+    kinds' tests are the same template as tabular's and load MiniLM twice more: left out."""
     project, _ = own
     ran = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not e2e"],
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not e2e"),
+            *("-k", "digits_pt2 or iris_sd or iris_raw"),
+        ],
         cwd=project,
         capture_output=True,
         text=True,
@@ -155,7 +160,7 @@ def test_the_generated_tests_pass_in_the_project(own: tuple[Path, list[OwnModel]
         check=False,
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
-    assert "passed" in ran.stdout
+    assert "9 passed" in ran.stdout  # three tests of each of the three models
 
 
 def test_bad_input_to_the_installed_command_exits_2_and_leaves_the_project_alone(
