@@ -1,7 +1,8 @@
 """The package's layout is its architecture: imports point one way between concerns.
 
-runtime (inside every .mar) <- config <- serve <- health, queue <- bench; serve <- scaffold; ``servekit.errors`` and
-``servekit.datasets`` are shared leaves. Nothing in the package imports the tests.
+runtime (inside every .mar) <- config <- serve <- health, queue <- bench; serve <- scaffold;
+``servekit.errors`` and ``servekit.datasets`` are shared leaves. Nothing in the package imports
+the tests.
 """
 
 from __future__ import annotations
