@@ -37,6 +37,14 @@ FILES = [
 TARGETS = ["help", "install", "validate", "archive", "serve", "stop", "health", "test", "clean"]
 
 
+@pytest.fixture(autouse=True)
+def _not_a_sub_make(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `make test` the parent make's flags reach these `make` runs (and `make[1]:
+    Entering directory` lines in their output): run them as a user's shell would."""
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def files_in(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir())
 
