@@ -18,7 +18,7 @@ from servekit.runtime.base import ToolkitHandler
 from servekit.runtime.decoding import Payload
 from servekit.runtime.errors import ModelLoadError
 from servekit.runtime.images import FORMATS, open_image
-from servekit.runtime.outputs import check_finite
+from servekit.runtime.outputs import check_finite, ranked
 
 SIDE = 224
 CROP_FRACTION = SIDE / (SIDE + 32)
@@ -66,16 +66,11 @@ class ImagenetHandler(ToolkitHandler[np.ndarray]):
         return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()
 
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
-        labels = self.labels or []
-        top = torch.topk(torch.softmax(check_finite(outputs), dim=1), self.options.top_k, dim=1)
-        results = []
-        for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            ranked = [
-                {"label": labels[i], "class_id": i, "probability": round(p, 6)}
-                for p, i in zip(values, indices, strict=True)
-            ]
-            results.append({"label": ranked[0]["label"], "class_id": indices[0], "top_k": ranked})
-        return results
+        probabilities = torch.softmax(check_finite(outputs), dim=1)
+        return [
+            {"label": top[0]["label"], "class_id": top[0]["class_id"], "top_k": top}
+            for top in ranked(probabilities, self.labels or [], self.options.top_k)
+        ]
 
     def warmup_items(self, n: int) -> list[np.ndarray]:
         return [np.zeros((SIDE, SIDE, 3), dtype=np.float32)] * n

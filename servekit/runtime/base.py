@@ -400,11 +400,12 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     def _reply(self, context: Any, idx: int, result: Any) -> Any:
         if isinstance(result, BaseException):
             return self._error(context, idx, result)
-        if not isinstance(result, (bytes, bytearray, str)) and not _valid_json(result):
+        size = encoded_size(result)
+        if size is None:
             # TorchServe would send NaN/Infinity as such (not JSON) or fail the whole batch
             bad = ValueError(f"result is not strict JSON (NaN, Infinity, a type): {result!r:.200}")
             return self._error(context, idx, bad)
-        size, limit = encoded_size(result), self.options.max_response_bytes
+        limit = self.options.max_response_bytes
         if size > limit:  # past the frontend's max_response_size the whole worker dies
             too_big = PayloadTooLarge(
                 f"the answer to this request would be {size} bytes; the server sends at most "
@@ -503,25 +504,20 @@ RESPONSE_OVERHEAD = 1024
 free under ``max_response_bytes``."""
 
 
-def encoded_size(result: Any) -> int:
+def encoded_size(result: Any) -> int | None:
     """The bytes TorchServe sends for ``result`` (its worker writes JSON with ``indent=2``),
-    plus what the rest of the response may take."""
+    plus what the rest of the response may take; ``None`` when ``result`` would not be strict
+    JSON (NaN, Infinity, a type ``json`` cannot write). One serialization answers both."""
     if isinstance(result, (bytes, bytearray)):
         size = len(result)
     elif isinstance(result, str):
         size = len(result.encode("utf-8", "surrogatepass"))
     else:
-        size = len(json.dumps(result, indent=2).encode("utf-8"))
+        try:
+            size = len(json.dumps(result, indent=2, allow_nan=False).encode("utf-8"))
+        except (TypeError, ValueError, RecursionError):
+            return None
     return size + RESPONSE_OVERHEAD
-
-
-def _valid_json(result: Any) -> bool:
-    """What TorchServe's ``json.dumps`` would send is strict JSON: no NaN, no Infinity."""
-    try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return True
 
 
 def _without_locals(err: BaseException) -> BaseException:

@@ -110,10 +110,16 @@ def _zip_format(path: Path) -> str | None:
     return None
 
 
+def matches(found: str | None, said: str) -> bool:
+    """Bytes of format ``found`` are what ``said`` promises (a safetensors file is a state dict)."""
+    return found == said or (said == STATE_DICT and found == SAFETENSORS)
+
+
 def check_format(path: Path, said: str) -> str:
-    """``said`` when ``path`` holds that format; a ``ModelLoadError`` naming both otherwise."""
+    """The format ``path`` holds when it is what ``said`` promises; a ``ModelLoadError`` naming
+    both otherwise."""
     found = sniff(path)
-    if found == said or (said == STATE_DICT and found == SAFETENSORS):
+    if found is not None and matches(found, said):
         return found
     what = DESCRIBED.get(found or "", "none of the formats servekit reads")
     raise ModelLoadError(
@@ -264,7 +270,7 @@ def load(
 ) -> torch.nn.Module:
     """The model in ``path`` (a file, or a directory for Hugging Face), in eval mode on
     ``device``; ``ModelLoadError`` naming the file and the reason otherwise."""
-    check_format(path, fmt)
+    found = check_format(path, fmt)
     if fmt == TORCHSCRIPT:
         loaded = _guarded(
             path,
@@ -274,7 +280,7 @@ def load(
         loaded = _guarded(path, lambda: torch.export.load(str(path)).module().to(device))
     elif fmt in NEEDS_MODULE:
         built = build_module(module, module_args)
-        fit(built, read_state(path, sniff(path) or fmt, device), path.name, module)
+        fit(built, read_state(path, found, device), path.name, module)
         loaded = built.to(device)
     else:
         raise ModelLoadError(

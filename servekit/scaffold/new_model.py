@@ -239,9 +239,7 @@ def weights_format(args: argparse.Namespace, kind: Kind) -> str:
         raise ConfigError(f"--weights {path}: no such file or directory")
     found = weights.sniff(path)
     said = args.format or SUFFIX_FORMATS.get(path.suffix.lower())
-    if said is not None and not (
-        found == said or (said == weights.STATE_DICT and found == weights.SAFETENSORS)
-    ):
+    if said is not None and not weights.matches(found, said):
         what = weights.DESCRIBED.get(found or "", "none of the formats servekit reads")
         raise ConfigError(
             f"--weights {path} is said to be {weights.DESCRIBED[said]} "
