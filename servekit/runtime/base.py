@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from servekit.runtime import recycle
@@ -52,6 +54,7 @@ logger = logging.getLogger(__name__)
 ItemT = TypeVar("ItemT")
 T = TypeVar("T")
 STAGES = ("preprocess", "inference", "postprocess")
+HISTOGRAM = MetricTypes.HISTOGRAM
 
 
 class ToolkitHandler(BaseHandler, Generic[ItemT]):
@@ -93,8 +96,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         if self.options.recycle_on_sigusr1:
             recycle.install(self.model_name)
         self.publish_stats = recycle.in_torchserve_worker()
-        if self.publish_stats:
-            self.stats.publish(self.model_name, force=True)
+        self._publish(force=True)
         if self.options.warmup and self.options.warmup_in_background:
             self.warming = True
             threading.Thread(target=self._warmup, name="warmup", daemon=True).start()
@@ -147,6 +149,8 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             self.health.fail(err)
         finally:
             self.warming = False
+            if self.initialized:  # a background warmup: tell the exporter it is over
+                self._publish(force=True)
 
     @property
     def status(self) -> str:
@@ -227,9 +231,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
 
     # ----- the TorchServe entry point ------------------------------------------------------
     def handle(self, data: list[Any], context: Any) -> list[Any]:
+        started = time.perf_counter()
         if is_describe(data, context):
             if recycle.draining():
+                self.stats.leaving = "retire" if recycle.retiring() else "recycle"
+                self._publish(force=True)
                 recycle.exit_for_recycling(self.model_name)
+                self.stats.leaving = None  # a retiring worker not scaled down serves again
             self.health.recheck(self._self_test)
             return [self.describe_handle()]
         results: list[Any] = [None] * len(data)
@@ -251,10 +259,19 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.health.record(statuses, self._self_test)
         errors = sum(1 for code in statuses if code >= 400)
         self.stats.record_batch(len(data), errors, timings)
-        if self.publish_stats:
-            self.stats.publish(self.model_name)
-        self._emit_metrics(context, len(data), errors, timings)
+        self._publish()
+        self._emit_metrics(context, statuses, timings, time.perf_counter() - started)
         return results
+
+    def _publish(self, force: bool = False) -> None:
+        """This worker's counters and status for `servekit recycle` and `servekit exporter`;
+        a change of status is written at once, counters at most every 0.2 s."""
+        if not self.publish_stats:
+            return
+        status = self.status
+        changed = status != self.stats.status
+        self.stats.status = status
+        self.stats.publish(self.model_name, force=force or changed)
 
     def _parse(self, request: Any, context: Any, idx: int) -> ItemT:
         """One request's input, validated; whatever goes wrong here is the input's fault.
@@ -425,21 +442,39 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         return err.body()
 
     def _emit_metrics(
-        self, context: Any, size: int, errors: int, timings: dict[str, float]
+        self, context: Any, statuses: list[int], timings: dict[str, float], seconds: float
     ) -> None:
-        """This batch's counts and stage times, through TorchServe's metrics cache."""
+        """This batch's counts and times, through TorchServe's metrics cache: to
+        ``model_metrics.log`` with ``metrics_mode=log``, to ``/metrics`` with ``prometheus``.
+
+        ``servekit_request_seconds`` is a histogram (Prometheus's default buckets, 5 ms to
+        10 s, fit a handler's latency in seconds) with one observation per request: the time
+        its batch spent in this handler. ``servekit_responses_total`` counts answers by status.
+        """
         metrics = getattr(context, "metrics", None)
         if metrics is None:
             return
 
         # TorchServe's metric methods append to the dimension list they get: pass fresh ones.
-        def dims() -> list[Dimension]:
-            return [Dimension("ModelName", self.model_name)]
+        # Level is given, else TorchServe labels a metric without a request id Level="Error".
+        # The servekit_* metrics label the model model_name, like TorchServe's ts_* metrics
+        # and `servekit exporter`; the older Toolkit* ones keep ModelName.
+        def dims(label: str = "ModelName", *extra: Dimension) -> list[Dimension]:
+            return [Dimension(label, self.model_name), Dimension("Level", "Model"), *extra]
 
-        metrics.add_counter("ToolkitRequests", size, None, dims())
+        errors = sum(1 for code in statuses if code >= 400)
+        metrics.add_counter("ToolkitRequests", len(statuses), None, dims())
         metrics.add_counter("ToolkitRequestErrors", errors, None, dims())
         for stage, ms in timings.items():
             metrics.add_time(f"Toolkit{stage.title()}Time", round(ms, 3), None, "ms", dims())
+        for code, count in sorted(Counter(statuses).items()):
+            labels = dims("model_name", Dimension("code", str(code)))
+            metrics.add_counter("servekit_responses_total", count, None, labels)
+        for _ in statuses:
+            labels = dims("model_name")
+            metrics.add_time(
+                "servekit_request_seconds", round(seconds, 6), None, "s", labels, HISTOGRAM
+            )
 
     # ----- custom metadata -----------------------------------------------------------------
     def describe_handle(self) -> dict[str, Any]:

@@ -72,6 +72,11 @@ def draining() -> bool:
     return _draining.is_set()
 
 
+def retiring() -> bool:
+    """Marked by ``SIGUSR2``: this worker waits to be scaled down rather than recycled."""
+    return _retiring.is_set()
+
+
 def exit_for_recycling(model_name: str) -> None:
     """Leave now, inside a describe: no inference request is in this worker's hands. A
     retiring worker instead waits there to be scaled down, and returns (the describe is then

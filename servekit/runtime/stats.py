@@ -59,6 +59,10 @@ class WorkerStats:
     batches: Counter[int] = dataclasses.field(default_factory=Counter)
     stage_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     published_at: float = 0.0
+    # what `servekit exporter` reads: the handler's status, and why the worker is about to
+    # exit on purpose ("recycle" or "retire"), so that its exit is not counted as a restart
+    status: str = "initializing"
+    leaving: str | None = None
 
     def record_batch(self, size: int, errors: int, stage_ms: dict[str, float]) -> None:
         self.requests += size
@@ -92,6 +96,8 @@ class WorkerStats:
             "pid": os.getpid(),
             "requests": self.requests,
             "errors": self.errors,
+            "status": self.status,
+            "leaving": self.leaving,
             "time": time.time(),
         }
         try:

@@ -296,6 +296,25 @@ def test_metrics_are_emitted_per_batch(iris: LocalModel, caplog: pytest.LogCaptu
     assert all("ModelName:iris" in line for line in lines)
 
 
+def test_prometheus_metrics_are_one_observation_per_request(
+    iris: LocalModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ts.metrics")
+    iris.predict([Request.json([5.1, 3.5, 1.4, 0.2]), Request.json([1]), Request.json([1])])
+    lines = [r.getMessage() for r in caplog.records if "[METRICS]servekit_" in r.getMessage()]
+    latency = [line for line in lines if line.startswith("[METRICS]servekit_request_seconds.")]
+    assert len(latency) == 3, lines  # one per request, not one per batch
+    assert all("#type:HISTOGRAM" in line and "model_name:iris" in line for line in latency)
+    seconds = {float(line.split(":", 1)[1].split("|", 1)[0]) for line in latency}
+    assert len(seconds) == 1 and 0 < seconds.pop() < 10  # the batch's time, in seconds
+    by_code = {
+        line.split("code:")[1].split(",")[0].split("|")[0]: line.split(":", 1)[1].split("|")[0]
+        for line in lines
+        if line.startswith("[METRICS]servekit_responses_total.")
+    }
+    assert by_code == {"200": "1", "400": "2"}
+
+
 def test_closing_a_model_forgets_its_archived_modules(model_store: Path) -> None:
     with LocalModel.from_mar(model_store / "iris.mar") as model:
         archived = Path(sys.modules["handlers"].__file__ or "").parent
