@@ -103,6 +103,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         elif self.options.warmup:
             self._warmup()
         self.initialized = True
+        self._publish(force=True)
         logger.info("%s initialized (status %s)", self.model_name, self.status)
 
     def _read_context(self, context: Any) -> None:
