@@ -45,6 +45,10 @@ COMMANDS: dict[str, Command] = {
     # health
     "health": Command("servekit.health.cli", "probe /ping and every model's READY workers"),
     "recycle": Command("servekit.health.recycle", "recycle workers past a memory limit"),
+    # observe
+    "exporter": Command(
+        "servekit.observe.exporter", "Prometheus metrics TorchServe lacks: READY, queue, status"
+    ),
     # queue
     "bridge": Command("servekit.queue.bridge", "serve requests from RabbitMQ into Redis", "queue"),
     "ask": Command("servekit.queue.client", "submit a request through the queue bridge", "queue"),

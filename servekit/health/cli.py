@@ -98,7 +98,7 @@ def base_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _seconds(allow_zero: bool) -> Callable[[str], float]:
+def seconds_arg(allow_zero: bool) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -150,7 +150,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--wait",
-        type=_seconds(allow_zero=True),
+        type=seconds_arg(allow_zero=True),
         default=0.0,
         metavar="SECONDS",
         help="poll until healthy or this many seconds have passed",
@@ -178,7 +178,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds(allow_zero=False),
+        type=seconds_arg(allow_zero=False),
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="per-request timeout (default: %(default)s)",

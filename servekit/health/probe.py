@@ -106,7 +106,9 @@ def with_init_error(model: ModelHealth, log_dir: Path | None) -> ModelHealth:
     if log_dir is None or model.ready >= max(model.min_workers, 1):
         return model
     error = last_init_error(log_dir, model.name)
-    return model if error is None else replace(model, reason=f"{model.reason}, init error: {error}")
+    if error is None:
+        return model
+    return replace(model, reason=f"{model.reason}, init error: {error}", init_error=error)
 
 
 def http_reason(status_code: int, body: object) -> str:

@@ -55,7 +55,7 @@ from servekit.errors import ServerError
 from servekit.health.cli import UsageError, base_url, load_keys, model_name
 from servekit.health.probe import DEFAULT_MANAGEMENT_URL
 from servekit.runtime.recycle import PARK_SECONDS, RETIRED_NAME
-from servekit.runtime.stats import private_dir, stats_dir
+from servekit.runtime.stats import private_dir, read_published, stats_dir
 from servekit.serve.management import (
     READY,
     Management,
@@ -121,11 +121,8 @@ def worker_rss_mb(pid: int, reported_bytes: object) -> float:
 
 
 def published_requests(stats_dir: Path, pid: int) -> int | None:
-    try:
-        value = json.loads((stats_dir / f"{pid}.json").read_text()).get("requests")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
+    published = read_published(stats_dir, pid)
+    return None if published is None else published.requests
 
 
 class Recycler:

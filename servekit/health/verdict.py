@@ -50,6 +50,16 @@ class QueueStatus:
 
 
 @dataclass(frozen=True)
+class Worker:
+    """One worker of a describe entry: TorchServe's id (kept across restarts of its process),
+    the process id (0 while TorchServe has none to report) and its state."""
+
+    id: str
+    pid: int
+    status: str
+
+
+@dataclass(frozen=True)
 class ModelHealth:
     """One model's verdict; ``reason`` is the human summary (also set when healthy)."""
 
@@ -62,6 +72,9 @@ class ModelHealth:
     states: tuple[str, ...] = ()
     queue: QueueStatus | None = None
     handler_status: str | None = None
+    max_workers: int = 0
+    worker_list: tuple[Worker, ...] = ()
+    init_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,8 @@ def not_registered(name: str) -> ModelHealth:
 
 
 def _evaluate(name: str, entry: Mapping[str, object], customized: bool, mode: str) -> ModelHealth:
-    states = _worker_states(entry.get("workers"))
+    workers = _workers(entry.get("workers"))
+    states = [w.status for w in workers]
     min_workers = _int_field(entry, "minWorkers")
     ready = states.count(READY)
     others = tuple(dict.fromkeys(s for s in states if s != READY))
@@ -161,6 +175,8 @@ def _evaluate(name: str, entry: Mapping[str, object], customized: bool, mode: st
         states=others,
         queue=queue,
         handler_status=handler_status,
+        max_workers=_int_field(entry, "maxWorkers"),
+        worker_list=workers,
     )
 
 
@@ -199,12 +215,19 @@ def handler_check(metadata: object) -> tuple[str | None, str]:
     return status, f"handler status {status}"
 
 
-def _worker_states(workers: object) -> list[str]:
+def _workers(workers: object) -> tuple[Worker, ...]:
     if workers is None:
-        return []
+        return ()
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
         raise MalformedResponse(f"'workers' should be a list of objects, got {_kind(workers)}")
-    return [str(w.get("status", "UNKNOWN")) for w in workers]
+    return tuple(
+        Worker(str(w.get("id", "")), _pid(w.get("pid")), str(w.get("status", "UNKNOWN")))
+        for w in workers
+    )
+
+
+def _pid(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _int_field(entry: Mapping[str, object], key: str) -> int:

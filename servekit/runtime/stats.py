@@ -108,3 +108,33 @@ class WorkerStats:
             os.replace(tmp, directory / f"{os.getpid()}.json")
         except OSError:
             pass  # counters are best effort; serving must not fail over them
+
+
+HANDLER_STATUSES = ("initializing", "warming", "ready", "degraded")
+LEAVING = ("recycle", "retire")
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """What a worker last wrote to ``<pid>.json``; a value of the wrong type reads as absent
+    (``status`` as ``"unknown"``): the file is another process's and may be cut or stale."""
+
+    requests: int | None
+    status: str
+    leaving: str | None
+
+
+def read_published(directory: Path, pid: int) -> Published | None:
+    """Worker ``pid``'s last published counters in ``directory``; None if unreadable."""
+    try:
+        document = json.loads((directory / f"{pid}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    requests, status, leaving = (document.get(k) for k in ("requests", "status", "leaving"))
+    return Published(
+        requests if isinstance(requests, int) and not isinstance(requests, bool) else None,
+        status if status in HANDLER_STATUSES else "unknown",
+        leaving if leaving in LEAVING else None,
+    )

@@ -1,6 +1,7 @@
 """The package's layout is its architecture: imports point one way between concerns.
 
 runtime (inside every .mar) <- config <- serve <- health, queue <- bench; serve <- scaffold;
+health <- observe;
 ``servekit.errors`` and ``servekit.datasets`` are shared leaves. Nothing in the package imports
 the tests.
 """
@@ -19,6 +20,7 @@ ALLOWED = {
     "config": {"runtime", "config"},
     "serve": {"runtime", "config", "serve"},
     "health": {"runtime", "config", "serve", "health"},
+    "observe": {"runtime", "config", "serve", "health", "observe"},
     "queue": {"runtime", "config", "serve", "queue"},
     "bench": {"runtime", "config", "serve", "health", "queue", "bench"},
     "scaffold": {"runtime", "config", "serve", "scaffold"},

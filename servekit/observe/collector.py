@@ -1,0 +1,125 @@
+"""The exporter's metric families, rendered from the latest snapshot and exit counts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.metrics_core import Metric
+
+from servekit.health.probe import Target
+from servekit.observe.restarts import ExitCounter
+from servekit.observe.snapshot import ModelView, Snapshot, leaving, take
+from servekit.runtime.stats import HANDLER_STATUSES
+
+LABEL = "model_name"  # as TorchServe's own ts_* metrics and the handlers' servekit_* ones
+STATUSES = (*HANDLER_STATUSES, "unknown")
+
+
+@dataclass
+class Watcher:
+    """Polls TorchServe (``poll``) and keeps what the collector shows between polls."""
+
+    target: Target
+    log_dir: Path | None = None
+    tmpdir: Path | None = None
+    snapshot: Snapshot | None = None
+    polled_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.exits = ExitCounter()
+        self.lock = threading.Lock()
+
+    def poll(self) -> Snapshot:
+        snapshot = take(self.target, self.log_dir, self.tmpdir)
+        reason = leaving(self.tmpdir)
+        with self.lock:
+            for view in snapshot.models:
+                pids = {w.id: w.pid for w in view.health.worker_list}
+                self.exits.update(view.health.name, pids, reason)
+            self.snapshot, self.polled_at = snapshot, self.clock()
+        return snapshot
+
+
+class ExporterCollector(Collector):
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def collect(self) -> Iterator[Metric]:
+        watcher = self.watcher
+        with watcher.lock:
+            snapshot, polled_at = watcher.snapshot, watcher.polled_at
+            restarts, recycles = dict(watcher.exits.restarts), dict(watcher.exits.recycles)
+        age = watcher.clock() - polled_at if snapshot else float("nan")
+        yield GaugeMetricFamily(
+            "servekit_exporter_poll_age_seconds", "Seconds since the last poll of TorchServe", age
+        )
+        if snapshot is None:
+            return
+        yield GaugeMetricFamily(
+            "servekit_exporter_poll_seconds", "How long the last poll took", snapshot.seconds
+        )
+        yield GaugeMetricFamily(
+            "servekit_torchserve_up", "1 if TorchServe's /ping answered 200", int(snapshot.up)
+        )
+        yield from model_families(snapshot.models)
+        yield counter(
+            "servekit_worker_restarts", "Worker processes that exited unplanned", restarts
+        )
+        yield counter("servekit_worker_recycles", "Worker processes recycled on purpose", recycles)
+
+
+GAUGES: tuple[tuple[str, str, Callable[[ModelView], float | None]], ...] = (
+    ("servekit_model_workers", "Workers TorchServe lists", lambda v: v.health.workers),
+    ("servekit_model_workers_ready", "Workers READY", lambda v: v.health.ready),
+    ("servekit_model_min_workers", "minWorkers", lambda v: v.health.min_workers),
+    ("servekit_model_max_workers", "maxWorkers", lambda v: v.health.max_workers),
+    (
+        "servekit_model_pending_requests",
+        "Requests waiting in the job queue",
+        lambda v: v.health.queue.pending_requests if v.health.queue else None,
+    ),
+    (
+        "servekit_model_queue_remaining",
+        "Free places in the job queue (pending + remaining = job_queue_size)",
+        lambda v: v.health.queue.remaining_capacity if v.health.queue else None,
+    ),
+    ("servekit_model_healthy", "1 if the health check passes", lambda v: int(v.health.healthy)),
+    (
+        "servekit_model_loadable",
+        "0 when short of READY workers and the log shows initialize failing",
+        lambda v: int(v.loadable),
+    ),
+)
+
+
+def model_families(views: tuple[ModelView, ...]) -> Iterator[Metric]:
+    for name, help_text, value_of in GAUGES:
+        family = GaugeMetricFamily(name, help_text, labels=[LABEL])
+        for view in views:
+            value = value_of(view)
+            if value is not None:
+                family.add_metric([view.health.name], value)
+        yield family
+    statuses = GaugeMetricFamily(
+        "servekit_handler_workers",
+        "Workers by the status their handler published",
+        labels=[LABEL, "status"],
+    )
+    for view in views:
+        for status in STATUSES:
+            statuses.add_metric([view.health.name, status], view.handler_workers.get(status, 0))
+    yield statuses
+
+
+def counter(name: str, help_text: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=[LABEL])
+    for model, value in sorted(counts.items()):
+        family.add_metric([model], value)
+    return family
