@@ -21,7 +21,8 @@ K8S = ROOT / "deploy" / "k8s"
 
 def container() -> dict[str, object]:
     deployment = yaml.safe_load((K8S / "deployment.yaml").read_text())
-    (spec,) = deployment["spec"]["template"]["spec"]["containers"]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (spec,) = [c for c in containers if c["name"] == "torchserve"]  # not the exporter sidecar
     assert isinstance(spec, dict)
     return spec
 

@@ -1,12 +1,14 @@
 """deploy/: Kubernetes manifests against the Kubernetes schema (offline, strict), the KServe
-InferenceService against our schema of the fields it uses, and the probes, config and
-Dockerfiles against what the project really ships."""
+InferenceService, the PodMonitor and the Prometheus adapter's rules against our schemas of the
+fields they use, and the probes, config, scrape and autoscaling wiring and Dockerfiles against
+what the project really ships."""
 
 from __future__ import annotations
 
 import copy
 import fnmatch
 import json
+import re
 import shlex
 from collections.abc import Iterator
 from functools import cache
@@ -20,17 +22,28 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
+from servekit.config.check_properties import check_properties
 from servekit.health.cli import build_parser
 from servekit.health.probe import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL
+from servekit.observe.exporter import build_parser as exporter_parser
 from servekit.serve.server import read_properties
+from tests.promql import EXPORTER_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 K8S = ROOT / "deploy" / "k8s"
 ISVC = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
-ISVC_SCHEMA = ROOT / "tests" / "schemas" / "kserve-inferenceservice-v1beta1.schema.json"
+SCHEMAS = ROOT / "tests" / "schemas"
+ISVC_SCHEMA = SCHEMAS / "kserve-inferenceservice-v1beta1.schema.json"
+PODMONITOR_SCHEMA = SCHEMAS / "prometheus-operator-podmonitor-v1.schema.json"
+ADAPTER_SCHEMA = SCHEMAS / "prometheus-adapter-config.schema.json"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 # The oldest and the newest Kubernetes minor versions we check (kubernetes-validate ships both).
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+# Custom resources: checked against our schemas, not Kubernetes'.
+CRDS = ("podmonitor.yaml",)
+# Applied apart (kubectl apply -f): a CRD that may be absent, the adapter's own ConfigMap.
+APPLIED_APART = ("podmonitor.yaml", "prometheus-adapter.yaml")
 APP = "/opt/servekit"  # WORKDIR of deploy/docker/Dockerfile
 PROBES = {
     "startupProbe": ("startup", False),
@@ -49,10 +62,16 @@ def manifests() -> dict[str, dict[str, Any]]:
     return {name: load(K8S / name) for name in MANIFESTS}
 
 
-def pod_container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def pod_container(deployment: dict[str, Any], name: str = "torchserve") -> dict[str, Any]:
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
     assert isinstance(container, dict)
     return container
+
+
+def named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container["ports"]}
 
 
 def isvc_container() -> dict[str, Any]:
@@ -69,7 +88,7 @@ def pod_config() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("name", MANIFESTS)
+@pytest.mark.parametrize("name", sorted(set(MANIFESTS) - set(CRDS)))
 def test_manifest_is_valid_kubernetes(name: str, version: str) -> None:
     validated = kubernetes_validate.validate(load(K8S / name), version, strict=True)
     assert validated == version.rsplit(".", 1)[0]
@@ -89,7 +108,7 @@ def test_strict_validation_rejects_unknown_and_mistyped_fields() -> None:
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = load(K8S / "kustomization.yaml")
     assert kustomization["kind"] == "Kustomization"
-    assert sorted(kustomization["resources"]) == MANIFESTS
+    assert sorted(kustomization["resources"]) == sorted(set(MANIFESTS) - set(APPLIED_APART))
 
 
 def test_resources_point_at_each_other() -> None:
@@ -104,17 +123,32 @@ def test_resources_point_at_each_other() -> None:
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == docs["configmap.yaml"]["metadata"]["name"]
-    (port,) = pod_container(deployment)["ports"]
     (service_port,) = service["spec"]["ports"]
-    assert service_port["targetPort"] == port["name"] and port["containerPort"] == 8080
+    assert named_ports(pod_container(deployment))[service_port["targetPort"]] == 8080
 
 
-def test_network_policy_admits_only_the_inference_port() -> None:
+def test_network_policy_admits_clients_to_inference_and_prometheus_to_metrics() -> None:
     policy = manifests()["networkpolicy.yaml"]["spec"]
     assert policy["policyTypes"] == ["Ingress"]
-    ports = [port for rule in policy["ingress"] for port in rule["ports"]]
-    assert ports == [{"port": 8080, "protocol": "TCP"}]
     assert all(rule["from"] for rule in policy["ingress"]), "an empty 'from' admits everyone"
+    clients, monitoring = policy["ingress"]
+    assert clients["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert clients["from"] == [{"podSelector": {"matchLabels": {"torchserve-kit/client": "true"}}}]
+    assert monitoring["ports"] == [
+        {"port": 8082, "protocol": "TCP"},
+        {"port": 8083, "protocol": "TCP"},
+    ]
+    # one peer holding both selectors (AND), not two peers (OR: any pod of the namespace, or
+    # any pod named prometheus in this namespace)
+    (peer,) = monitoring["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    deployment = manifests()["deployment.yaml"]
+    metrics_ports = {
+        **named_ports(pod_container(deployment)),
+        **named_ports(pod_container(deployment, "exporter")),
+    }
+    assert [metrics_ports["metrics"], metrics_ports["exporter"]] == [8082, 8083]
 
 
 # --- the pod's config.properties ---------------------------------------------------------
@@ -123,9 +157,27 @@ def test_network_policy_admits_only_the_inference_port() -> None:
 def test_pod_config_is_the_project_config_with_inference_opened() -> None:
     project, pod = read_properties((ROOT / "config.properties").read_text()), pod_config()
     changed = {key for key in project.keys() | pod.keys() if project.get(key) != pod.get(key)}
-    assert changed == {"inference_address", "model_store"}
+    assert changed == {"inference_address", "model_store", "metrics_address", "metrics_mode"}
     assert pod["inference_address"] == "http://0.0.0.0:8080"
     assert pod["model_store"] == f"{APP}/model_store"
+    assert pod["metrics_address"] == "http://0.0.0.0:8082"
+    assert pod["metrics_mode"] == "prometheus"
+
+
+def test_servekit_validate_reports_only_the_documented_trade_offs(tmp_path: Path) -> None:
+    # The pod's config through the project's own validator: the open inference API without a
+    # token (error) and the open metrics API (warning) are the trade-offs configmap.yaml and
+    # networkpolicy.yaml document; nothing else may be reported.
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "log4j2.xml").write_bytes((ROOT / "config" / "log4j2.xml").read_bytes())
+    config = tmp_path / "config.properties"
+    config.write_text(manifests()["configmap.yaml"]["data"]["config.properties"])
+    findings, _ = check_properties(config, "configmap.yaml")
+    reported = {(f.severity, f.code, f.key) for f in findings}
+    assert reported == {
+        ("error", "open-without-token", "inference_address"),
+        ("warning", "metrics-open", "metrics_address"),
+    }
 
 
 def test_pod_config_keys_the_probes_and_image_rely_on() -> None:
@@ -134,7 +186,8 @@ def test_pod_config_keys_the_probes_and_image_rely_on() -> None:
     # management on the pod's loopback only.
     assert config["inference_address"].rsplit(":", 1)[1] == DEFAULT_INFERENCE_URL.rsplit(":", 1)[1]
     assert config["management_address"] == DEFAULT_MANAGEMENT_URL
-    assert config["metrics_address"].startswith("http://127.0.0.1:")
+    metrics_port = int(config["metrics_address"].rsplit(":", 1)[1])
+    assert named_ports(container)["metrics"] == metrics_port
     assert config["disable_token_authorization"] == "true"  # no key file for the probes
     assert config["enable_model_api"] == "false"
     args = container["args"]
@@ -229,6 +282,174 @@ def test_inferenceservice_schema_rejects(what: str, mutate: Any) -> None:
     document = load(ISVC)
     mutate(document)
     assert list(isvc_validator().iter_errors(document)), what
+
+
+# --- the exporter sidecar, the PodMonitor, the Prometheus adapter and the HPA ----------------
+
+
+def test_exporter_sidecar_shares_image_uid_and_volumes_and_never_restarts_the_pod() -> None:
+    deployment = manifests()["deployment.yaml"]
+    torchserve, exporter = pod_container(deployment), pod_container(deployment, "exporter")
+    assert exporter["image"] == torchserve["image"]
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["runAsUser"] == 1000 and "runAsUser" not in exporter["securityContext"]
+    assert "runAsUser" not in torchserve["securityContext"]
+    assert exporter["securityContext"] == torchserve["securityContext"]
+    args = exporter["args"]
+    assert args[:2] == ["servekit", "exporter"]
+    options = dict(zip(args[2::2], args[3::2], strict=True))
+    assert options == {
+        "--host": "0.0.0.0",
+        "--port": "8083",
+        "--management-url": DEFAULT_MANAGEMENT_URL,
+        "--inference-url": "http://127.0.0.1:8080",
+        "--log-dir": "/var/lib/servekit/logs",
+    }
+    assert options["--management-url"] == pod_config()["management_address"]
+    parsed = exporter_parser().parse_args(args[2:])  # the real CLI: unknown flags exit here
+    assert (parsed.host, parsed.port, str(parsed.log_dir)) == (
+        "0.0.0.0",
+        8083,
+        options["--log-dir"],
+    )
+    assert named_ports(exporter) == {"exporter": 8083}
+    # the workers' status files: $TMPDIR/servekit-<uid>/... on the same /tmp, same TMPDIR
+    env = {e["name"]: e["value"] for e in exporter["env"]}
+    assert env["TMPDIR"] == {e["name"]: e["value"] for e in torchserve["env"]}["TMPDIR"] == "/tmp"
+    mounts = {m["name"]: m for m in exporter["volumeMounts"]}
+    ts_mounts = {m["name"]: m for m in torchserve["volumeMounts"]}
+    assert mounts["tmp"]["mountPath"] == ts_mounts["tmp"]["mountPath"] == "/tmp"
+    assert (
+        mounts["workdir"]["mountPath"]
+        == ts_mounts["workdir"]["mountPath"]
+        == torchserve["workingDir"]
+    )
+    assert mounts["workdir"]["readOnly"] is True and set(mounts) == {"tmp", "workdir"}
+    assert options["--log-dir"].startswith(mounts["workdir"]["mountPath"] + "/")
+    assert not {"livenessProbe", "startupProbe", "readinessProbe"} & exporter.keys()
+    requests, limits = exporter["resources"]["requests"], exporter["resources"]["limits"]
+    assert requests["cpu"] == "50m" and limits["memory"] == "256Mi"
+
+
+@cache
+def crd_validator(schema_path: Path) -> jsonschema.Draft202012Validator:
+    version = f"v{K8S_VERSIONS[-1]}-local-strict"
+    definitions = files("kubernetes_validate") / "kubernetes-json-schema" / version
+    k8s = Resource.from_contents(json.loads((definitions / "_definitions.json").read_text()))
+    schema = json.loads(schema_path.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    registry: Registry[Any] = k8s @ Registry()
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def adapter_config() -> dict[str, Any]:
+    config = yaml.safe_load(manifests()["prometheus-adapter.yaml"]["data"]["config.yaml"])
+    assert isinstance(config, dict)
+    return config
+
+
+def test_podmonitor_matches_schema() -> None:
+    errors = [
+        e.message
+        for e in crd_validator(PODMONITOR_SCHEMA).iter_errors(load(K8S / "podmonitor.yaml"))
+    ]
+    assert errors == []
+
+
+def test_adapter_config_matches_schema() -> None:
+    errors = [e.message for e in crd_validator(ADAPTER_SCHEMA).iter_errors(adapter_config())]
+    assert errors == []
+
+
+def podmonitor_mutations() -> Iterator[tuple[str, Any]]:
+    def endpoints(doc: Any) -> Any:
+        return doc["spec"]["podMetricsEndpoints"]
+
+    yield from [
+        ("typo", lambda doc: endpoints(doc)[0].update(intervall=endpoints(doc)[0].pop("interval"))),
+        ("duration", lambda doc: endpoints(doc)[0].update(interval="15 seconds")),
+        ("action", lambda doc: endpoints(doc)[0]["relabelings"][0].update(action="rename")),
+        ("port type", lambda doc: endpoints(doc)[0].update(port=8082)),
+        ("no selector", lambda doc: doc["spec"].pop("selector")),
+        ("kind", lambda doc: doc.update(kind="ServiceMonitor")),
+    ]
+
+
+@pytest.mark.parametrize(("what", "mutate"), list(podmonitor_mutations()))
+def test_podmonitor_schema_rejects(what: str, mutate: Any) -> None:
+    document = load(K8S / "podmonitor.yaml")
+    mutate(document)
+    assert list(crd_validator(PODMONITOR_SCHEMA).iter_errors(document)), what
+
+
+@pytest.mark.parametrize(
+    ("what", "mutate"),
+    [
+        ("typo", lambda rule: rule.update(seriesQuerry=rule.pop("seriesQuery"))),
+        ("no series placeholder", lambda rule: rule.update(metricsQuery="sum(x)")),
+        ("override", lambda rule: rule["resources"]["overrides"]["pod"].update(kind="pod")),
+    ],
+)
+def test_adapter_schema_rejects(what: str, mutate: Any) -> None:
+    config = adapter_config()
+    mutate(config["rules"][0])
+    assert list(crd_validator(ADAPTER_SCHEMA).iter_errors(config)), what
+
+
+def test_podmonitor_scrapes_both_ports_as_the_rules_jobs() -> None:
+    monitor = load(K8S / "podmonitor.yaml")["spec"]
+    deployment = manifests()["deployment.yaml"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    ports = {
+        **named_ports(pod_container(deployment)),
+        **named_ports(pod_container(deployment, "exporter")),
+    }
+    jobs = {}
+    for endpoint in monitor["podMetricsEndpoints"]:
+        assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+        (relabel,) = endpoint["relabelings"]
+        assert (relabel["action"], relabel["targetLabel"]) == ("replace", "job")
+        jobs[relabel["replacement"]] = ports[endpoint["port"]]
+    # the same jobs, on the same ports, as the single-machine prometheus.yml
+    single = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    expected = {
+        job["job_name"]: int(job["static_configs"][0]["targets"][0].rsplit(":", 1)[1])
+        for job in single
+    }
+    assert jobs == expected == {"torchserve": 8082, "servekit-exporter": 8083}
+
+
+def series_metric(series_query: str) -> str:
+    return series_query.split("{", 1)[0].strip()
+
+
+def test_hpa_scales_on_the_metric_the_adapter_makes_from_the_exporter() -> None:
+    hpa = manifests()["hpa.yaml"]["spec"]
+    pods_metric, cpu = hpa["metrics"]
+    assert pods_metric["type"] == "Pods" and cpu["type"] == "Resource"
+    assert cpu["resource"]["name"] == "cpu"
+    assert pods_metric["pods"]["target"]["type"] == "AverageValue"
+    (rule,) = adapter_config()["rules"]
+    source = series_metric(rule["seriesQuery"])
+    assert source == "servekit_model_pending_requests" and source in EXPORTER_METRICS
+    # the adapter names the metric by applying name.matches/as to the series' name (Go regexp
+    # replacement: $1 for groups, as Python's \1)
+    name = rule["name"]
+    produced = re.sub(name["matches"], re.sub(r"\$(\d+)", r"\\\1", name["as"]), source)
+    assert pods_metric["pods"]["metric"]["name"] == produced
+    # per pod: the series carry the PodMonitor's namespace/pod labels, mapped to resources
+    assert rule["resources"]["overrides"] == {
+        "namespace": {"resource": "namespace"},
+        "pod": {"resource": "pod"},
+    }
+    assert rule["metricsQuery"].startswith("sum by (<<.GroupBy>>) (<<.Series>>")
+
+
+def test_adapter_config_is_for_the_adapter_namespace() -> None:
+    adapter = manifests()["prometheus-adapter.yaml"]
+    assert adapter["kind"] == "ConfigMap" and list(adapter["data"]) == ["config.yaml"]
+    assert adapter["metadata"]["namespace"] == "monitoring"
 
 
 # --- Dockerfiles -------------------------------------------------------------------------
