@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from servekit.health.probe import Target
 from servekit.observe.restarts import ExitCounter
