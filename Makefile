@@ -18,7 +18,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,7 +68,7 @@ recycle: ## recycle MODEL's workers past MAX_MEMORY_MB (default 2048), never bel
 bench-ops: install archive ## measure 503 latency, init-failure detection, worker recovery, recycling
 	$(BIN)/servekit bench-ops
 
-test: install archive brokers ## run every test: unit (in-process) and end-to-end (real TorchServe)
+test: install archive brokers prometheus ## run every test: unit (in-process) and end-to-end (real TorchServe)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-gpu: install archive ## on a machine with CUDA: the tests that run handlers and a generated model on the GPU
@@ -98,6 +98,9 @@ inspect: $(STAMP) models-local ## show a built archive's manifest, config and fi
 
 brokers: ## check for rabbitmq-server and redis-server (queue bridge); apt-get install them if missing
 	@bash scripts/ensure_brokers.sh
+
+prometheus: ## check for Debian's prometheus and promtool (metrics tests, rules); apt-get install them if missing
+	@bash scripts/ensure_prometheus.sh
 
 bridge: serve brokers ## serve, then RabbitMQ + Redis on 5673/6380 (run/brokers) and a queue bridge; Ctrl-C stops
 	$(BIN)/servekit bridge --local-brokers run/brokers \
