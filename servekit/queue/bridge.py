@@ -90,6 +90,7 @@ from servekit.queue.retry import (
     timed_out,
     worker_died,
 )
+from servekit.runtime.request_ids import HEADER
 
 log = logging.getLogger("servekit.queue.bridge")
 
@@ -584,7 +585,7 @@ class Bridge:
             response = self._session().post(
                 url,
                 data=request.body,
-                headers={"Content-Type": request.content_type},
+                headers={"Content-Type": request.content_type, HEADER: request.id},
                 timeout=self.config.http_timeout,
             )
         except requests.exceptions.ReadTimeout:  # it reached TorchServe and is still running there

@@ -36,10 +36,10 @@ from typing import Any
 
 from servekit.errors import ToolkitError
 from servekit.runtime.decoding import MAX_INT_DIGITS, brief
+from servekit.runtime.request_ids import REQUEST_ID
 
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "servekit"
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_.-]{1,64})?")
 # Visible ASCII, inner spaces allowed: what http.client sends as a header without complaint
 # (no CR/LF, nothing outside Latin-1) and what fits an AMQP short string.

@@ -47,6 +47,7 @@ from servekit.runtime.errors import (
 )
 from servekit.runtime.options import HandlerOptions
 from servekit.runtime.readiness import Readiness
+from servekit.runtime.request_ids import ECHO_HEADER, HEADER, RequestIds, request_ids
 from servekit.runtime.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             outcomes = self._predict_isolating(items, timings)
             for idx, result in zip(good, outcomes, strict=True):
                 results[idx] = self._reply(context, idx, result)
+        self._echo_client_ids(context, len(data))
         statuses = [context.get_response_status(i)[0] for i in range(len(data))]
         self.health.record(statuses, self._self_test)
         errors = sum(1 for code in statuses if code >= 400)
@@ -287,16 +289,10 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         except RequestError:
             raise
         except Exception as err:
-            logger.warning(
-                "%s: request %d of a batch: parse_request raised %s; answered 400",
-                self.model_name,
-                idx,
-                type(err).__name__,
-                exc_info=err,
-            )
             raise BadRequest(
                 f"the input could not be read ({type(err).__name__}); "
-                "see the model's input_schema (GET /models/{name}?customized=true)"
+                "see the model's input_schema (GET /models/{name}?customized=true)",
+                unexpected=err,
             ) from None
 
     def _within_budget(
@@ -434,13 +430,40 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         return result
 
     def _error(self, context: Any, idx: int, err: BaseException) -> dict[str, Any]:
-        if not isinstance(err, RequestError):
-            logger.error("request %d of a batch failed", idx, exc_info=err)
-            err = InsufficientMemory() if _out_of_memory(err) else InternalError()
-        status = HTTPStatus(err.status)
+        """Request ``idx``'s error answer, with its ids, and its one line in the worker log."""
+        ids = request_ids(context, idx)
+        answer = err if isinstance(err, RequestError) else _server_error(err)
+        status = HTTPStatus(answer.status)
+        self._log_failure(ids, answer, err)
         context.set_response_status(int(status), status.phrase, idx)
         context.set_response_content_type(idx, "application/json")
-        return err.body()
+        return answer.body(ids)
+
+    def _log_failure(self, ids: RequestIds, answer: RequestError, err: BaseException) -> None:
+        """One record per failed request naming its ids, status and reason: a 5xx (and a 400
+        for an error ``parse_request`` did not expect) with the stack trace, a 4xx without."""
+        line = "%s: %s answered %d %s: %s"
+        args = (self.model_name, ids.log_text(), int(answer.status), type(answer).__name__)
+        if answer is not err:  # a server error: the client got a generic message
+            logger.error(line, *args, _one_line(repr(err)), exc_info=err)
+        elif answer.unexpected is not None:
+            reason = f"{answer.message} [{type(answer.unexpected).__name__}]"
+            logger.warning(line, *args, _one_line(reason), exc_info=answer.unexpected)
+        else:
+            logger.info(line, *args, _one_line(answer.message))
+
+    def _echo_client_ids(self, context: Any, count: int) -> None:
+        """Each request's valid ``X-Request-ID`` back as ``X-Client-Request-ID`` (the frontend
+        overwrites an ``x-request-id`` set here with its own); a dropped one is logged on a
+        success (a failure's line says it already), with its length only."""
+        for idx in range(count):
+            ids = request_ids(context, idx)
+            if ids.client_request_id is not None:
+                context.set_response_header(idx, ECHO_HEADER, ids.client_request_id)
+            elif ids.dropped is not None and context.get_response_status(idx)[0] < 400:
+                logger.info(
+                    "%s: %s: an invalid %s was dropped", self.model_name, ids.log_text(), HEADER
+                )
 
     def _emit_metrics(
         self, context: Any, statuses: list[int], timings: dict[str, float], seconds: float
@@ -554,6 +577,21 @@ def encoded_size(result: Any) -> int | None:
         except (TypeError, ValueError, RecursionError):
             return None
     return size + RESPONSE_OVERHEAD
+
+
+LOGGED_REASON_CHARS = 300
+
+
+def _one_line(text: str) -> str:
+    """``text`` safe for one log line: control and non-ASCII characters escaped, bounded."""
+    escaped = text[:LOGGED_REASON_CHARS].encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in escaped)
+    return escaped if len(text) <= LOGGED_REASON_CHARS else escaped + "..."
+
+
+def _server_error(err: BaseException) -> RequestError:
+    """The generic answer to an error the handler did not expect (507 out of memory, else 500)."""
+    return InsufficientMemory() if _out_of_memory(err) else InternalError()
 
 
 def _without_locals(err: BaseException) -> BaseException:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from servekit.runtime.request_ids import RequestIds
+
 
 class RequestError(Exception):
     """A request the handler cannot serve; answered with ``status`` and ``message``.
@@ -15,15 +17,30 @@ class RequestError(Exception):
 
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, message: str, *, status: HTTPStatus | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: HTTPStatus | None = None,
+        unexpected: BaseException | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.unexpected = unexpected
+        """An exception the handler did not expect behind this answer: the server log gets
+        its stack trace, the client only ``message``."""
         if status is not None:
             self.status = status
 
-    def body(self) -> dict[str, Any]:
-        """The JSON error body, shaped like TorchServe's own error responses."""
-        return {"code": int(self.status), "type": type(self).__name__, "message": self.message}
+    def body(self, ids: RequestIds | None = None) -> dict[str, Any]:
+        """The JSON error body, shaped like TorchServe's own error responses, with the
+        request's ids (``request_id``, and ``client_request_id`` when the client sent one)."""
+        body: dict[str, Any] = {
+            "code": int(self.status),
+            "type": type(self).__name__,
+            "message": self.message,
+        }
+        return body | ids.fields() if ids is not None else body
 
 
 class BadRequest(RequestError):

@@ -96,6 +96,7 @@ def test_bad_and_good_request_in_one_batch(server: TorchServe) -> None:
         good = pool.submit(send, b'{"features": [6.7, 3.0, 5.2, 2.3]}')
     assert bad.result().status_code == 400
     assert bad.result().json() == {
+        "request_id": bad.result().headers["x-request-id"],
         "code": 400,
         "type": "BadRequest",
         "message": "feature 2 (petal_length) is 'three'; expected a finite number >= 0 (cm)",

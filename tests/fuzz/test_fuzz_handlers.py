@@ -1,8 +1,9 @@
 """Every model's request parsing, through TorchServe's own worker code (``servekit.serve.harness``).
 
 The promise, for any body sent beside a valid request in one batch: every reply is a 200
-with strict JSON (no NaN, no Infinity) or a 4xx JSON error ``{code, type, message}``; the
-valid request gets the answer it gets alone; nothing is a 5xx; a batch takes bounded time.
+with strict JSON (no NaN, no Infinity) or a 4xx JSON error ``{code, type, message,
+request_id}``; the valid request gets the answer it gets alone; nothing is a 5xx; a batch
+takes bounded time.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def check_reply(reply: Reply) -> None:
         return
     assert 400 <= reply.status < 500, reply.body
     body = strict_json(reply.body)
-    assert set(body) == {"code", "type", "message"}, body
+    assert set(body) == {"code", "type", "message", "request_id"}, body
     assert body["code"] == reply.status and body["message"]
 
 
