@@ -1,7 +1,7 @@
 """The package's layout is its architecture: imports point one way between concerns.
 
 runtime (inside every .mar) <- config <- serve <- health, queue <- bench; serve <- scaffold;
-health <- observe;
+health <- observe <- bench (bench-observe measures it);
 ``servekit.errors`` and ``servekit.datasets`` are shared leaves. Nothing in the package imports
 the tests.
 """
@@ -22,7 +22,7 @@ ALLOWED = {
     "health": {"runtime", "config", "serve", "health"},
     "observe": {"runtime", "config", "serve", "health", "observe"},
     "queue": {"runtime", "config", "serve", "queue"},
-    "bench": {"runtime", "config", "serve", "health", "queue", "bench"},
+    "bench": {"runtime", "config", "serve", "health", "observe", "queue", "bench"},
     "scaffold": {"runtime", "config", "serve", "scaffold"},
 }
 
