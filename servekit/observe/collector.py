@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +18,8 @@ from servekit.health.probe import Target
 from servekit.observe.restarts import ExitCounter
 from servekit.observe.snapshot import ModelView, Snapshot, leaving, take
 from servekit.runtime.stats import HANDLER_STATUSES
+
+logger = logging.getLogger(__name__)
 
 LABEL = "model_name"  # as TorchServe's own ts_* metrics and the handlers' servekit_* ones
 STATUSES = (*HANDLER_STATUSES, "unknown")
@@ -37,14 +41,27 @@ class Watcher:
         self.lock = threading.Lock()
 
     def poll(self) -> Snapshot:
-        snapshot = take(self.target, self.log_dir, self.tmpdir)
-        reason = leaving(self.tmpdir)
+        """Never raises: a poll that fails (a bug, an answer no parser expected) is logged
+        with its traceback and shown as TorchServe down, so that alerts fire instead of the
+        exporter exiting or its last figures going stale unnoticed."""
+        try:
+            snapshot = take(self.target, self.log_dir, self.tmpdir)
+            with self.lock:
+                self._count_exits(snapshot)
+        except Exception as err:
+            logger.exception("polling TorchServe at %s failed", self.target.management_url)
+            snapshot = Snapshot(False, False, error=f"poll failed: {type(err).__name__}: {err}")
         with self.lock:
-            for view in snapshot.models:
-                pids = {w.id: w.pid for w in view.health.worker_list}
-                self.exits.update(view.health.name, pids, reason)
             self.snapshot, self.polled_at = snapshot, self.clock()
         return snapshot
+
+    def _count_exits(self, snapshot: Snapshot) -> None:
+        reason = leaving(self.tmpdir)
+        for view in snapshot.models:
+            pids = {w.id: w.pid for w in view.health.worker_list}
+            self.exits.update(view.health.name, pids, reason)
+        if snapshot.reachable and snapshot.error is None:  # a complete list: the rest are gone
+            self.exits.forget(self.exits.watched() - {v.health.name for v in snapshot.models})
 
 
 class ExporterCollector(Collector):
@@ -105,7 +122,7 @@ def model_families(views: tuple[ModelView, ...]) -> Iterator[Metric]:
         for view in views:
             value = value_of(view)
             if value is not None:
-                family.add_metric([view.health.name], value)
+                family.add_metric([view.health.name], finite(value))
         yield family
     statuses = GaugeMetricFamily(
         "servekit_handler_workers",
@@ -123,3 +140,12 @@ def counter(name: str, help_text: str, counts: dict[str, int]) -> CounterMetricF
     for model, value in sorted(counts.items()):
         family.add_metric([model], value)
     return family
+
+
+def finite(value: float) -> float:
+    """A describe's integer as a sample value: JSON allows any size, a float does not (an
+    integer past 1e308 made every scrape fail with OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf

@@ -80,24 +80,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         auth = Auth() if args.key_file is None else load_keys(args.key_file)
     except UsageError as err:
-        parser.error(str(err))
+        parser.error(f"--key-file: {err}")
     target = Target(args.inference_url, args.management_url, args.timeout, auth)
     watcher = Watcher(target, args.log_dir, args.tmpdir)
     registry = CollectorRegistry()
     registry.register(ExporterCollector(watcher))
-    watcher.poll()  # the first scrape already has figures
-    server, _ = start_http_server(args.port, args.host, registry)
-    print(f"{PROG}: http://{args.host}:{server.server_port}/metrics", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # before the first poll, which may take a while
     signal.signal(signal.SIGINT, on_signal)
+    try:  # before the first poll: a busy port is told at once (a scrape meanwhile: no figures)
+        server, _ = start_http_server(args.port, args.host, registry)
+    except OSError as err:
+        print(
+            f"{PROG}: cannot listen on {args.host}:{args.port}: {err.strerror or err}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{PROG}: http://{args.host}:{server.server_port}/metrics", flush=True)
+    watcher.poll()
     while not stop.wait(args.interval):
         watcher.poll()
     server.shutdown()
+    server.server_close()
     return 0
 
 

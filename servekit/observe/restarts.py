@@ -4,13 +4,16 @@ TorchServe keeps a worker's id (``9000``) when it starts a new process for it, s
 under a known id is one exit of the old process. The old process's last published file says
 whether it left on purpose: ``recycle`` (counted as a recycle), ``retire`` (a planned scale
 down, not counted); anything else is a restart (a crash, a kill, an initialize that failed).
-A worker id that disappears was scaled down: not counted either.
+A worker id that disappears was scaled down: not counted either. An empty worker list is not
+taken as "all gone": a describe that failed (timed out, 500, garbage) looks the same, and
+forgetting the pids then would miss a restart that happens meanwhile; TorchServe never reuses a
+worker id (one counter for all models), so a stale entry costs nothing until ``forget``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 Leaving = Callable[[str, int], str | None]
 """``leaving(model, pid)``: why that worker process said it would exit, if it did."""
@@ -29,6 +32,8 @@ class ExitCounter:
         known = self._pids.setdefault(model, {})
         self.restarts[model] += 0  # a model seen is exported, at 0 until something happens
         self.recycles[model] += 0
+        if not pids:
+            return
         for worker, pid in pids.items():
             if pid <= 0:
                 continue
@@ -42,3 +47,11 @@ class ExitCounter:
             known[worker] = pid
         for gone in set(known) - set(pids):  # scaled down, or the model was unregistered
             del known[gone]
+
+    def forget(self, models: Iterable[str]) -> None:
+        """Drop the pids of ``models`` (unregistered); their counts stay exported."""
+        for model in models:
+            self._pids.pop(model, None)
+
+    def watched(self) -> set[str]:
+        return set(self._pids)

@@ -3,6 +3,9 @@ each worker's handler status as the worker last published it (no request to a wo
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -11,7 +14,10 @@ from pathlib import Path
 
 from servekit.health.probe import Target, probe
 from servekit.health.verdict import ModelHealth
-from servekit.runtime.stats import read_published, stats_dir
+from servekit.runtime.stats import Published, read_published, stats_dir
+
+logger = logging.getLogger(__name__)
+_refused: set[Path] = set()  # directories already warned about, once each
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,13 @@ def take(target: Target, log_dir: Path | None, tmpdir: Path | None) -> Snapshot:
 
 
 def handler_statuses(model: ModelHealth, tmpdir: Path | None) -> dict[str, int]:
+    """Workers by published status; a worker without a pid yet or a readable file is
+    ``unknown``, so the statuses of a model add up to its workers."""
     directory = stats_dir(model.name, tmpdir)
     statuses: Counter[str] = Counter()
     for worker in model.worker_list:
-        if worker.pid:
-            published = read_published(directory, worker.pid)
-            statuses[published.status if published else "unknown"] += 1
+        published = published_by(directory, worker.pid) if worker.pid else None
+        statuses[published.status if published else "unknown"] += 1
     return dict(statuses)
 
 
@@ -70,7 +77,35 @@ def leaving(tmpdir: Path | None) -> Callable[[str, int], str | None]:
     """Why a worker process said it would exit, read from its last published file."""
 
     def reason(model: str, pid: int) -> str | None:
-        published = read_published(stats_dir(model, tmpdir), pid)
+        published = published_by(stats_dir(model, tmpdir), pid)
         return published.leaving if published else None
 
     return reason
+
+
+def published_by(directory: Path, pid: int) -> Published | None:
+    """``read_published``, only from a directory only we can write (see ``trusted``)."""
+    return read_published(directory, pid) if trusted(directory) else None
+
+
+def trusted(directory: Path) -> bool:
+    """True if ``directory`` and its parent (``servekit-<uid>``) are real directories of ours
+    that nobody else can write, as the workers require before they publish. In a shared
+    ``/tmp`` another user could create ``servekit-<uid>`` first (or a symlink to elsewhere):
+    the workers then refuse to publish there, and its files, planted statuses, a ``recycle``
+    hiding a crash, a FIFO that blocks the read, are not read either."""
+    for path in (directory.parent, directory):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False  # nothing published yet
+        if (
+            not stat.S_ISDIR(info.st_mode)
+            or info.st_uid != os.getuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            if path not in _refused:
+                _refused.add(path)
+                logger.warning("not reading worker statuses: %s is not a private directory", path)
+            return False
+    return True
