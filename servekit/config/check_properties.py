@@ -83,6 +83,7 @@ def check_properties(
             findings += _check_entry(label, Entry(entry.key, resolved, entry.line))
     findings += _security(label, values, lines)
     findings += _log_config(label, path.parent, values, lines)
+    findings += _handler_metrics(label, values, lines)
     if specs_dir is not None:
         findings += _unspecced_models(label, values, lines, specs_dir)
     return findings, values
@@ -117,6 +118,34 @@ def _unspecced_models(
             )
         )
     return findings
+
+
+def _handler_metrics(
+    label: str, values: Mapping[str, str], lines: Mapping[str, int]
+) -> list[Finding]:
+    """With ``metrics_mode=prometheus`` but no ``model_metrics_auto_detect=true`` (or a
+    ``metrics_config`` that declares them) the frontend drops every handler metric it does not
+    know: ``/metrics`` shows TorchServe's own and none of the handlers' (pytorch/serve #2979)."""
+    if values.get("metrics_mode", "log") != "prometheus":
+        return []
+    if values.get("model_metrics_auto_detect", "false").lower() == "true":
+        return []
+    if "metrics_config" in values:
+        return []  # the user's metrics.yaml may declare them; TorchServe reads it
+    return [
+        Finding(
+            severity=WARNING,
+            code="handler-metrics-dropped",
+            file=label,
+            line=lines.get("model_metrics_auto_detect") or lines.get("metrics_mode"),
+            key="model_metrics_auto_detect",
+            value=show(values.get("model_metrics_auto_detect", "(unset: false)")),
+            expected="true, or a metrics_config that declares the handlers' metrics",
+            fix="set model_metrics_auto_detect=true",
+            problem="the frontend drops handler metrics missing from its metrics.yaml: /metrics "
+            "would have no servekit_request_seconds, servekit_responses_total or Toolkit*",
+        )
+    ]
 
 
 def _log_config(

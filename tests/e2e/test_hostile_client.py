@@ -126,7 +126,10 @@ def is_empty_model_answer(response: requests.Response) -> bool:
 @pytest.fixture(scope="module")
 def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     workdir = tmp_path_factory.mktemp("torchserve-hostile")
-    with running(ROOT / "config.properties", workdir, model_store=model_store, models=MODELS) as ts:
+    log_mode = {"metrics_mode": "log"}  # the other metrics mode: the last test reads its log
+    with running(
+        ROOT / "config.properties", workdir, model_store=model_store, models=MODELS, extra=log_mode
+    ) as ts:
         wait_ready(ts, MODELS)
         yield ts
 
@@ -284,3 +287,14 @@ def test_valid_requests_that_add_up_past_the_timeout_get_503_not_a_dead_worker(
             assert "budget of 16384 tokens is spent" in response.json()["message"]
     assert worker_pids(server, "minilm") == pids
     assert customized(server, "minilm")["status"] == "ready"
+
+
+def test_in_log_mode_the_hostile_requests_are_counted_in_model_metrics_log(
+    server: TorchServe,
+) -> None:
+    """Last: it stops the server, which writes out the buffered metrics log."""
+    server.stop()
+    text = (server.log_dir / "model_metrics.log").read_text()
+    errors = [line for line in text.splitlines() if "ToolkitRequestErrors.Count" in line]
+    assert any("ModelName:iris" in line and ".Count:0|" not in line for line in errors), errors[:5]
+    assert "servekit_request_seconds.Seconds" in text

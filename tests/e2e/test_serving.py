@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -144,14 +143,11 @@ def test_unknown_model_is_404(server: TorchServe) -> None:
     assert predict(server, "nope", json=[1]).status_code == 404
 
 
-def test_custom_metrics_reach_the_model_metrics_log(server: TorchServe) -> None:
+def test_handler_metrics_reach_the_prometheus_endpoint(server: TorchServe) -> None:
+    """The default config serves metrics for Prometheus: TorchServe's and the handlers'."""
     assert predict(server, "empty_model", data=b"x").status_code == 200
-    log = server.log_dir / "model_metrics.log"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        if "ToolkitRequests.Count" in text and "ModelName:empty_model" in text:
-            break
-        time.sleep(0.2)
-    assert "ToolkitRequests.Count" in text
-    assert "ToolkitInferenceTime.Milliseconds" in text
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    assert 'ts_inference_requests_total{model_name="empty_model"' in text
+    assert 'servekit_request_seconds_bucket{model_name="empty_model"' in text
+    assert 'servekit_responses_total{model_name="empty_model",Level="Model",code="200"' in text
+    assert 'ToolkitRequests{ModelName="empty_model"' in text
