@@ -40,6 +40,7 @@ DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
 DEFAULT_TIMEOUT = 5.0
 POLL_INTERVAL = 0.5
 PAGE_LIMIT = 100
+MAX_PAGES = 1000  # 100,000 models: a model list that goes on past this never ends
 
 
 class ServerUnreachable(Unreachable):
@@ -179,6 +180,8 @@ class _Client:
             if not page or token is None or token in seen:
                 return names
             seen.add(token)
+            if len(seen) >= MAX_PAGES:
+                raise MalformedResponse(f"the model list did not end after {MAX_PAGES} pages")
 
     def describe(self, name: str, customized: bool) -> ModelHealth:
         if not customized:

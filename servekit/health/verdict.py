@@ -75,6 +75,8 @@ class ModelHealth:
     max_workers: int = 0
     worker_list: tuple[Worker, ...] = ()
     init_error: str | None = None
+    described: bool = False
+    """TorchServe's describe was read: the worker and queue figures are its, not zeros."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def _evaluate(name: str, entry: Mapping[str, object], customized: bool, mode: st
         handler_status=handler_status,
         max_workers=_int_field(entry, "maxWorkers"),
         worker_list=workers,
+        described=True,
     )
 
 

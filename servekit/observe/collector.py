@@ -92,11 +92,16 @@ class ExporterCollector(Collector):
         yield counter("servekit_worker_recycles", "Worker processes recycled on purpose", recycles)
 
 
+def described(value_of: Callable[[ModelView], float | None]) -> Callable[[ModelView], float | None]:
+    """Only from a describe that was read: a failed one (timed out, 500) is no figure, not 0."""
+    return lambda v: value_of(v) if v.health.described else None
+
+
 GAUGES: tuple[tuple[str, str, Callable[[ModelView], float | None]], ...] = (
-    ("servekit_model_workers", "Workers TorchServe lists", lambda v: v.health.workers),
-    ("servekit_model_workers_ready", "Workers READY", lambda v: v.health.ready),
-    ("servekit_model_min_workers", "minWorkers", lambda v: v.health.min_workers),
-    ("servekit_model_max_workers", "maxWorkers", lambda v: v.health.max_workers),
+    ("servekit_model_workers", "Workers TorchServe lists", described(lambda v: v.health.workers)),
+    ("servekit_model_workers_ready", "Workers READY", described(lambda v: v.health.ready)),
+    ("servekit_model_min_workers", "minWorkers", described(lambda v: v.health.min_workers)),
+    ("servekit_model_max_workers", "maxWorkers", described(lambda v: v.health.max_workers)),
     (
         "servekit_model_pending_requests",
         "Requests waiting in the job queue",
@@ -129,7 +134,7 @@ def model_families(views: tuple[ModelView, ...]) -> Iterator[Metric]:
         "Workers by the status their handler published",
         labels=[LABEL, "status"],
     )
-    for view in views:
+    for view in filter(lambda v: v.health.described, views):
         for status in STATUSES:
             statuses.add_metric([view.health.name, status], view.handler_workers.get(status, 0))
     yield statuses

@@ -112,6 +112,7 @@ class WorkerStats:
 
 HANDLER_STATUSES = ("initializing", "warming", "ready", "degraded")
 LEAVING = ("recycle", "retire")
+MAX_PUBLISHED_BYTES = 1 << 16  # a worker writes ~150 bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +127,13 @@ class Published:
 
 def read_published(directory: Path, pid: int) -> Published | None:
     """Worker ``pid``'s last published counters in ``directory``; None if unreadable."""
-    try:
-        document = json.loads((directory / f"{pid}.json").read_text())
-    except (OSError, ValueError):
+    try:  # non-blocking: a FIFO in its place must not hang the reader
+        fd = os.open(directory / f"{pid}.json", os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return None
+            document = json.loads(file.read(MAX_PUBLISHED_BYTES))
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
         return None
     if not isinstance(document, dict):
         return None

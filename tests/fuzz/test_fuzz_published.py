@@ -4,8 +4,7 @@ The file is another process's: cut mid-write, stale, or anything. The promise, f
 any JSON value in it: ``None`` or a ``Published`` whose ``status`` is a handler status or
 ``"unknown"``, ``leaving`` is ``None``, ``"recycle"`` or ``"retire"``, and ``requests`` an
 integer (never a bool) or ``None``; a field of the right type is kept as written; never an
-exception, quickly. (JSON nested past the recursion limit still raises: see
-tests/unit/test_exporter.py, xfail until the reader catches RecursionError.)
+exception, quickly (JSON nested past the recursion limit included).
 """
 
 from __future__ import annotations
