@@ -257,9 +257,12 @@ def test_every_dashboard_and_rule_query_names_a_scraped_metric(stack: Stack) -> 
     assert unknown_names(exprs, scraped, RULES) == set()
 
 
-def test_a_stopped_exporter_raises_its_alert(stack: Stack) -> None:
-    """Last: it stops the module's exporter."""
+def test_a_stopped_exporter_and_a_stopped_server_raise_their_alerts(stack: Stack) -> None:
+    """Last: it stops the module's exporter, then TorchServe."""
     stack.exporter_process.terminate()
     assert stack.exporter_process.wait(10) == 0
     stack.prom.wait_value('up{job="servekit-exporter"}', lambda v: v == 0)
     stack.alert_seen("ServekitExporterDown")
+    stack.server.stop()
+    stack.prom.wait_value('up{job="torchserve"}', lambda v: v == 0)
+    stack.alert_seen("TorchServeDown")
