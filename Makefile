@@ -18,7 +18,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor bench-observe bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,14 @@ serve: install validate archive ## start TorchServe on config.properties, wait u
 
 stop: ## stop the TorchServe started by `make serve`
 	$(BIN)/torchserve --stop
+
+exporter: install ## serve `servekit exporter` on 127.0.0.1:8083 for the server of `make serve` (Ctrl-C stops)
+	$(BIN)/servekit exporter --log-dir logs
+
+monitor: prometheus ## a local Prometheus on 127.0.0.1:9090 scraping `make serve` and `make exporter`, with the alert rules (Ctrl-C stops)
+	mkdir -p run/prometheus
+	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=run/prometheus \
+	  --web.listen-address=127.0.0.1:9090
 
 health: ## check the running server: /ping and every model's READY workers (exit 0 = healthy)
 	$(BIN)/servekit health --customized
@@ -112,6 +120,9 @@ ask: $(STAMP) ## submit FILE to MODEL through the bridge of `make bridge` and pr
 
 bench-bridge: install archive brokers ## bridge vs direct HTTP to iris: throughput, latency -> docs/bench/bridge.json
 	$(BIN)/servekit bench-bridge --write docs/bench/bridge.json $(BENCH_ARGS)
+
+bench-observe: install archive prometheus ## what metrics cost: minilm with metrics_mode=log vs prometheus + exporter + Prometheus, in turns -> docs/bench/observe-cost.json
+	$(BIN)/servekit bench-observe $(BENCH_ARGS)
 
 bench: install archive ## minilm: TorchServe at concurrency 1-64, then vs the in-process limit, batchSize 1, Starlette, LitServe -> docs/bench/
 	$(BIN)/servekit bench --model minilm --concurrency 1 --concurrency 8 \
