@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from servekit.health.probe import Target
+from servekit.health.verdict import evaluate_describe
+from servekit.observe.collector import ExporterCollector, Watcher
+from servekit.observe.snapshot import ModelView, Snapshot
 
 KEYWORDS = frozenset(
     {"by", "without", "on", "ignoring", "group_left", "group_right"}
@@ -47,13 +54,33 @@ HANDLER_METRICS = frozenset(
     | {"servekit_responses_total", "ToolkitRequests", "ToolkitRequestErrors"}
     | {"ToolkitPreprocessTime", "ToolkitInferenceTime", "ToolkitPostprocessTime"}
 )
-EXPORTER_METRICS = frozenset(
-    {"servekit_torchserve_up", "servekit_model_workers", "servekit_model_workers_ready"}
-    | {"servekit_model_min_workers", "servekit_model_max_workers"}
-    | {"servekit_model_pending_requests", "servekit_model_queue_remaining"}
-    | {"servekit_model_healthy", "servekit_model_loadable", "servekit_handler_workers"}
-    | {"servekit_worker_restarts_total", "servekit_worker_recycles_total"}
-)
+
+
+def exporter_metric_names() -> frozenset[str]:
+    """What ``servekit exporter`` serves, read off the exporter itself: its collector rendered
+    for one described model with one worker (every family then has a sample)."""
+    describe = [
+        {
+            "modelName": "m",
+            "minWorkers": 1,
+            "maxWorkers": 1,
+            "workers": [{"id": "9000", "pid": 1, "status": "READY"}],
+            "jobQueueStatus": {"remainingCapacity": 100, "pendingRequests": 0},
+        }
+    ]
+    watcher = Watcher(Target())
+    model = evaluate_describe("m", describe)
+    watcher.snapshot = Snapshot(True, True, (ModelView(model, {"ready": 1}),))
+    watcher.exits.update("m", {"9000": 1}, lambda model, pid: None)
+    registry = CollectorRegistry()
+    registry.register(ExporterCollector(watcher))
+    text = generate_latest(registry).decode()
+    return frozenset(
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    )
+
+
+EXPORTER_METRICS = exporter_metric_names()
 CONTRACT = TORCHSERVE_METRICS | HANDLER_METRICS | EXPORTER_METRICS
 CLOSING = {"(": ")", "[": "]", "{": "}"}
 _TOKEN = re.compile(

@@ -157,7 +157,7 @@ def test_network_policy_admits_clients_to_inference_and_prometheus_to_metrics() 
 def test_pod_config_is_the_project_config_with_inference_opened() -> None:
     project, pod = read_properties((ROOT / "config.properties").read_text()), pod_config()
     changed = {key for key in project.keys() | pod.keys() if project.get(key) != pod.get(key)}
-    assert changed == {"inference_address", "model_store", "metrics_address", "metrics_mode"}
+    assert changed == {"inference_address", "model_store", "metrics_address"}
     assert pod["inference_address"] == "http://0.0.0.0:8080"
     assert pod["model_store"] == f"{APP}/model_store"
     assert pod["metrics_address"] == "http://0.0.0.0:8082"
