@@ -5,7 +5,7 @@
 
 Two configurations of one server and archive (the spec's batch settings, as ``make bench``):
 
-  A  ``metrics_mode=log``: the project's config.properties as it is (metrics go to the log).
+  A  ``metrics_mode=log``: the project's config.properties with metrics written to the log.
   B  ``metrics_mode=prometheus``, ``servekit exporter`` polling every 2 s (its default) and a
      private Prometheus (Debian's) scraping TorchServe's /metrics and the exporter every 1 s:
      harsher than the usual 15 s, so B is an upper bound of what scraping costs.
@@ -64,7 +64,7 @@ from servekit.serve.server import TorchServe, free_ports
 
 READY_TIMEOUT = 300.0
 CONFIGURATIONS = {
-    "A": "metrics_mode=log (the project's config.properties)",
+    "A": "metrics_mode=log (the project's config.properties, metrics to the log)",
     "B": "metrics_mode=prometheus + servekit exporter + Prometheus scraping both",
 }
 METRICS_MODE = {"A": "log", "B": "prometheus"}
