@@ -18,7 +18,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor bench-observe bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor prometheusrule bench-observe bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,9 @@ monitor: prometheus ## a local Prometheus on 127.0.0.1:9090 scraping `make serve
 	mkdir -p run/prometheus
 	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=run/prometheus \
 	  --web.listen-address=127.0.0.1:9090
+
+prometheusrule: $(STAMP) ## rewrite deploy/k8s/prometheusrule.yaml (Prometheus Operator) from deploy/prometheus/rules.yml
+	$(BIN)/python scripts/prometheusrule.py
 
 health: ## check the running server: /ping and every model's READY workers (exit 0 = healthy)
 	$(BIN)/servekit health --customized

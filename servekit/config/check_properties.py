@@ -126,7 +126,8 @@ def _handler_metrics(
     """With ``metrics_mode=prometheus`` but no ``model_metrics_auto_detect=true`` (or a
     ``metrics_config`` that declares them) the frontend drops every handler metric it does not
     know: ``/metrics`` shows TorchServe's own and none of the handlers' (pytorch/serve #2979)."""
-    if values.get("metrics_mode", "log") != "prometheus":
+    # ConfigManager.getMetricsMode drops blanks and upper-cases: " Prometheus" is prometheus
+    if re.sub(r"\s", "", values.get("metrics_mode", "log")).upper() != "PROMETHEUS":
         return []
     if values.get("model_metrics_auto_detect", "false").lower() == "true":
         return []

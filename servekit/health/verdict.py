@@ -57,6 +57,9 @@ class Worker:
     id: str
     pid: int
     status: str
+    start_time: str = ""
+    """When TorchServe made this worker: the same across restarts of its process, new with a
+    new server (whose worker ids start over at 9000)."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,12 @@ def _workers(workers: object) -> tuple[Worker, ...]:
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
         raise MalformedResponse(f"'workers' should be a list of objects, got {_kind(workers)}")
     return tuple(
-        Worker(str(w.get("id", "")), _pid(w.get("pid")), str(w.get("status", "UNKNOWN")))
+        Worker(
+            str(w.get("id", "")),
+            _pid(w.get("pid")),
+            str(w.get("status", "UNKNOWN")),
+            str(w.get("startTime", "")),
+        )
         for w in workers
     )
 

@@ -58,7 +58,8 @@ class Watcher:
     def _count_exits(self, snapshot: Snapshot) -> None:
         reason = leaving(self.tmpdir)
         for view in snapshot.models:
-            pids = {w.id: w.pid for w in view.health.worker_list}
+            # a worker id with its start time: a new server starts its ids over at 9000
+            pids = {f"{w.id}@{w.start_time}": w.pid for w in view.health.worker_list}
             self.exits.update(view.health.name, pids, reason)
         if snapshot.reachable and snapshot.error is None:  # a complete list: the rest are gone
             self.exits.forget(self.exits.watched() - {v.health.name for v in snapshot.models})
@@ -83,7 +84,20 @@ class ExporterCollector(Collector):
             "servekit_exporter_poll_seconds", "How long the last poll took", snapshot.seconds
         )
         yield GaugeMetricFamily(
-            "servekit_torchserve_up", "1 if TorchServe's /ping answered 200", int(snapshot.up)
+            "servekit_exporter_poll_ok",
+            "1 if the last poll read the ping, the model list and every describe",
+            int(snapshot.error is None),
+        )
+        yield GaugeMetricFamily(
+            "servekit_torchserve_up",
+            "1 if TorchServe answered: its /ping (any status) and its management API",
+            int(snapshot.reachable),
+        )
+        yield GaugeMetricFamily(
+            "servekit_torchserve_ping_healthy",
+            "1 if /ping answered 200; TorchServe answers 500 once any model has stayed short "
+            "of minWorkers past its maxRetryTimeoutInSec, while the others still serve",
+            int(snapshot.up),
         )
         yield from model_families(snapshot.models)
         yield counter(

@@ -56,6 +56,7 @@ ItemT = TypeVar("ItemT")
 T = TypeVar("T")
 STAGES = ("preprocess", "inference", "postprocess")
 HISTOGRAM = MetricTypes.HISTOGRAM
+ZEROED_CODES = (200, 400, 413, 500, 503, 507)
 
 
 class ToolkitHandler(BaseHandler, Generic[ItemT]):
@@ -87,6 +88,9 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     # ----- lifecycle ---------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         self._read_context(context)
+        self.publish_stats = recycle.in_torchserve_worker()
+        self._publish(force=True)  # "initializing", while the weights load
+        self._zero_metrics(context)
         self.options = self.options_class.from_section(self.model_config.get("handler"))
         self.health = Readiness(self.options.degraded_after_errors, self.options.recheck_seconds)
         if self.options.torch_threads:
@@ -96,8 +100,6 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.labels = self.load_labels()
         if self.options.recycle_on_sigusr1:
             recycle.install(self.model_name)
-        self.publish_stats = recycle.in_torchserve_worker()
-        self._publish(force=True)
         if self.options.warmup and self.options.warmup_in_background:
             self.warming = True
             threading.Thread(target=self._warmup, name="warmup", daemon=True).start()
@@ -240,7 +242,9 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                 self._publish(force=True)
                 recycle.exit_for_recycling(self.model_name)
                 self.stats.leaving = None  # a retiring worker not scaled down serves again
+                self._publish(force=True)
             self.health.recheck(self._self_test)
+            self._publish()  # a recheck may have ended a degraded spell, without traffic
             return [self.describe_handle()]
         results: list[Any] = [None] * len(data)
         good: list[int] = []
@@ -464,6 +468,21 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                 logger.info(
                     "%s: %s: an invalid %s was dropped", self.model_name, ids.log_text(), HEADER
                 )
+
+    def _zero_metrics(self, context: Any) -> None:
+        """``servekit_responses_total`` at 0 for the usual status codes, from the start:
+        TorchServe creates a series at its first increment, so without a 0 before it the
+        first burst of 500s would be invisible to ``rate()`` and ``increase()``."""
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+        for code in ZEROED_CODES:
+            labels = [
+                Dimension("model_name", self.model_name),
+                Dimension("Level", "Model"),
+                Dimension("code", str(code)),
+            ]
+            metrics.add_counter("servekit_responses_total", 0, None, labels)
 
     def _emit_metrics(
         self, context: Any, statuses: list[int], timings: dict[str, float], seconds: float

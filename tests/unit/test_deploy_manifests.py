@@ -41,9 +41,9 @@ PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 # Custom resources: checked against our schemas, not Kubernetes'.
-CRDS = ("podmonitor.yaml",)
+CRDS = ("podmonitor.yaml", "prometheusrule.yaml")
 # Applied apart (kubectl apply -f): a CRD that may be absent, the adapter's own ConfigMap.
-APPLIED_APART = ("podmonitor.yaml", "prometheus-adapter.yaml")
+APPLIED_APART = ("podmonitor.yaml", "prometheus-adapter.yaml", "prometheusrule.yaml")
 APP = "/opt/servekit"  # WORKDIR of deploy/docker/Dockerfile
 PROBES = {
     "startupProbe": ("startup", False),

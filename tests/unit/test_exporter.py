@@ -453,7 +453,9 @@ def test_every_family_of_the_contract() -> None:
     assert set(families) == {
         "servekit_exporter_poll_age_seconds",
         "servekit_exporter_poll_seconds",
+        "servekit_exporter_poll_ok",
         "servekit_torchserve_up",
+        "servekit_torchserve_ping_healthy",
         "servekit_handler_workers",
         *(f"{g}" for g in MODEL_GAUGES),
         *(f"{c}_total" for c in COUNTERS),
@@ -893,3 +895,34 @@ def test_a_failed_describe_is_no_figure_not_zero_workers(
         assert by_model(families[name]) == {"good": 1}
     assert "flaky" not in {dict(k)["model_name"] for k in families["servekit_handler_workers"]}
     assert by_model(families["servekit_model_healthy"]) == {"good": 1, "flaky": 0}
+
+
+def test_a_ping_of_500_is_an_unhealthy_server_not_a_down_one(
+    fake: FakeTorchServe, tmp_path: Path
+) -> None:
+    """TorchServe answers /ping 500 once any model stayed short of minWorkers past its
+    maxRetryTimeoutInSec, while the other models still serve: up, not ping-healthy."""
+    fake.names = ["iris"]
+    fake.answers["/ping"] = (500, b'{"status": "Unhealthy"}')
+    families = scrape(poll(fake, tmp_path))
+    assert families["servekit_torchserve_up"] == {(): 1.0}
+    assert families["servekit_torchserve_ping_healthy"] == {(): 0.0}
+    assert families["servekit_exporter_poll_ok"] == {(): 1.0}
+    assert by_model(families["servekit_model_workers_ready"]) == {"iris": 1}
+
+
+def test_a_new_server_reusing_worker_ids_is_no_restart(
+    fake: FakeTorchServe, tmp_path: Path
+) -> None:
+    """A stopped and started TorchServe numbers its workers from 9000 again, with new pids
+    and a new start time: not a crash of the old ones."""
+    fake.names = ["iris"]
+    fake.describes["iris"] = describe("iris", [worker(9000, 101)])
+    watcher = poll(fake, tmp_path)
+    restarted = {**worker(9000, 202), "startTime": "2026-01-01T01:00:00.000Z"}
+    fake.describes["iris"] = describe("iris", [restarted])
+    watcher.poll()
+    assert by_model(scrape(watcher)["servekit_worker_restarts_total"]) == {"iris": 0}
+    fake.describes["iris"] = describe("iris", [{**restarted, "pid": 303}])
+    watcher.poll()  # the same worker (id and start time) with a new process: a restart
+    assert by_model(scrape(watcher)["servekit_worker_restarts_total"]) == {"iris": 1}

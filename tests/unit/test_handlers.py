@@ -315,6 +315,22 @@ def test_prometheus_metrics_are_one_observation_per_request(
     assert by_code == {"200": "1", "400": "2"}
 
 
+def test_response_counters_start_at_zero_when_a_worker_starts(
+    model_store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TorchServe makes a series at its first increment: without these zeros the first burst
+    of 500s would be invisible to rate() and increase()."""
+    caplog.set_level("INFO", logger="ts.metrics")
+    with LocalModel.from_mar(model_store / "iris.mar"):
+        lines = [r.getMessage() for r in caplog.records]
+    zeros = {
+        line.split("code:")[1].split("|")[0].split(",")[0]
+        for line in lines
+        if line.startswith("[METRICS]servekit_responses_total.Count:0|")
+    }
+    assert zeros == {"200", "400", "413", "500", "503", "507"}
+
+
 def test_closing_a_model_forgets_its_archived_modules(model_store: Path) -> None:
     with LocalModel.from_mar(model_store / "iris.mar") as model:
         archived = Path(sys.modules["handlers"].__file__ or "").parent

@@ -4,6 +4,7 @@ and every name the rules read is in the metric contract or recorded by a rule.""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS / "rules.yml"
 RULES_TEST = PROMETHEUS / "rules.test.yml"
+GENERATOR = ROOT / "scripts" / "prometheusrule.py"
 CONFIG = PROMETHEUS / "prometheus.yml"
 SEVERITIES = {"warning", "critical"}
 
@@ -111,3 +113,20 @@ def test_the_latency_objective_is_one_documented_number() -> None:
     assert [r.get("alert") for r in readers] == ["ServekitLatencyP95High"]
     assert "0.5" not in str(readers[0]["expr"])
     assert "servekit:request_seconds:p95_objective" in (ROOT / "docs/observability.md").read_text()
+
+
+def test_the_prometheus_rule_resource_is_rules_yml_as_generated() -> None:
+    """deploy/k8s/prometheusrule.yaml (what the Prometheus Operator loads) wraps rules.yml's
+    groups unchanged: regenerate it with `make prometheusrule` after editing rules.yml."""
+    spec = importlib.util.spec_from_file_location("prometheusrule", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    committed = (ROOT / "deploy" / "k8s" / "prometheusrule.yaml").read_text()
+    assert committed == generator.render(RULES), "stale: run `make prometheusrule`"
+    resource = yaml.safe_load(committed)
+    assert (resource["apiVersion"], resource["kind"]) == (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+    )
+    assert resource["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]

@@ -32,8 +32,8 @@ from tests.unit.test_batch_contract import MOODY, model_dir
 
 GOOD = [
     "client-abc-123",
-    str(uuid.uuid4()),
-    uuid.uuid4().hex,
+    "2e5b0812-b2ec-4222-b8e0-92521719f1d2",  # a uuid4, fixed: ids stay stable across runs
+    "d6fb8024f1214f34b2f638ecaf63e1b1",
     "01ARZ3NDEKTSV4RRFFQ69G5FAV",
     "trace:span.1_x",
     "a",
