@@ -80,9 +80,9 @@ def test_allowed_urls_checks_take_bounded_time(tmp_path: Path) -> None:
     config = tmp_path / "config.properties"
     slow = ",".join([r"https?://(?:.*?){7}[0-9]"] * 100)
     config.write_text(f"enable_model_api=false\nallowed_urls={slow}\n")
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU: the same on a busy machine
     findings = validate_paths([config], ROOT)
-    assert time.monotonic() - started < 6
+    assert time.process_time() - started < 6
     assert [(f.code, f.key) for f in findings] == [("bad-value", "allowed_urls")]
 
 
@@ -177,16 +177,16 @@ def test_a_path_that_is_not_a_file_is_a_usage_error_naming_what_it_is(
 # ----- 13. the node cap is checked while composing ------------------------------------------
 def test_a_huge_flat_mapping_is_too_many_values_not_an_alias_bomb() -> None:
     text = "{" + ",".join(f"k{i}: 0" for i in range(90_000)) + "}\n"
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU: the same on a busy machine
     with pytest.raises(YamlTooLarge, match="more than 100000 values") as caught:
         load_yaml(text)
     assert "alias" not in str(caught.value)
-    assert time.monotonic() - started < 10
+    assert time.process_time() - started < 10
 
 
 def test_a_huge_flow_sequence_stops_at_the_cap() -> None:
     text = "a: [" + "0," * 500_000 + "0]\n"  # 1 MB
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU: the same on a busy machine
     with pytest.raises(YamlTooLarge):
         load_yaml(text)
-    assert time.monotonic() - started < 8  # 11 s when every node was composed first
+    assert time.process_time() - started < 8  # 11 s when every node was composed first
