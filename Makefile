@@ -11,6 +11,9 @@ CONFIG ?= config.properties
 NAME ?= iris
 HEALTH_WAIT ?= 180
 PYTEST_ARGS ?=
+# make test: test files spread over this many processes (pytest-xdist; a file's tests stay in
+# one process, so a module's server is shared as before). 1 runs them in this process.
+TEST_WORKERS ?= 2
 # The queue bridge's private brokers (`make bridge`): own loopback ports, data in run/brokers.
 BRIDGE_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5673/%2F
 BRIDGE_REDIS_URL ?= redis://127.0.0.1:6380/0
@@ -79,8 +82,8 @@ recycle: ## recycle MODEL's workers past MAX_MEMORY_MB (default 2048), never bel
 bench-ops: install archive ## measure 503 latency, init-failure detection, worker recovery, recycling
 	$(BIN)/servekit bench-ops
 
-test: install archive brokers prometheus ## run every test: unit (in-process) and end-to-end (real TorchServe)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install archive brokers prometheus ## run every test: unit (in-process) and end-to-end (real TorchServe), on TEST_WORKERS processes
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 test-gpu: install archive ## on a machine with CUDA: the tests that run handlers and a generated model on the GPU
 	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
