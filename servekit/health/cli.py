@@ -170,6 +170,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "(default: the project's logs/ when it exists)",
     )
     project.add_argument(parser)
+    add_access_arguments(parser)
+    return parser
+
+
+def add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--key-file`` and ``--timeout``: how to talk to TorchServe (health, exporter)."""
     parser.add_argument(
         "--key-file",
         type=Path,
@@ -183,7 +189,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="per-request timeout (default: %(default)s)",
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:

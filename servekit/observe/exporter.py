@@ -23,11 +23,10 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from servekit.health.cli import UsageError, base_url, load_keys, seconds_arg
+from servekit.health.cli import UsageError, add_access_arguments, base_url, load_keys, seconds_arg
 from servekit.health.probe import (
     DEFAULT_INFERENCE_URL,
     DEFAULT_MANAGEMENT_URL,
-    DEFAULT_TIMEOUT,
     Auth,
     Target,
 )
@@ -52,19 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll TorchServe this often (default: %(default)s)",
     )
     parser.add_argument(
-        "--timeout",
-        type=seconds_arg(allow_zero=False),
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="per-request timeout (default: %(default)s)",
-    )
-    parser.add_argument(
         "--log-dir", type=Path, metavar="DIR", help="TorchServe's logs/: initialize failures"
     )
     parser.add_argument(
         "--tmpdir", type=Path, metavar="DIR", help="the server's TMPDIR (default: this one's)"
     )
-    parser.add_argument("--key-file", type=Path, metavar="PATH", help="TorchServe's key_file.json")
+    add_access_arguments(parser)
     return parser
 
 
