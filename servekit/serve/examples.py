@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--inference-url", default="http://127.0.0.1:8080")
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:8082")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     project.add_argument(parser)
     return parser
@@ -145,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     digit, why = write_digit(root) if "digits" in models else (None, "")
     known = project_samples(root, models) | samples(digit)
     show_calls(url, mgmt, models, known)
+    print(
+        f"  curl -s {args.metrics_url.rstrip('/')}/metrics   # Prometheus (metrics_mode=prometheus)"
+    )
+    print("  servekit exporter   # READY workers, queues, handler status on :8083 for Prometheus")
     if why:
         print(f"\n({why})")
     answered = live_answers(url, [m for m in models if m in known], known, args.timeout)
