@@ -1,13 +1,14 @@
 """Counting worker restarts and recycles from successive describes.
 
-TorchServe keeps a worker's id (``9000``) when it starts a new process for it, so a new pid
-under a known id is one exit of the old process. The old process's last published file says
-whether it left on purpose: ``recycle`` (counted as a recycle), ``retire`` (a planned scale
-down, not counted); anything else is a restart (a crash, a kill, an initialize that failed).
-A worker id that disappears was scaled down: not counted either. An empty worker list is not
-taken as "all gone": a describe that failed (timed out, 500, garbage) looks the same, and
-forgetting the pids then would miss a restart that happens meanwhile; TorchServe never reuses a
-worker id (one counter for all models), so a stale entry costs nothing until ``forget``.
+A worker is keyed by what TorchServe keeps when it starts a new process for it: its id
+(``9000``) and start time (the collector builds the key ``id@startTime``). So a new pid under
+a known key is one exit of the old process; a new server, which numbers its workers from 9000
+again with new start times, brings new keys, not restarts. The old process's last published
+file says whether it left on purpose: ``recycle`` (counted as a recycle), ``retire`` (a
+planned scale down, not counted); anything else is a restart (a crash, a kill, an initialize
+that failed). A key that disappears was scaled down: not counted either. An empty worker list
+is not taken as "all gone": a describe that failed (timed out, 500, garbage) looks the same,
+and forgetting the pids then would miss a restart that happens meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class ExitCounter:
         self._pids: dict[str, dict[str, int]] = {}
 
     def update(self, model: str, pids: Mapping[str, int], leaving: Leaving) -> None:
-        """``pids``: worker id to process id now (0: none reported yet, ignored)."""
+        """``pids``: worker key to process id now (0: none reported yet, ignored)."""
         known = self._pids.setdefault(model, {})
         self.restarts[model] += 0  # a model seen is exported, at 0 until something happens
         self.recycles[model] += 0

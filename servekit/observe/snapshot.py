@@ -4,8 +4,6 @@ each worker's handler status as the worker last published it (no request to a wo
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -14,7 +12,7 @@ from pathlib import Path
 
 from servekit.health.probe import Target, probe
 from servekit.health.verdict import ModelHealth
-from servekit.runtime.stats import Published, read_published, stats_dir
+from servekit.runtime.stats import Published, owned_privately, read_published, stats_dir
 
 logger = logging.getLogger(__name__)
 _refused: set[Path] = set()  # directories already warned about, once each
@@ -96,14 +94,10 @@ def trusted(directory: Path) -> bool:
     hiding a crash, a FIFO that blocks the read, are not read either."""
     for path in (directory.parent, directory):
         try:
-            info = os.lstat(path)
+            private = owned_privately(path)
         except OSError:
             return False  # nothing published yet
-        if (
-            not stat.S_ISDIR(info.st_mode)
-            or info.st_uid != os.getuid()
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
+        if not private:
             if path not in _refused:
                 _refused.add(path)
                 logger.warning("not reading worker statuses: %s is not a private directory", path)

@@ -469,6 +469,14 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                     "%s: %s: an invalid %s was dropped", self.model_name, ids.log_text(), HEADER
                 )
 
+    def _dims(self, label: str = "ModelName", *extra: Dimension) -> list[Dimension]:
+        """A metric's dimensions, fresh each call: TorchServe's metric methods append to the
+        list they get. Level is given, else TorchServe labels a metric without a request id
+        Level="Error". The servekit_* metrics label the model ``model_name``, like TorchServe's
+        ts_* metrics and `servekit exporter`; the older Toolkit* ones keep ``ModelName``. One
+        builder for every emission: TorchServe drops an update whose label names differ."""
+        return [Dimension(label, self.model_name), Dimension("Level", "Model"), *extra]
+
     def _zero_metrics(self, context: Any) -> None:
         """``servekit_responses_total`` at 0 for the usual status codes, from the start:
         TorchServe creates a series at its first increment, so without a 0 before it the
@@ -477,11 +485,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         if metrics is None:
             return
         for code in ZEROED_CODES:
-            labels = [
-                Dimension("model_name", self.model_name),
-                Dimension("Level", "Model"),
-                Dimension("code", str(code)),
-            ]
+            labels = self._dims("model_name", Dimension("code", str(code)))
             metrics.add_counter("servekit_responses_total", 0, None, labels)
 
     def _emit_metrics(
@@ -498,13 +502,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         if metrics is None:
             return
 
-        # TorchServe's metric methods append to the dimension list they get: pass fresh ones.
-        # Level is given, else TorchServe labels a metric without a request id Level="Error".
-        # The servekit_* metrics label the model model_name, like TorchServe's ts_* metrics
-        # and `servekit exporter`; the older Toolkit* ones keep ModelName.
-        def dims(label: str = "ModelName", *extra: Dimension) -> list[Dimension]:
-            return [Dimension(label, self.model_name), Dimension("Level", "Model"), *extra]
-
+        dims = self._dims
         errors = sum(1 for code in statuses if code >= 400)
         metrics.add_counter("ToolkitRequests", len(statuses), None, dims())
         metrics.add_counter("ToolkitRequestErrors", errors, None, dims())

@@ -38,16 +38,23 @@ def private_dir(directory: Path) -> bool:
     for path in (directory.parent, directory):
         try:
             path.mkdir(mode=0o700, exist_ok=True)
-            info = os.lstat(path)
+            if not owned_privately(path):
+                return False
         except OSError:
             return False
-        if (
-            not stat.S_ISDIR(info.st_mode)
-            or info.st_uid != os.getuid()
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
-            return False
     return True
+
+
+def owned_privately(path: Path) -> bool:
+    """``path`` is a real directory (not a symlink) of this user that nobody else can write;
+    ``OSError`` when it does not exist. The workers write only there, the exporter reads only
+    there."""
+    info = os.lstat(path)
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
 
 
 @dataclasses.dataclass
