@@ -234,15 +234,8 @@ def test_inferenceservice_runs_the_same_pod_as_the_deployment() -> None:
 # --- KServe InferenceService: a CRD, checked against our schema of the fields it uses -----
 
 
-@cache
 def isvc_validator() -> jsonschema.Draft202012Validator:
-    version = f"v{K8S_VERSIONS[-1]}-local-strict"
-    definitions = files("kubernetes_validate") / "kubernetes-json-schema" / version
-    k8s = Resource.from_contents(json.loads((definitions / "_definitions.json").read_text()))
-    schema = json.loads(ISVC_SCHEMA.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    registry: Registry[Any] = k8s @ Registry()
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    return crd_validator(ISVC_SCHEMA)
 
 
 def test_inferenceservice_matches_schema() -> None:
@@ -333,6 +326,8 @@ def test_exporter_sidecar_shares_image_uid_and_volumes_and_never_restarts_the_po
 
 @cache
 def crd_validator(schema_path: Path) -> jsonschema.Draft202012Validator:
+    """A CRD's resource against our schema of the fields we use; its ``$ref``s resolve to the
+    Kubernetes strict schemas kubernetes-validate ships."""
     version = f"v{K8S_VERSIONS[-1]}-local-strict"
     definitions = files("kubernetes_validate") / "kubernetes-json-schema" / version
     k8s = Resource.from_contents(json.loads((definitions / "_definitions.json").read_text()))
