@@ -57,6 +57,7 @@ T = TypeVar("T")
 STAGES = ("preprocess", "inference", "postprocess")
 HISTOGRAM = MetricTypes.HISTOGRAM
 ZEROED_CODES = (200, 400, 413, 500, 503, 507)
+VERSION_HEADER = "X-Model-Version"
 
 
 class ToolkitHandler(BaseHandler, Generic[ItemT]):
@@ -262,6 +263,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             for idx, result in zip(good, outcomes, strict=True):
                 results[idx] = self._reply(context, idx, result)
         self._echo_client_ids(context, len(data))
+        self._name_version(context, len(data))
         statuses = [context.get_response_status(i)[0] for i in range(len(data))]
         self.health.record(statuses, self._self_test)
         errors = sum(1 for code in statuses if code >= 400)
@@ -468,6 +470,13 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
                 logger.info(
                     "%s: %s: an invalid %s was dropped", self.model_name, ids.log_text(), HEADER
                 )
+
+    def _name_version(self, context: Any, count: int) -> None:
+        """Every answer says which version of the model gave it (``X-Model-Version``): during
+        a rollout (``servekit rollout``) a client can tell the old version's from the new's."""
+        if self.model_version:
+            for idx in range(count):
+                context.set_response_header(idx, VERSION_HEADER, self.model_version)
 
     def _dims(self, label: str = "ModelName", *extra: Dimension) -> list[Dimension]:
         """A metric's dimensions, fresh each call: TorchServe's metric methods append to the

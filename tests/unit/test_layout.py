@@ -21,8 +21,9 @@ ALLOWED = {
     "serve": {"runtime", "config", "serve"},
     "health": {"runtime", "config", "serve", "health"},
     "observe": {"runtime", "config", "serve", "health", "observe"},
+    "ops": {"runtime", "config", "serve", "health", "ops"},
     "queue": {"runtime", "config", "serve", "queue"},
-    "bench": {"runtime", "config", "serve", "health", "observe", "queue", "bench"},
+    "bench": {"runtime", "config", "serve", "health", "observe", "ops", "queue", "bench"},
     "scaffold": {"runtime", "config", "serve", "scaffold"},
 }
 
