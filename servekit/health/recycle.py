@@ -170,24 +170,25 @@ class Recycler:
     def recycle(self, pid: int, reason: str) -> Recycled:
         started = time.monotonic()
         entry = self.describe()
-        slot = list(_pids(entry)).index(pid)
+        slot = list(worker_pids(entry)).index(pid)
         count = len(entry["workers"])
         original = (int(entry["minWorkers"]), int(entry["maxWorkers"]))
         finished = False
         try:
-            self._scale(count + 1, max(original[1], count + 1))
-            self._wait(lambda e: _ready(e) >= count + 1, f"{count + 1} workers READY")
+            self.scale(count + 1, max(original[1], count + 1))
+            self.wait(lambda e: ready_count(e) >= count + 1, f"{count + 1} workers READY")
             self._drain(pid)
-            self._wait(
-                lambda e: pid not in _pids(e) and _ready(e) >= count + 1, f"worker {pid} replaced"
+            self.wait(
+                lambda e: pid not in worker_pids(e) and ready_count(e) >= count + 1,
+                f"worker {pid} replaced",
             )
-            entry = self._retire_newest(count)
+            entry = self.retire_newest(count)
             finished = True
         finally:
-            with _deferred_signals():
+            with deferred_signals():
                 if not finished:
                     self._remove_extra(count)
-                self._scale(*original)
+                self.scale(*original)
         new_pid = int(entry["workers"][slot]["pid"])
         return Recycled(pid, new_pid, reason, round(time.monotonic() - started, 3))
 
@@ -198,22 +199,22 @@ class Recycler:
         if len(entry["workers"]) <= count:
             return
         newest = entry["workers"][-1]
-        if newest["status"] == READY and not _parked(int(newest["pid"])):
+        if newest["status"] == READY and not is_parked(int(newest["pid"])):
             # its handler catches SIGUSR2 only once it is READY; if it does not park in time,
             # it is removed anyway (and serves again after PARK_SECONDS if it was not)
             with (
                 contextlib.suppress(ServerError),
-                self._parked(int(newest["pid"]), ROLLBACK_PARK_SECONDS),
+                self.parked(int(newest["pid"]), ROLLBACK_PARK_SECONDS),
             ):
-                self._scale(count, count)
-        self._scale(count, count)  # TorchServe removes workers down to max_worker only
+                self.scale(count, count)
+        self.scale(count, count)  # TorchServe removes workers down to max_worker only
 
     def _drain(self, pid: int) -> None:
         """Mark ``pid`` draining, then send customized describes until it took one and left."""
         with contextlib.suppress(ProcessLookupError):
             self.kill(pid, signal.SIGUSR1)
         deadline = time.monotonic() + self.timeout
-        while _alive(pid):
+        while process_alive(pid):
             if time.monotonic() > deadline:
                 raise ServerError(f"{self.model}: worker {pid} did not leave in {self.timeout:g} s")
             with contextlib.suppress(ServerError):
@@ -221,23 +222,23 @@ class Recycler:
                     "GET", model_path(self.model), {"customized": "true"}, timeout=self.timeout
                 )
 
-    def _retire_newest(self, count: int) -> dict[str, Any]:
+    def retire_newest(self, count: int) -> dict[str, Any]:
         """Scale back to ``count`` while the newest worker holds a describe: no request. (The
         caller sets minWorkers/maxWorkers back.)"""
         newest = int(self.describe()["workers"][-1]["pid"])
-        with self._parked(newest, self.timeout):
-            self._scale(count, count)  # TorchServe removes workers down to max_worker only
-            entry = self._wait(
-                lambda e: len(e["workers"]) == count and _ready(e) == count,
+        with self.parked(newest, self.timeout):
+            self.scale(count, count)  # TorchServe removes workers down to max_worker only
+            entry = self.wait(
+                lambda e: len(e["workers"]) == count and ready_count(e) == count,
                 f"back to {count} READY workers",
             )
-        if newest in _pids(entry):
+        if newest in worker_pids(entry):
             raise ServerError(f"{self.model}: the scale-down kept worker {newest}, not the newest")
-        self._until(lambda: not _alive(newest), f"worker {newest} to be stopped")
+        self.until(lambda: not process_alive(newest), f"worker {newest} to be stopped")
         return entry
 
     @contextlib.contextmanager
-    def _parked(self, pid: int, timeout: float) -> Iterator[None]:
+    def parked(self, pid: int, timeout: float) -> Iterator[None]:
         """``pid`` holding a customized describe (``SIGUSR2``, then describes until it does).
         It holds it at most PARK_SECONDS after the signal (servekit/runtime/recycle.py)."""
         with contextlib.suppress(ProcessLookupError):
@@ -246,7 +247,7 @@ class Recycler:
         sender = threading.Thread(target=self._describe_until, args=(stop,), daemon=True)
         sender.start()
         try:
-            self._until(lambda: _parked(pid), f"worker {pid} to hold a describe", timeout)
+            self.until(lambda: is_parked(pid), f"worker {pid} to hold a describe", timeout)
             yield
         finally:
             stop.set()
@@ -259,7 +260,7 @@ class Recycler:
             with contextlib.suppress(ServerError):
                 api.request("GET", model_path(self.model), {"customized": "true"})
 
-    def _until(self, done: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+    def until(self, done: Callable[[], bool], what: str, timeout: float | None = None) -> None:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while not done():
@@ -267,7 +268,7 @@ class Recycler:
                 raise ServerError(f"{self.model}: waited {timeout:g} s for {what}")
             self.sleep(POLL_SECONDS)
 
-    def _scale(self, workers: int, max_workers: int) -> None:
+    def scale(self, workers: int, max_workers: int) -> None:
         """Scale, again while TorchServe refuses because it is busy (the call is idempotent)."""
         for attempt in range(1, SCALE_ATTEMPTS + 1):
             try:
@@ -278,7 +279,7 @@ class Recycler:
                     raise
             self.sleep(0.5 * attempt)
 
-    def _wait(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    def wait(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         try:
             return self.api.wait_ready(
                 self.model, workers=0, timeout=self.timeout, interval=POLL_SECONDS, until=done
@@ -288,7 +289,7 @@ class Recycler:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible(prog: str = "servekit recycle") -> Iterator[None]:
     """``SIGTERM`` and ``SIGINT`` raise ``Interrupted`` (where the clean-up of the step under
     way runs); only the first: later ones do not cut that clean-up short."""
     raised: list[int] = []
@@ -297,7 +298,7 @@ def _interruptible() -> Iterator[None]:
         if not raised:
             raised.append(signum)
             raise Interrupted(signum)
-        print(f"servekit recycle: {signal.Signals(signum).name}: cleaning up", file=sys.stderr)
+        print(f"{prog}: {signal.Signals(signum).name}: cleaning up", file=sys.stderr)
 
     before = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -308,7 +309,7 @@ def _interruptible() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
+def deferred_signals() -> Iterator[None]:
     """Hold ``SIGTERM``/``SIGINT`` while a clean-up runs; delivered when it ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -322,37 +323,40 @@ def _deferred_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def model_lock(directory: Path, model: str) -> Iterator[None]:
-    """The model's recycle lock (``recycle.lock`` in its stats directory); ``Busy`` when
-    another recycler on this machine holds it. Released when the process ends, however."""
+def model_lock(directory: Path, model: str, command: str = "servekit recycle") -> Iterator[None]:
+    """The model's operation lock (``recycle.lock`` in its stats directory), shared by every
+    command that changes the model's workers (``servekit recycle``, ``servekit scale``, ...):
+    ``Busy`` when another one on this machine holds it. Released when the process ends,
+    however."""
     if not private_dir(directory):
-        raise ServerError(f"cannot use {directory} for the recycle lock (not a private directory)")
+        raise ServerError(f"cannot use {directory} for the model lock (not a private directory)")
     path = directory / LOCK_NAME
     with open(path, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
-            holder = lock.read().strip() or "?"
+            pid, _, holder = lock.read().strip().partition(" ")
             raise Busy(
-                f"another servekit recycle (pid {holder}) is recycling {model}; lock {path}"
+                f"another {holder or 'servekit recycle'} (pid {pid or '?'}) is changing "
+                f"{model}'s workers; one operation per model at a time (lock {path})"
             ) from None
         lock.seek(0)
         lock.truncate()
-        lock.write(f"{os.getpid()}\n")
+        lock.write(f"{os.getpid()} {command}\n")
         lock.flush()
         yield
 
 
-def _pids(entry: Mapping[str, Any]) -> Sequence[int]:
+def worker_pids(entry: Mapping[str, Any]) -> Sequence[int]:
     return [w["pid"] for w in entry["workers"]]
 
 
-def _ready(entry: Mapping[str, Any]) -> int:
+def ready_count(entry: Mapping[str, Any]) -> int:
     return sum(w["status"] == READY for w in entry["workers"])
 
 
-def _parked(pid: int) -> bool:
+def is_parked(pid: int) -> bool:
     """The worker renamed itself: it holds a describe and waits to be scaled down."""
     try:
         return bool(psutil.Process(pid).name() == RETIRED_NAME)
@@ -360,7 +364,7 @@ def _parked(pid: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         status: str = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
@@ -426,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory = args.stats_dir or stats_dir(args.model)
     recycler = Recycler(args.management_url, args.model, directory, args.timeout, token)
     try:
-        with _interruptible(), model_lock(directory, args.model):
+        with interruptible(), model_lock(directory, args.model):
             while True:
                 for done in recycler.run(limits):
                     print(_line(args.model, done, args.json), flush=True)

@@ -84,8 +84,8 @@ class FakeTorchServe:
 @pytest.fixture()
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeTorchServe]:
     server = FakeTorchServe()
-    monkeypatch.setattr(recycle, "_alive", server.alive)
-    monkeypatch.setattr(recycle, "_parked", lambda pid: pid in server.parked)
+    monkeypatch.setattr(recycle, "process_alive", server.alive)
+    monkeypatch.setattr(recycle, "is_parked", lambda pid: pid in server.parked)
 
     def no_describes(self: recycle.Recycler, stop: threading.Event) -> None:
         stop.wait()
@@ -113,7 +113,7 @@ def test_a_recycle_keeps_the_original_min_and_max(fake: FakeTorchServe, tmp_path
 def test_sigterm_right_after_the_scale_up_rolls_back(fake: FakeTorchServe, tmp_path: Path) -> None:
     before = signal.getsignal(signal.SIGTERM)
     fake.on_signal[signal.SIGUSR1] = lambda: os.kill(os.getpid(), signal.SIGTERM)
-    with pytest.raises(recycle.Interrupted), recycle._interruptible():
+    with pytest.raises(recycle.Interrupted), recycle.interruptible():
         recycler(fake, tmp_path).recycle(1001, "test")
     assert fake.state == (2, 2, 3)  # not min 3 / max 3
     extra = 1003
