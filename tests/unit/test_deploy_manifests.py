@@ -5,9 +5,11 @@ what the project really ships."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import fnmatch
 import json
+import math
 import re
 import shlex
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import yaml
 from referencing import Registry, Resource
 
 from servekit.config.check_properties import check_properties
+from servekit.config.specs import effective_config, load_spec, read_yaml
 from servekit.health.cli import build_parser
 from servekit.health.probe import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL
 from servekit.observe.exporter import build_parser as exporter_parser
@@ -36,6 +39,7 @@ SCHEMAS = ROOT / "tests" / "schemas"
 ISVC_SCHEMA = SCHEMAS / "kserve-inferenceservice-v1beta1.schema.json"
 PODMONITOR_SCHEMA = SCHEMAS / "prometheus-operator-podmonitor-v1.schema.json"
 ADAPTER_SCHEMA = SCHEMAS / "prometheus-adapter-config.schema.json"
+PDB_SCHEMA = SCHEMAS / "kubernetes-poddisruptionbudget-policy-v1.schema.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 # The oldest and the newest Kubernetes minor versions we check (kubernetes-validate ships both).
 K8S_VERSIONS = ("1.30.0", "1.37.0")
@@ -50,6 +54,11 @@ PROBES = {
     "readinessProbe": ("readiness", True),
     "livenessProbe": ("liveness", False),
 }
+# Graceful drain: the seconds TorchServe's own stop may take after the drain, and the slowest
+# rate (req/s) at which the served models are assumed to work off full job queues (a tenth of
+# the ~300 req/s they serve on 2 cores): deploy/k8s/deployment.yaml's comment.
+STOP_MARGIN = 15
+QUEUE_FLOOR_RPS = 30
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -225,10 +234,15 @@ def test_probe_runs_health_check_in_its_mode(where: str, probe: str) -> None:
 def test_inferenceservice_runs_the_same_pod_as_the_deployment() -> None:
     deployment = pod_container(manifests()["deployment.yaml"])
     isvc = isvc_container()
-    for key in ("image", "args", "workingDir", "volumeMounts", "resources", *PROBES):
+    for key in ("image", "args", "workingDir", "volumeMounts", "resources", "lifecycle", *PROBES):
         assert isvc[key] == deployment[key], key
-    config_volume = {v["name"]: v for v in load(ISVC)["spec"]["predictor"]["volumes"]}["config"]
+    predictor = load(ISVC)["spec"]["predictor"]
+    config_volume = {v["name"]: v for v in predictor["volumes"]}["config"]
     assert config_volume["configMap"]["name"] == "torchserve-kit-config"
+    pod = manifests()["deployment.yaml"]["spec"]
+    grace = "terminationGracePeriodSeconds"
+    assert predictor[grace] == pod["template"]["spec"][grace]
+    assert predictor["deploymentStrategy"] == pod["strategy"]
 
 
 # --- KServe InferenceService: a CRD, checked against our schema of the fields it uses -----
@@ -261,12 +275,26 @@ def mutations() -> Iterator[tuple[str, Any]]:
     def mode(doc: Any) -> None:
         doc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Raw"
 
+    def grace(doc: Any) -> None:
+        doc["spec"]["predictor"]["terminationGracePeriodSeconds"] = "70s"
+
+    def strategy(doc: Any) -> None:
+        rolling = doc["spec"]["predictor"]["deploymentStrategy"]["rollingUpdate"]
+        rolling["maxUnavailble"] = rolling.pop("maxUnavailable")
+
+    def hook(doc: Any) -> None:
+        lifecycle = doc["spec"]["predictor"]["containers"][0]["lifecycle"]
+        lifecycle["preStopp"] = lifecycle.pop("preStop")
+
     yield from [
         ("typo", typo),
         ("metric", metric),
         ("container_field", container_field),
         ("container_name", container_name),
         ("mode", mode),
+        ("grace", grace),
+        ("strategy", strategy),
+        ("hook", hook),
     ]
 
 
@@ -445,6 +473,228 @@ def test_adapter_config_is_for_the_adapter_namespace() -> None:
     adapter = manifests()["prometheus-adapter.yaml"]
     assert adapter["kind"] == "ConfigMap" and list(adapter["data"]) == ["config.yaml"]
     assert adapter["metadata"]["namespace"] == "monitoring"
+
+
+# --- graceful drain: servekit run, the preStop hook, the grace period, rollouts ------------
+
+
+def drain_parser(command: str) -> argparse.ArgumentParser:
+    """The drain options ``servekit stop`` and ``servekit run`` share (docs/operations.md);
+    an unknown or misspelt option exits here."""
+    parser = argparse.ArgumentParser(prog=f"servekit {command}", exit_on_error=False)
+    parser.add_argument("--announce", type=float, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--retry-after", type=float)
+    parser.add_argument("--management-url")
+    parser.add_argument("--pid-file")
+    return parser
+
+
+def run_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``servekit run [drain options] -- torchserve ...``: the options and the server command."""
+    assert argv[:2] == ["servekit", "run"], argv
+    separator = argv.index("--")
+    return drain_parser("run").parse_args(argv[2:separator]), argv[separator + 1 :]
+
+
+def stop_command(argv: list[str]) -> argparse.Namespace:
+    assert argv[:2] == ["servekit", "stop"], argv
+    return drain_parser("stop").parse_args(argv[2:])
+
+
+def docker_steps() -> dict[str, str]:
+    return dict(instructions(ROOT / "deploy/docker/Dockerfile"))
+
+
+def pods() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod spec, TorchServe container) of the Deployment and of the KServe predictor."""
+    deployment = manifests()["deployment.yaml"]
+    return {
+        "deployment": (deployment["spec"]["template"]["spec"], pod_container(deployment)),
+        "inferenceservice": (load(ISVC)["spec"]["predictor"], isvc_container()),
+    }
+
+
+def served_models() -> dict[str, dict[str, Any]]:
+    """The effective model config of every archive the pod's config.properties loads:
+    model-config.yml with the spec's overrides (what ``servekit archive`` puts in the .mar)."""
+    defaults = read_yaml(ROOT / "model-config.yml")
+    models = {}
+    for archive in pod_config()["load_models"].split(","):
+        name = archive.removesuffix(".mar")
+        models[name] = effective_config(load_spec(ROOT / "config" / f"{name}.yml", ROOT), defaults)
+    return models
+
+
+def response_timeout(name: str, model: dict[str, Any]) -> int:
+    """What TorchServe uses: the archive's responseTimeout, else ``models=`` in
+    config.properties, else default_response_timeout, else 120 (values <= 0 ignored)."""
+    config = pod_config()
+    per_model = json.loads(config.get("models", "{}")).get(name, {})
+    per_model = next(iter(per_model.values()), {}) if per_model else {}
+    for value in (
+        model.get("responseTimeout"),
+        per_model.get("responseTimeout"),
+        config.get("default_response_timeout"),
+    ):
+        if value is not None and int(value) > 0:
+            return int(value)
+    return 120
+
+
+def queue_size(model: dict[str, Any]) -> int:
+    size = model.get("jobQueueSize")
+    return int(size) if size and int(size) > 0 else int(pod_config().get("job_queue_size", 100))
+
+
+@pytest.mark.parametrize("where", ["deployment", "inferenceservice"])
+def test_pod_runs_torchserve_under_servekit_run(where: str) -> None:
+    _, container = pods()[where]
+    options, server = run_command(container["args"])
+    assert server[:3] == ["torchserve", "--start", "--foreground"]
+    assert options.announce > 0 and options.timeout > 0
+    # the server command is what the pod served before the wrapper: the other tests' checks
+    # of --ts-config, --model-store and --log-config read the same args
+    assert "--ts-config" in server and "--model-store" in server
+
+
+@pytest.mark.parametrize("where", ["deployment", "inferenceservice"])
+def test_prestop_drains_with_the_supervisors_figures(where: str) -> None:
+    _, container = pods()[where]
+    run, _ = run_command(container["args"])
+    hook = container["lifecycle"]["preStop"]
+    assert list(hook) == ["exec"], "an exec hook: servekit stop runs inside the container"
+    stop = stop_command(hook["exec"]["command"])
+    assert (stop.announce, stop.timeout) == (run.announce, run.timeout)
+    assert stop.retry_after == run.retry_after
+    # the hook finds TorchServe by its pid file in $TMPDIR: the container's own environment
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert stop.pid_file is None and env.get("TMPDIR", "/tmp") == "/tmp"
+    assert stop.management_url in (None, DEFAULT_MANAGEMENT_URL)
+
+
+@pytest.mark.parametrize("where", ["deployment", "inferenceservice"])
+def test_grace_period_covers_announce_timeout_and_the_stop(where: str) -> None:
+    pod, container = pods()[where]
+    stop = stop_command(container["lifecycle"]["preStop"]["exec"]["command"])
+    assert pod["terminationGracePeriodSeconds"] >= stop.announce + stop.timeout + STOP_MARGIN
+
+
+def test_drain_timeout_covers_the_longest_batch_and_full_queues() -> None:
+    # An in-flight batch may run up to its model's responseTimeout; the full job queues drain
+    # at (at least) QUEUE_FLOOR_RPS.
+    models = served_models()
+    assert models, "the pod serves no model"
+    longest = max(response_timeout(name, model) for name, model in models.items())
+    queued = sum(queue_size(model) for model in models.values())
+    needed = longest + math.ceil(queued / QUEUE_FLOOR_RPS)
+    for where, (_, container) in pods().items():
+        run, _ = run_command(container["args"])
+        assert run.timeout >= needed, (
+            f"{where}: --timeout {run.timeout:g} < responseTimeout {longest} s "
+            f"+ {queued} queued requests at {QUEUE_FLOOR_RPS} req/s"
+        )
+
+
+def test_response_timeout_is_read_from_the_model_configs(tmp_path: Path) -> None:
+    # the helper the timeout check rests on: an override in a spec wins over model-config.yml
+    (name, model), *_ = served_models().items()
+    assert response_timeout(name, model) == model["responseTimeout"]
+    assert response_timeout(name, {**model, "responseTimeout": 600}) == 600
+    assert response_timeout(name, {**model, "responseTimeout": 0}) == int(
+        pod_config()["default_response_timeout"]
+    )
+
+
+@pytest.mark.parametrize("where", ["deployment", "inferenceservice"])
+def test_rolling_update_keeps_every_ready_pod_until_its_successor_is_ready(where: str) -> None:
+    if where == "deployment":
+        strategy = manifests()["deployment.yaml"]["spec"]["strategy"]
+    else:
+        strategy = load(ISVC)["spec"]["predictor"]["deploymentStrategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+
+
+def test_liveness_never_fails_on_a_drain() -> None:
+    # A drain fails readiness (handlers report `draining`); liveness asks /ping only, which
+    # stays up until TorchServe itself stops, and tolerates more than that stop takes.
+    for where, (_, container) in pods().items():
+        live = container["livenessProbe"]
+        argv = live["exec"]["command"][2:]
+        args = build_parser().parse_args(argv)
+        assert (args.probe, args.customized) == ("liveness", False), where
+        assert live["periodSeconds"] * live["failureThreshold"] > STOP_MARGIN, where
+        ready = build_parser().parse_args(container["readinessProbe"]["exec"]["command"][2:])
+        assert (ready.probe, ready.customized) == ("readiness", True), where
+
+
+def test_pod_disruption_budget_lets_one_pod_go_at_a_time() -> None:
+    docs = manifests()
+    pdb, deployment = docs["pdb.yaml"], docs["deployment.yaml"]
+    assert (pdb["apiVersion"], pdb["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    spec = pdb["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["selector"] == deployment["spec"]["selector"]
+    # exactly one of the two (the API server refuses both), as a plain count of pods
+    (kind,) = {"minAvailable", "maxUnavailable"} & spec.keys()
+    assert isinstance(spec[kind], int)
+    hpa = docs["hpa.yaml"]["spec"]
+    sizes = range(min(hpa["minReplicas"], deployment["spec"]["replicas"]), hpa["maxReplicas"] + 1)
+    for replicas in sizes:
+        evictable = spec[kind] if kind == "maxUnavailable" else replicas - spec[kind]
+        # a node drain can always proceed, and one pod always serves while another drains
+        assert 1 <= evictable < replicas, (kind, replicas)
+    assert spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
+
+
+def test_pod_disruption_budget_matches_schema() -> None:
+    # besides Kubernetes' own strict schema (test_manifest_is_valid_kubernetes): what the API
+    # server checks that its OpenAPI schema leaves to prose
+    errors = [e.message for e in crd_validator(PDB_SCHEMA).iter_errors(manifests()["pdb.yaml"])]
+    assert errors == []
+
+
+def pdb_mutations() -> Iterator[tuple[str, Any]]:
+    def spec(doc: Any) -> Any:
+        return doc["spec"]
+
+    yield from [
+        ("typo", lambda doc: spec(doc).update(maxUnavailble=spec(doc).pop("maxUnavailable"))),
+        ("both", lambda doc: spec(doc).update(minAvailable=1)),
+        ("neither", lambda doc: spec(doc).pop("maxUnavailable")),
+        ("percent", lambda doc: spec(doc).update(maxUnavailable="50")),
+        ("policy", lambda doc: spec(doc).update(unhealthyPodEvictionPolicy="Always")),
+        ("no selector", lambda doc: spec(doc).pop("selector")),
+        ("version", lambda doc: doc.update(apiVersion="policy/v1beta1")),
+    ]
+
+
+@pytest.mark.parametrize(("what", "mutate"), list(pdb_mutations()))
+def test_pod_disruption_budget_schema_rejects(what: str, mutate: Any) -> None:
+    document = copy.deepcopy(manifests()["pdb.yaml"])
+    mutate(document)
+    assert list(crd_validator(PDB_SCHEMA).iter_errors(document)), what
+
+
+def test_image_runs_torchserve_under_servekit_run() -> None:
+    steps = docker_steps()
+    # tini -g passes SIGTERM to the supervisor's process group; TorchServe has a group of its own
+    assert json.loads(steps["ENTRYPOINT"]) == ["/usr/bin/tini", "-g", "--"]
+    assert steps["STOPSIGNAL"] == "SIGTERM"
+    options, server = run_command(json.loads(steps["CMD"]))
+    assert server[:3] == ["torchserve", "--start", "--foreground"]
+    assert server[server.index("--ts-config") + 1] == f"{APP}/config.properties"
+    # one set of drain figures for the image and the pods
+    pod, _ = run_command(pod_container(manifests()["deployment.yaml"])["args"])
+    assert (options.announce, options.timeout) == (pod.announce, pod.timeout)
+    # `docker stop` waits 10 s by default: the label documents the -t the drain needs
+    (label,) = shlex.split(steps["LABEL"])
+    key, _, value = label.partition("=")
+    assert key == "io.github.torchserve-kit.stop-timeout"
+    assert int(value) >= options.announce + options.timeout + STOP_MARGIN
 
 
 # --- Dockerfiles -------------------------------------------------------------------------
