@@ -45,6 +45,11 @@ COMMANDS: dict[str, Command] = {
     # health
     "health": Command("servekit.health.cli", "probe /ping and every model's READY workers"),
     "recycle": Command("servekit.health.recycle", "recycle workers past a memory limit"),
+    # stopping and changing a running server without losing a request
+    "stop": Command("servekit.ops.drain", "drain a running server, then stop it"),
+    "run": Command("servekit.ops.supervise", "run TorchServe; drain it on SIGTERM/SIGINT"),
+    "scale": Command("servekit.ops.scale", "scale a model's workers without losing a request"),
+    "rollout": Command("servekit.ops.rollout", "switch a model to a new archive, under load"),
     # observe
     "exporter": Command(
         "servekit.observe.exporter", "Prometheus metrics TorchServe lacks: READY, queue, status"

@@ -22,6 +22,15 @@
 #                           ${TMPDIR:-/tmp}/servekit.XXXXXX]; one given must be a directory of
 #                           this user, not a symlink, not group- or world-writable (created 0700)
 #   TMPDIR                  TorchServe's pid file and unpacked models [/tmp]
+#   SERVEKIT_DRAIN_ANNOUNCE  seconds the handlers report `draining` after SIGTERM before new
+#                           requests get 503 + Retry-After [2]
+#   SERVEKIT_DRAIN_TIMEOUT  the longest the drain on SIGTERM takes before TorchServe is stopped
+#                           anyway [60]; give the container at least announce + timeout + 15 s
+#                           (docker stop -t, SageMaker allows 30 s: set the timeout to fit)
+#
+# SIGTERM (what tini forwards) drains the server before it stops: `servekit run` runs TorchServe
+# in a process group of its own and, on the signal, fails readiness, refuses new requests with
+# 503 + Retry-After, answers every accepted one, then stops TorchServe (docs/operations.md).
 set -euo pipefail
 
 usage() {
@@ -44,6 +53,8 @@ port="${SAGEMAKER_BIND_TO_PORT:-8080}"
 host="${SERVEKIT_BIND_HOST:-0.0.0.0}"
 management_port="${SERVEKIT_MANAGEMENT_PORT:-8081}"
 metrics_port="${SERVEKIT_METRICS_PORT:-8082}"
+announce="${SERVEKIT_DRAIN_ANNOUNCE:-2}"
+drain_timeout="${SERVEKIT_DRAIN_TIMEOUT:-60}"
 
 fail() {
     echo "entrypoint: $*" >&2
@@ -68,7 +79,12 @@ done
 [[ "$store" =~ ^[A-Za-z0-9._/@+-]+$ ]] \
     || fail "SERVEKIT_MODEL_STORE=$(printf '%q' "$store") has characters a config line cannot hold safely (use letters, digits and . _ / @ + -)"
 
+for value in "$announce" "$drain_timeout"; do
+    [[ "$value" =~ ^[0-9]{1,5}([.][0-9]{1,3})?$ ]] \
+        || fail "drain seconds '$value' is not a number from 0 to 86400 (SERVEKIT_DRAIN_ANNOUNCE, SERVEKIT_DRAIN_TIMEOUT)"
+done
 torchserve="$(command -v torchserve)" || fail "torchserve is not on PATH ($PATH)"
+servekit="$(command -v servekit)" || fail "servekit is not on PATH ($PATH)"
 
 mkdir -p "${TMPDIR:-/tmp}"
 # The generated config decides what TorchServe serves: it is written only into a directory
@@ -111,9 +127,11 @@ mv -fT "$generated" "$workdir/config.properties"
 
 cd "$workdir"
 echo "entrypoint: serving $model on $host:$port (/ping, /invocations); config $workdir/config.properties" >&2
-# exec: TorchServe replaces this shell, so the container's init (tini) signals it directly.
+# exec: `servekit run` replaces this shell, so the container's init (tini) signals it directly;
+# it drains TorchServe (its child, in a group of its own) on SIGTERM before stopping it.
 # The project's log4j2.xml, by absolute path: config.properties names it relative to $home.
 log_config=()
 [[ -f "$home/config/log4j2.xml" ]] && log_config=(--log-config "$home/config/log4j2.xml")
-exec "$torchserve" --start --foreground --ncs \
+exec "$servekit" run --announce "$announce" --timeout "$drain_timeout" -- \
+    "$torchserve" --start --foreground --ncs \
     --ts-config "$workdir/config.properties" --model-store "$store" "${log_config[@]}"

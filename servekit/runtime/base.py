@@ -36,6 +36,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from servekit.runtime import recycle
 from servekit.runtime.decoding import DEFAULT_FIELDS, Payload, select_payload
 from servekit.runtime.devices import CPU, choose_device, to_device
+from servekit.runtime.draining import WorkerDrain
 from servekit.runtime.errors import (
     BadRequest,
     InsufficientMemory,
@@ -85,11 +86,15 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self.publish_stats = False
         self.device: torch.device = CPU
         self.device_reason = "cpu (not initialized)"
+        self.drain: WorkerDrain | None = None
 
     # ----- lifecycle ---------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         self._read_context(context)
         self.publish_stats = recycle.in_torchserve_worker()
+        if self.publish_stats:
+            self.drain = WorkerDrain(self.model_name)
+            self.drain.watch()
         self._publish(force=True)  # "initializing", while the weights load
         self._zero_metrics(context)
         self.options = self.options_class.from_section(self.model_config.get("handler"))
@@ -159,11 +164,14 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
 
     @property
     def status(self) -> str:
-        """``initializing``, ``warming``, ``ready`` or ``degraded`` (see ``readiness``)."""
+        """``initializing``, ``warming``, ``ready``, ``degraded`` (see ``readiness``) or
+        ``draining`` (the server is being stopped: ``servekit stop``)."""
         if not self.initialized:
             return "initializing"
         if self.warming:
             return "warming"
+        if self.drain is not None and self.drain.marker_path.exists():
+            return "draining"
         return "degraded" if self.health.degraded else "ready"
 
     # ----- hooks for subclasses ------------------------------------------------------------
@@ -247,10 +255,20 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             self.health.recheck(self._self_test)
             self._publish()  # a recheck may have ended a degraded spell, without traffic
             return [self.describe_handle()]
+        if self.drain is None:
+            return self._handle(data, context, started)
+        self.drain.start_batch()
+        try:
+            return self._handle(data, context, started)
+        finally:
+            self.drain.end_batch()
+
+    def _handle(self, data: list[Any], context: Any, started: float) -> list[Any]:
         results: list[Any] = [None] * len(data)
         good: list[int] = []
         items: list[ItemT] = []
-        for idx, request in enumerate(data):
+        admitted = self._admitted(data, context, results)
+        for idx, request in enumerate(data[:admitted]):
             try:
                 items.append(self._parse(request, context, idx))
                 good.append(idx)
@@ -271,6 +289,19 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
         self._publish()
         self._emit_metrics(context, statuses, timings, time.perf_counter() - started)
         return results
+
+    def _admitted(self, data: list[Any], context: Any, results: list[Any]) -> int:
+        """How many of the batch's requests this worker serves: all, except while its server
+        drains and refuses new requests (servekit/runtime/draining.py); the others get a
+        503 with ``Retry-After``, and are not counted as failures."""
+        if self.drain is None:
+            return len(data)
+        admitted, retry_after = self.drain.admit(len(data))
+        for idx in range(admitted, len(data)):
+            err = ServiceUnavailable("the server is shutting down; send this request again")
+            context.set_response_header(idx, "Retry-After", str(retry_after))
+            results[idx] = self._error(context, idx, err)
+        return admitted
 
     def _publish(self, force: bool = False) -> None:
         """This worker's counters and status for `servekit recycle` and `servekit exporter`;

@@ -117,7 +117,7 @@ class WorkerStats:
             pass  # counters are best effort; serving must not fail over them
 
 
-HANDLER_STATUSES = ("initializing", "warming", "ready", "degraded")
+HANDLER_STATUSES = ("initializing", "warming", "ready", "degraded", "draining")
 LEAVING = ("recycle", "retire")
 MAX_PUBLISHED_BYTES = 1 << 16  # a worker writes ~150 bytes
 
