@@ -18,6 +18,8 @@ last exception line of the traceback after ``Backend worker process died.``::
 ``last_init_error`` returns that reason (``"handler option 'top_k' is 42; it must be
 1..10"``) for the latest failure of a model, or ``None`` when there is none or a
 worker of the model has loaded since (``WORKER_MODEL_LOADED`` in ``logs/ts_log.log``).
+``version`` narrows it to one version's workers, and ``since`` (a ``log_mark`` taken
+before, say, registering that version) to what the logs gained after the mark.
 
     >>> last_init_error(Path("logs"), "failing_model")  # doctest: +SKIP
     "model 'failing_model' fails to initialize on purpose (demo of init failure)"
@@ -26,6 +28,7 @@ worker of the model has loaded since (``WORKER_MODEL_LOADED`` in ``logs/ts_log.l
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_LOG = "model_log.log"
@@ -34,27 +37,47 @@ TAIL_BYTES = 4_000_000  # logs grow for days; the latest failure is near the end
 _TIME = r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{3})"
 
 
-def last_init_error(log_dir: Path, model: str) -> str | None:
-    """The reason of ``model``'s latest ``initialize`` failure, unless it loaded since."""
-    failure = _latest_failure(log_dir / MODEL_LOG, model)
+@dataclass(frozen=True)
+class LogMark:
+    """How long the two logs were at a moment: what was written after it starts there."""
+
+    model_log: int = 0
+    ts_log: int = 0
+
+
+def log_mark(log_dir: Path) -> LogMark:
+    """The logs' sizes now (0 for a log not written yet)."""
+    return LogMark(_size(log_dir / MODEL_LOG), _size(log_dir / TS_LOG))
+
+
+def last_init_error(
+    log_dir: Path, model: str, version: str | None = None, since: LogMark | None = None
+) -> str | None:
+    """The reason of ``model``'s latest ``initialize`` failure, unless it loaded since; of
+    its ``version`` only, and only from what was logged after ``since``, when given."""
+    since = since or LogMark()
+    failure = _latest_failure(log_dir / MODEL_LOG, model, version, since.model_log)
     if failure is None:
         return None
     failed_at, reason = failure
-    loaded_at = _latest_load(log_dir / TS_LOG, model)
+    loaded_at = _latest_load(log_dir / TS_LOG, model, version, since.ts_log)
     if loaded_at is not None and loaded_at > failed_at:
         return None
     return reason
 
 
-def _worker(model: str) -> str:
+def _worker(model: str, version: str | None = None) -> str:
     """A worker thread's name: ``W-<port>-<model>_<version>``."""
-    return rf"W-\d+-{re.escape(model)}_[^\s_]+"
+    tail = r"[^\s_]+" if version is None else re.escape(version)
+    return rf"W-\d+-{re.escape(model)}_{tail}"
 
 
-def _latest_failure(path: Path, model: str) -> tuple[str, str] | None:
+def _latest_failure(
+    path: Path, model: str, version: str | None = None, start: int = 0
+) -> tuple[str, str] | None:
     """The latest ``(time, reason)``: a ``Failed to load model`` line, or the exception that
     ended a worker (``Backend worker process died.`` and the traceback after it)."""
-    worker = _worker(model)
+    worker = _worker(model, version)
     line_of = re.compile(
         rf"^{_TIME} \[\w+\s*\] (?P<worker>{worker})-std(?:out|err) MODEL_LOG - (?P<text>.*)$"
     )
@@ -64,7 +87,7 @@ def _latest_failure(path: Path, model: str) -> tuple[str, str] | None:
     latest = None
     dying: dict[str, _Death] = {}  # worker -> the traceback being read
     failed_load: set[str] = set()  # workers whose process logged its failure (then dies of it)
-    for line in _tail(path):
+    for line in _tail(path, start):
         match = line_of.match(line)
         if not match:
             continue
@@ -136,21 +159,33 @@ def _later(
     return failure if latest is None or failure[0] >= latest[0] else latest
 
 
-def _latest_load(path: Path, model: str) -> str | None:
-    pattern = re.compile(rf"^{_TIME} .* {_worker(model)} State change \w+ -> WORKER_MODEL_LOADED$")
+def _latest_load(path: Path, model: str, version: str | None = None, start: int = 0) -> str | None:
+    worker = _worker(model, version)
+    pattern = re.compile(rf"^{_TIME} .* {worker} State change \w+ -> WORKER_MODEL_LOADED$")
     latest = None
-    for line in _tail(path):
+    for line in _tail(path, start):
         match = pattern.match(line)
         if match:
             latest = match["time"]
     return latest
 
 
-def _tail(path: Path) -> list[str]:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, start: int = 0) -> list[str]:
+    """The log's lines from byte ``start`` (from the beginning when the log is now shorter:
+    it was rolled over), at most its last ``TAIL_BYTES``."""
     if not path.is_file():
         return []
     with path.open("rb") as log:
         size = log.seek(0, 2)
-        log.seek(max(0, size - TAIL_BYTES))
+        start = 0 if start > size else start
+        begin = max(start, size - TAIL_BYTES)
+        log.seek(begin)
         lines = log.read().decode("utf-8", errors="replace").splitlines()
-    return lines[1:] if size > TAIL_BYTES else lines
+    return lines[1:] if begin > start else lines
