@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config.properties
 NAME ?= iris
 HEALTH_WAIT ?= 180
+# make stop: seconds the handlers say `draining` before new requests are refused, and the
+# longest the whole drain takes before TorchServe is stopped anyway
+DRAIN_ANNOUNCE ?= 1
+DRAIN_TIMEOUT ?= 60
 PYTEST_ARGS ?=
 # make test: test files spread over this many processes (pytest-xdist; a file's tests stay in
 # one process, so a module's server is shared as before). 1 runs them in this process.
@@ -59,8 +63,9 @@ serve: install validate archive ## start TorchServe on config.properties, wait u
 	fi
 	@$(BIN)/servekit examples
 
-stop: ## stop the TorchServe started by `make serve`
-	$(BIN)/torchserve --stop
+stop: ## drain the TorchServe of `make serve` (every accepted request answered), then stop it
+	@$(BIN)/servekit stop --announce $(DRAIN_ANNOUNCE) --timeout $(DRAIN_TIMEOUT); code=$$?; \
+	  if [ $$code -eq 3 ]; then echo "no TorchServe to stop"; elif [ $$code -ne 0 ]; then exit $$code; fi
 
 exporter: install ## serve `servekit exporter` on 127.0.0.1:8083 for the server of `make serve` (Ctrl-C stops)
 	$(BIN)/servekit exporter --log-dir logs

@@ -90,7 +90,7 @@ class Marker:
         """The marker in ``text``, or ``None`` when it is not one (a torn or foreign file)."""
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep (fuzzing)
             return None
         if not isinstance(data, dict) or data.get("phase") not in PHASES:
             return None
@@ -248,6 +248,6 @@ class WorkerDrain:
 def read_ack(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_bytes()[:MAX_MARKER_BYTES])
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
