@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.ops.drain import DrainReport, build_parser, find_frontend, NoServer
+from servekit.ops.drain import DrainReport, NoServer, build_parser, find_frontend
 from servekit.runtime.draining import (
     ANNOUNCE,
     REFUSE,
