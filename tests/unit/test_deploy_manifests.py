@@ -29,6 +29,8 @@ from servekit.config.specs import effective_config, load_spec, read_yaml
 from servekit.health.cli import build_parser
 from servekit.health.probe import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL
 from servekit.observe.exporter import build_parser as exporter_parser
+from servekit.ops.drain import build_parser as stop_parser
+from servekit.ops.supervise import build_parser as run_parser
 from servekit.serve.server import read_properties
 from tests.promql import EXPORTER_METRICS
 
@@ -478,28 +480,18 @@ def test_adapter_config_is_for_the_adapter_namespace() -> None:
 # --- graceful drain: servekit run, the preStop hook, the grace period, rollouts ------------
 
 
-def drain_parser(command: str) -> argparse.ArgumentParser:
-    """The drain options ``servekit stop`` and ``servekit run`` share (docs/operations.md);
-    an unknown or misspelt option exits here."""
-    parser = argparse.ArgumentParser(prog=f"servekit {command}", exit_on_error=False)
-    parser.add_argument("--announce", type=float, required=True)
-    parser.add_argument("--timeout", type=float, required=True)
-    parser.add_argument("--retry-after", type=float)
-    parser.add_argument("--management-url")
-    parser.add_argument("--pid-file")
-    return parser
-
-
 def run_command(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """``servekit run [drain options] -- torchserve ...``: the options and the server command."""
+    """``servekit run [drain options] -- torchserve ...`` through the real CLI (unknown flags
+    exit here): the options and the server command."""
     assert argv[:2] == ["servekit", "run"], argv
-    separator = argv.index("--")
-    return drain_parser("run").parse_args(argv[2:separator]), argv[separator + 1 :]
+    options = run_parser().parse_args(argv[2:])
+    assert options.command[:1] == ["--"], "the server command follows --"
+    return options, options.command[1:]
 
 
 def stop_command(argv: list[str]) -> argparse.Namespace:
     assert argv[:2] == ["servekit", "stop"], argv
-    return drain_parser("stop").parse_args(argv[2:])
+    return stop_parser().parse_args(argv[2:])
 
 
 def docker_steps() -> dict[str, str]:
@@ -569,8 +561,9 @@ def test_prestop_drains_with_the_supervisors_figures(where: str) -> None:
     assert stop.retry_after == run.retry_after
     # the hook finds TorchServe by its pid file in $TMPDIR: the container's own environment
     env = {e["name"]: e["value"] for e in container.get("env", [])}
-    assert stop.pid_file is None and env.get("TMPDIR", "/tmp") == "/tmp"
+    assert stop.pid_file is None and stop.pid is None and env.get("TMPDIR", "/tmp") == "/tmp"
     assert stop.management_url in (None, DEFAULT_MANAGEMENT_URL)
+    assert stop.key_file is None and run.key_file is None  # token authorization is off
 
 
 @pytest.mark.parametrize("where", ["deployment", "inferenceservice"])
@@ -581,8 +574,8 @@ def test_grace_period_covers_announce_timeout_and_the_stop(where: str) -> None:
 
 
 def test_drain_timeout_covers_the_longest_batch_and_full_queues() -> None:
-    # An in-flight batch may run up to its model's responseTimeout; the full job queues drain
-    # at (at least) QUEUE_FLOOR_RPS.
+    # After the announce, an in-flight batch may run up to its model's responseTimeout and the
+    # full job queues drain at (at least) QUEUE_FLOOR_RPS.
     models = served_models()
     assert models, "the pod serves no model"
     longest = max(response_timeout(name, model) for name, model in models.items())
@@ -590,9 +583,10 @@ def test_drain_timeout_covers_the_longest_batch_and_full_queues() -> None:
     needed = longest + math.ceil(queued / QUEUE_FLOOR_RPS)
     for where, (_, container) in pods().items():
         run, _ = run_command(container["args"])
-        assert run.timeout >= needed, (
-            f"{where}: --timeout {run.timeout:g} < responseTimeout {longest} s "
-            f"+ {queued} queued requests at {QUEUE_FLOOR_RPS} req/s"
+        # --timeout bounds the whole drain, the announce included
+        assert run.timeout - run.announce >= needed, (
+            f"{where}: --timeout {run.timeout:g} - --announce {run.announce:g} < "
+            f"responseTimeout {longest} s + {queued} queued requests at {QUEUE_FLOOR_RPS} req/s"
         )
 
 
