@@ -25,7 +25,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor prometheusrule bench-observe bridge ask bench-bridge recycle bench-ops bench baselines tune bench-first
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor prometheusrule bench-observe bridge ask bench-bridge recycle bench-ops bench-drain bench baselines tune bench-first
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,6 +86,9 @@ recycle: ## recycle MODEL's workers past MAX_MEMORY_MB (default 2048), never bel
 
 bench-ops: install archive ## measure 503 latency, init-failure detection, worker recovery, recycling
 	$(BIN)/servekit bench-ops
+
+bench-drain: install archive ## stopping under load: torchserve --stop vs servekit stop vs servekit run + SIGTERM -> docs/bench/drain.json
+	$(BIN)/servekit bench-drain
 
 test: install archive brokers prometheus ## run every test: unit (in-process) and end-to-end (real TorchServe), on TEST_WORKERS processes
 	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)

@@ -67,6 +67,9 @@ COMMANDS: dict[str, Command] = {
         "servekit.bench.bridge", "the queue bridge vs direct HTTP", "bench,queue"
     ),
     "bench-ops": Command("servekit.bench.ops", "503 latency, recovery, recycling", "bench"),
+    "bench-drain": Command(
+        "servekit.bench.drain", "stopping under load: TorchServe's stop vs the drain", "bench"
+    ),
     "bench-observe": Command("servekit.bench.observe", "what metrics and scraping cost", "bench"),
     "profile": Command("servekit.bench.profile", "where a served model's time goes", "bench"),
     "limit": Command(

@@ -24,7 +24,7 @@ import pytest
 
 from servekit.ops.drain import PID_FILE
 from servekit.serve.server import TorchServe, running
-from tests.e2e.closed_loop import ANSWERED, CONNECT_REFUSED, CUT, REFUSED_503, TIMEOUT, ClosedLoop
+from servekit.bench.closed_loop import ANSWERED, CONNECT_REFUSED, CUT, REFUSED_503, TIMEOUT, ClosedLoop
 from tests.e2e.conftest import ROOT, wait_ready
 from tests.e2e.test_sagemaker_entrypoint import (
     Container,
