@@ -154,16 +154,15 @@ class Scaler:
         to the workers there are, so TorchServe changes nothing more."""
         entry = self.recycler.describe()
         if len(entry["workers"]) > target and newest in worker_pids(entry):
-            with contextlib.suppress(ServerError):
+            with contextlib.suppress(ServerError):  # not parked in time: it serves on
                 if not is_parked(newest):  # the signal is sent again: it may not have been
                     with self.recycler.parked(newest, ROLLBACK_PARK_SECONDS):
                         pass
-                if is_parked(newest):
-                    self.recycler.scale(target, target)
-                    self.recycler.until(
-                        lambda: newest not in worker_pids(self.recycler.describe()),
-                        f"worker {newest} to be removed",
-                    )
+                self.recycler.scale(target, target)
+                self.recycler.until(
+                    lambda: newest not in worker_pids(self.recycler.describe()),
+                    f"worker {newest} to be removed",
+                )
             entry = self.recycler.describe()
         count = len(entry["workers"])
         self.recycler.scale(count, count)
