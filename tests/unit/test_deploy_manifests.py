@@ -29,6 +29,7 @@ from servekit.config.specs import effective_config, load_spec, read_yaml
 from servekit.health.cli import build_parser
 from servekit.health.probe import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL
 from servekit.observe.exporter import build_parser as exporter_parser
+from servekit.ops.drain import STOP_TIMEOUT
 from servekit.ops.drain import build_parser as stop_parser
 from servekit.ops.supervise import build_parser as run_parser
 from servekit.serve.server import read_properties
@@ -56,10 +57,8 @@ PROBES = {
     "readinessProbe": ("readiness", True),
     "livenessProbe": ("liveness", False),
 }
-# Graceful drain: the seconds TorchServe's own stop may take after the drain, and the slowest
-# rate (req/s) at which the served models are assumed to work off full job queues (a tenth of
-# the ~300 req/s they serve on 2 cores): deploy/k8s/deployment.yaml's comment.
-STOP_MARGIN = 15
+# Graceful drain: the slowest rate (req/s) at which the served models are assumed to work off
+# full job queues (a tenth of the ~300 req/s they serve on 2 cores): deploy/k8s/deployment.yaml.
 QUEUE_FLOOR_RPS = 30
 
 
@@ -570,7 +569,9 @@ def test_prestop_drains_with_the_supervisors_figures(where: str) -> None:
 def test_grace_period_covers_announce_timeout_and_the_stop(where: str) -> None:
     pod, container = pods()[where]
     stop = stop_command(container["lifecycle"]["preStop"]["exec"]["command"])
-    assert pod["terminationGracePeriodSeconds"] >= stop.announce + stop.timeout + STOP_MARGIN
+    # the hook takes at most --timeout (announce included) + TorchServe's own stop; the
+    # announce on top leaves time to start the hook's Python
+    assert pod["terminationGracePeriodSeconds"] >= stop.announce + stop.timeout + STOP_TIMEOUT
 
 
 def test_drain_timeout_covers_the_longest_batch_and_full_queues() -> None:
@@ -618,7 +619,7 @@ def test_liveness_never_fails_on_a_drain() -> None:
         argv = live["exec"]["command"][2:]
         args = build_parser().parse_args(argv)
         assert (args.probe, args.customized) == ("liveness", False), where
-        assert live["periodSeconds"] * live["failureThreshold"] > STOP_MARGIN, where
+        assert live["periodSeconds"] * live["failureThreshold"] > STOP_TIMEOUT, where
         ready = build_parser().parse_args(container["readinessProbe"]["exec"]["command"][2:])
         assert (ready.probe, ready.customized) == ("readiness", True), where
 
@@ -688,7 +689,7 @@ def test_image_runs_torchserve_under_servekit_run() -> None:
     (label,) = shlex.split(steps["LABEL"])
     key, _, value = label.partition("=")
     assert key == "io.github.torchserve-kit.stop-timeout"
-    assert int(value) >= options.announce + options.timeout + STOP_MARGIN
+    assert int(value) >= options.announce + options.timeout + STOP_TIMEOUT
 
 
 # --- Dockerfiles -------------------------------------------------------------------------
