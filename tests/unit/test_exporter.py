@@ -442,7 +442,7 @@ def test_every_family_of_the_contract() -> None:
         (dict(labels)["model_name"], dict(labels)["status"]): value
         for labels, value in families["servekit_handler_workers"].items()
     }
-    assert set(STATUSES) == {"ready", "warming", "degraded", "initializing", "unknown"}
+    assert set(STATUSES) == {"ready", "warming", "degraded", "initializing", "draining", "unknown"}
     assert handler == {
         **{(m, s): 0.0 for m in ("iris", "digits") for s in STATUSES},
         ("iris", "ready"): 1,
@@ -703,7 +703,14 @@ def test_workers_statuses_restarts_and_recycles_from_a_polled_server(
     assert families["servekit_torchserve_up"] == {(): 1.0}
     assert by_model(families["servekit_model_workers_ready"]) == {"iris": 2}
     handler = {dict(k)["status"]: v for k, v in families["servekit_handler_workers"].items()}
-    assert handler == {"ready": 1, "warming": 1, "degraded": 0, "initializing": 0, "unknown": 0}
+    assert handler == {
+        "ready": 1,
+        "warming": 1,
+        "degraded": 0,
+        "initializing": 0,
+        "draining": 0,
+        "unknown": 0,
+    }
 
     publish(directory, 101, json.dumps({**GOOD, "leaving": "recycle"}))
     fake.describes["iris"] = describe("iris", [worker(9000, 201), worker(9001, 202)])
@@ -879,7 +886,8 @@ def test_a_model_list_that_never_ends(fake: FakeTorchServe, tmp_path: Path) -> N
     watcher = Watcher(fake.target())
     poller = threading.Thread(target=watcher.poll, daemon=True)
     poller.start()
-    poller.join(5)  # the fake's shutdown at teardown ends the poll: no answer, unreachable
+    # 1,000 pages however loaded the machine; the fake's shutdown at teardown ends the poll
+    poller.join(60)
     assert not poller.is_alive()
 
 
