@@ -66,7 +66,6 @@ from servekit.health.recycle import (
     interruptible,
     is_parked,
     model_lock,
-    process_alive,
 )
 from servekit.ops.frontend import find_frontend
 from servekit.runtime.decoding import brief
@@ -85,6 +84,7 @@ PROG = "servekit rollout"
 COPY_MARK = "-rollout-"  # in the name of an archive this command copied into the model store
 PARK_WINDOW = PARK_SECONDS / 2  # a worker signalled parks within this, or is signalled again
 READY_STATUS = "ready"
+SENDER_JOIN_SECONDS = 1.0
 # servekit.runtime.base.VERSION_HEADER, without importing the handler base (torch, ts) here
 VERSION_HEADER = "X-Model-Version"
 
@@ -97,6 +97,12 @@ class RolloutFailed(ServerError):
 class Smoke:
     body: bytes
     content_type: str | None
+
+
+@dataclass
+class _Attempt:
+    registered: bool = False
+    switched: bool = False
 
 
 @dataclass
@@ -198,10 +204,9 @@ class Rollout:
         """Register, warm up and smoke-test ``version``, switch to it, retire ``old``."""
         mark = log_mark(self.log_dir) if self.log_dir is not None else None
         name, copied = self._place(archive, version)
-        registered = switched = False
-        try:
+        with self._undone_unless_switched(version, name if copied else None) as attempt:
             with self.timings.step("register"):
-                registered = True  # unless TorchServe refuses: a lost answer may be a yes
+                attempt.registered = True  # unless TorchServe refuses: a lost answer may be yes
                 try:
                     self.api.register(
                         name,
@@ -211,7 +216,7 @@ class Rollout:
                         timeout=self.timeout,
                     )
                 except ManagementError as err:
-                    registered = not 400 <= err.status < 500
+                    attempt.registered = not 400 <= err.status < 500
                     raise
                 self._configure(name, version, workers)
             with self.timings.step("ready"):
@@ -219,18 +224,29 @@ class Rollout:
             with self.timings.step("smoke"):
                 status = self._smoke(version, smoke)
             self.say(f"{self.model} {version}: smoke request answered {status}")
-            with self.timings.step("switch"):
-                self.api.set_default(self.model, version)
-                switched = True
-            self.say(f"{self.model}: default version {old} -> {version}")
-        except ManagementError as err:
-            raise RolloutFailed(str(err)) from None
-        finally:
-            if not switched:
-                with deferred_signals():
-                    self._roll_back(version, name if copied else None, registered)
-        with deferred_signals(), self.timings.step("drain"):
-            self._retire(old, keep_old)
+            with deferred_signals():  # from the switch on, a signal waits until the drain ends
+                with self.timings.step("switch"):
+                    self.api.set_default(self.model, version)
+                    attempt.switched = True
+                self.say(f"{self.model}: default version {old} -> {version}")
+                with self.timings.step("drain"):
+                    self._retire(old, keep_old)
+
+    @contextlib.contextmanager
+    def _undone_unless_switched(self, version: str, copy: str | None) -> Iterator[_Attempt]:
+        """Whatever stops the rollout before the switch (an error, a signal) removes the new
+        version and its copy; a refusal of the management API is a ``RolloutFailed``."""
+        attempt = _Attempt()
+        try:
+            yield attempt
+        except BaseException as err:
+            if attempt.switched:
+                raise
+            with deferred_signals():
+                self._roll_back(version, copy, attempt.registered)
+            if isinstance(err, ManagementError):
+                raise RolloutFailed(str(err)) from None
+            raise
 
     # -- 1. register ------------------------------------------------------------------------
 
@@ -400,10 +416,11 @@ class Rollout:
                 self._until(lambda: not any(map(is_parked, pids)), PARK_SECONDS + 5)
             url = entry.get("modelUrl")
             self.api.unregister(self.model, old, timeout=self.timeout)
-        self._until(lambda: not any(map(process_alive, pids)), self.timeout)
         if isinstance(url, str) and COPY_MARK in url and "/" not in url:
             with contextlib.suppress(OSError):
                 (self.model_store / url).unlink()  # an earlier rollout's copy
+        # the processes leave when the describe they hold ends (PARK_SECONDS after the
+        # signal); they serve nothing meanwhile, and no worker list holds them any more
         self.say(f"{self.model} {old}: {len(pids)} worker(s) drained, unregistered")
 
     def _all_parked(self, pids: Sequence[int], timeout: float) -> bool:
@@ -434,9 +451,10 @@ class Rollout:
         try:
             yield
         finally:
-            stop.set()
+            stop.set()  # the describes still held end with the parks; nobody waits for them
+            deadline = time.monotonic() + SENDER_JOIN_SECONDS
             for thread in threads:
-                thread.join(PARK_SECONDS + 5)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _describe_until(self, version: str, stop: threading.Event) -> None:
         api = Management(self.api.url, self.api.token, timeout=PARK_SECONDS + 5)
@@ -587,8 +605,9 @@ def _roll_out(
         with interruptible(PROG), model_lock(stats_dir(args.model), args.model, PROG):
             rollout.run(args.archive, version, old, workers, smoke, args.keep_old)
     except Interrupted as stop:
-        state = "the old version was drained" if rollout.timings.steps.get("drain") else ""
-        return _fail(f"{stop}{'; ' + state if state else ''}", 128 + stop.signum)
+        finished = "drain" in rollout.timings.steps
+        after = f", after the switch: the rollout to {version} finished first" if finished else ""
+        return _fail(f"{stop}{after}", 128 + stop.signum)
     except Busy as err:
         return _fail(str(err), 1)
     except RolloutFailed as err:
