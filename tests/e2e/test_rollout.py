@@ -160,6 +160,7 @@ def unchanged_after(server: TorchServe, action: Callable[[], Run]) -> Run:
     run = action()
     assert (versions(server), store_files(server)) == before, run.err
     assert answered_by(server) == (200, default_version(server))
+    leftover_workers(server)  # and no process of the removed version stays behind
     return run
 
 
@@ -195,8 +196,10 @@ def test_a_version_that_fails_to_load_is_removed(server: TorchServe, archives: P
 
 def test_a_failing_smoke_request_rolls_back(server: TorchServe, archives: Path) -> None:
     new = rebuilt(original(server), archives / "smoke.mar", "8.0")
-    run = unchanged_after(server, lambda: rollout(server, new, "--smoke-json", '{"nope": 1}'))
+    smoke = ("--smoke-json", '{"nope": 1}', "--workers", "1")  # fewer than the archive says
+    run = unchanged_after(server, lambda: rollout(server, new, *smoke))
     assert run.code == 1, run.err
+    assert f"{MODEL}: registered 8.0 (" in run.out and ") with 1 worker" in run.out, run.out
     assert f"{MODEL} 8.0: the smoke request answered 400: " in run.err, run.err
     assert "send {" in run.err  # the handler's message
     assert "rolled back: 8.0 removed" in run.err
