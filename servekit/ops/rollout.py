@@ -101,6 +101,7 @@ class Smoke:
 
 @dataclass
 class _Attempt:
+    copy: str | None = None  # the archive's copy in the model store, when it was copied
     registered: bool = False
     switched: bool = False
 
@@ -203,8 +204,8 @@ class Rollout:
     ) -> None:
         """Register, warm up and smoke-test ``version``, switch to it, retire ``old``."""
         mark = log_mark(self.log_dir) if self.log_dir is not None else None
-        name, copied = self._place(archive, version)
-        with self._undone_unless_switched(version, name if copied else None) as attempt:
+        with self._undone_unless_switched(version) as attempt:
+            name = self._place(archive, version, attempt)
             with self.timings.step("register"):
                 attempt.registered = True  # unless TorchServe refuses: a lost answer may be yes
                 try:
@@ -233,7 +234,7 @@ class Rollout:
                     self._retire(old, keep_old)
 
     @contextlib.contextmanager
-    def _undone_unless_switched(self, version: str, copy: str | None) -> Iterator[_Attempt]:
+    def _undone_unless_switched(self, version: str) -> Iterator[_Attempt]:
         """Whatever stops the rollout before the switch (an error, a signal) removes the new
         version and its copy; a refusal of the management API is a ``RolloutFailed``."""
         attempt = _Attempt()
@@ -243,32 +244,31 @@ class Rollout:
             if attempt.switched:
                 raise
             with deferred_signals():
-                self._roll_back(version, copy, attempt.registered)
+                self._roll_back(version, attempt.copy, attempt.registered)
             if isinstance(err, ManagementError):
                 raise RolloutFailed(str(err)) from None
             raise
 
     # -- 1. register ------------------------------------------------------------------------
 
-    def _place(self, archive: Path, version: str) -> tuple[str, bool]:
-        """The archive's name in the model store, and whether it was copied there."""
+    def _place(self, archive: Path, version: str, attempt: _Attempt) -> str:
+        """The archive's name in the model store (``attempt.copy`` when it was copied)."""
         with contextlib.suppress(OSError):
             if archive.resolve().parent == self.model_store.resolve():
-                return archive.name, False
+                return archive.name
         safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in version)
         name = f"{self.model}-{safe}{COPY_MARK}{secrets.token_hex(4)}.mar"
         target = self.model_store / name
         try:
             with archive.open("rb") as source, target.open("xb") as copy:
+                attempt.copy = name
                 shutil.copyfileobj(source, copy)
         except OSError as err:
-            with contextlib.suppress(OSError):
-                target.unlink()
             raise UsageError(
                 f"cannot copy {archive} into the model store {self.model_store}: "
                 f"{err.strerror or err} (give --model-store DIR, the server's)"
             ) from None
-        return name, True
+        return name
 
     def _configure(self, name: str, version: str, workers: int) -> None:
         entry = self.api.entry(self.model, version)
@@ -372,19 +372,21 @@ class Rollout:
     # -- rolling back -----------------------------------------------------------------------
 
     def _roll_back(self, version: str, copy: str | None, registered: bool) -> None:
-        problems = []
+        done = []
         if registered:
             try:
                 self.api.unregister(self.model, version, timeout=self.timeout)
+                done.append(f"{version} unregistered")
             except ServerError as err:
-                problems.append(f"could not unregister {version}: {err}")
+                done.append(f"could not unregister {version}: {err}")
         if copy is not None:
             try:
                 (self.model_store / copy).unlink(missing_ok=True)
+                done.append(f"{copy} removed from the model store")
             except OSError as err:
-                problems.append(f"could not remove {copy} from the model store: {err.strerror}")
-        done = "; ".join(problems) or f"{version} removed"
-        print(f"{PROG}: rolled back: {done}; the default version is unchanged", file=sys.stderr)
+                done.append(f"could not remove {copy} from the model store: {err.strerror}")
+        if done:
+            print(f"{PROG}: rolled back: {'; '.join(done)}", file=sys.stderr)
 
     # -- 5. retire the old version ----------------------------------------------------------
 

@@ -189,7 +189,7 @@ def test_a_version_that_fails_to_load_is_removed(server: TorchServe, archives: P
     run = unchanged_after(server, lambda: rollout(server, bad, "--smoke-json", BODY.decode()))
     assert run.code == 1, run.err
     assert f"{MODEL} 9.0 failed to load: handler option 'delay_ms' is -1" in run.err, run.err
-    assert "rolled back: 9.0 removed" in run.err
+    assert f"rolled back: 9.0 unregistered; {MODEL}-9_0-rollout-" in run.err
     assert "Traceback" not in run.err
     assert run.seconds < 60, run  # the log's reason ends the wait: not the 60 s timeout
 
@@ -202,7 +202,7 @@ def test_a_failing_smoke_request_rolls_back(server: TorchServe, archives: Path) 
     assert f"{MODEL}: registered 8.0 (" in run.out and ") with 1 worker" in run.out, run.out
     assert f"{MODEL} 8.0: the smoke request answered 400: " in run.err, run.err
     assert "send {" in run.err  # the handler's message
-    assert "rolled back: 8.0 removed" in run.err
+    assert f"rolled back: 8.0 unregistered; {MODEL}-8_0-rollout-" in run.err
 
 
 def test_sigterm_before_the_switch_rolls_back(server: TorchServe, archives: Path) -> None:
@@ -214,7 +214,10 @@ def test_sigterm_before_the_switch_rolls_back(server: TorchServe, archives: Path
         ),
     )
     assert run.code == 128 + SIGTERM, run.err
-    assert "stopped by SIGTERM" in run.err and "rolled back: 6.0 removed" in run.err
+    assert (
+        "stopped by SIGTERM" in run.err
+        and f"rolled back: 6.0 unregistered; {MODEL}-6_0-rollout-" in run.err
+    )
 
 
 def test_the_registered_version_again_is_a_usage_error(server: TorchServe, archives: Path) -> None:
