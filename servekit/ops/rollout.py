@@ -395,10 +395,12 @@ class Rollout:
             self.say(f"{self.model} {old}: kept (--keep-old), no longer the default")
             return
         entry = self.api.entry(self.model, old)
-        pids = [int(w["pid"]) for w in entry["workers"]]
+        # READY ones only: a worker not started has no process yet (its pid reads -1, and
+        # kill(-1) would signal every process of this user)
+        pids = [int(w["pid"]) for w in Management.ready_workers(entry) if int(w["pid"]) > 0]
         deadline = time.monotonic() + self.timeout
-        with self._describing(old, max(1, len(pids))):
-            while True:
+        with self._describing(old, len(pids)):
+            while pids:
                 for pid in pids:
                     if not is_parked(pid):
                         with contextlib.suppress(ProcessLookupError):

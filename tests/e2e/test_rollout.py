@@ -205,6 +205,20 @@ def test_a_failing_smoke_request_rolls_back(server: TorchServe, archives: Path) 
     assert f"rolled back: 8.0 unregistered; {MODEL}-8_0-rollout-" in run.err
 
 
+def test_an_archive_in_the_model_store_is_registered_by_name_and_kept(
+    server: TorchServe,
+) -> None:
+    """Not copied, and not removed by the roll-back: it is the operator's file."""
+    inside = rebuilt(original(server), original(server).with_name("slow_v5.mar"), "5.0")
+    try:
+        run = unchanged_after(server, lambda: rollout(server, inside, "--smoke-json", "[]"))
+        assert run.code == 1, run.err
+        assert f"{MODEL}: registered 5.0 (slow_v5.mar) with 2 workers" in run.out, run.out
+        assert "rolled back: 5.0 unregistered\n" in run.err, run.err
+    finally:
+        inside.unlink()
+
+
 def test_sigterm_before_the_switch_rolls_back(server: TorchServe, archives: Path) -> None:
     new = rebuilt(original(server), archives / "stopped.mar", "6.0")
     run = unchanged_after(
