@@ -504,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         "enable_model_api=true (management API on loopback). ARCHIVE is registered from the "
         "server's model store: when it is elsewhere it is copied there as "
         "MODEL-VERSION-rollout-XXXXXXXX.mar (removed again if the rollout fails or when a later "
-        "rollout retires that version). Exit codes: 0 rolled out, 1 failed and rolled back (the "
-        "old version stays the default), 2 usage error or bad archive, 3 server unreachable.",
+        "rollout retires that version). Run it with the server's TMPDIR: the model's operation "
+        "lock, shared with servekit recycle and scale, lives there. Exit codes: 0 rolled out, "
+        "1 failed and rolled back (the old version stays the default), 2 usage error or bad "
+        "archive, 3 server unreachable.",
     )
     parser.add_argument("model", type=model_name, metavar="MODEL")
     parser.add_argument("archive", type=Path, metavar="ARCHIVE", help="the new version's .mar")
@@ -513,7 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_count, metavar="N", help="default: as many as the default version has"
     )
     smoke = parser.add_mutually_exclusive_group()
-    smoke.add_argument("--smoke", type=Path, metavar="FILE", help="the smoke request's body")
+    smoke.add_argument(
+        "--smoke",
+        type=Path,
+        metavar="FILE",
+        help="the smoke request's body (default: the project's examples/MODEL.json, .png, "
+        ".jpg or .txt, else the sample `servekit examples` sends, if any)",
+    )
     smoke.add_argument("--smoke-json", metavar="TEXT", help="the smoke request's JSON body")
     parser.add_argument(
         "--content-type",
