@@ -36,7 +36,7 @@ from servekit.bench.closed_loop import CONNECT_REFUSED, CUT, TIMEOUT, ClosedLoop
 from servekit.bench.machine import machine
 from servekit.config.specs import load_spec, read_yaml
 from servekit.errors import ConfigError
-from servekit.ops.drain import PID_FILE
+from servekit.ops.frontend import PID_FILE
 from servekit.project import Project
 from servekit.serve.archive import build
 from servekit.serve.management import Management

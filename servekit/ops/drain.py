@@ -28,10 +28,8 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,9 +39,9 @@ from typing import Any
 
 import psutil
 
-from servekit.config.properties import property_values
 from servekit.errors import ServerError
 from servekit.health.cli import UsageError, base_url, load_keys
+from servekit.ops.frontend import PID_FILE, Frontend, NoServer, from_pid, pid_file
 from servekit.runtime.draining import (
     ANNOUNCE,
     DEFAULT_RETRY_AFTER,
@@ -65,9 +63,6 @@ from servekit.serve.management import (
     ManagementUnreachable,
 )
 
-PID_FILE = ".model_server.pid"
-FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
-DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
 DEFAULT_ANNOUNCE = 2.0
 DEFAULT_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0  # TorchServe's own stop, after the drain
@@ -109,54 +104,6 @@ class DrainReport:
             f"{self.drained_s:.1f} s, stop {self.stopped_s:.1f} s): {self.answered} answered, "
             f"{self.refused} refused with 503 + Retry-After; {verdict}"
         )
-
-
-@dataclass(frozen=True)
-class Frontend:
-    """A running TorchServe frontend (the Java process) and what it was started with."""
-
-    pid: int
-    config: dict[str, str]
-    tmpdir: Path
-
-    @property
-    def management_url(self) -> str:
-        address = os.environ.get("TS_MANAGEMENT_ADDRESS") or self.config.get("management_address")
-        return (address or DEFAULT_MANAGEMENT).rstrip("/")
-
-
-def pid_file(tmpdir: Path | None = None) -> Path:
-    return (tmpdir or Path(tempfile.gettempdir())) / PID_FILE
-
-
-def find_frontend(pid: int | None = None, path: Path | None = None) -> Frontend:
-    """The frontend of ``pid`` or of the pid file; ``ServerError`` when none runs."""
-    if pid is None:
-        path = path or pid_file()
-        try:
-            pid = int(path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            raise NoServer(f"no TorchServe pid file at {path} (is TorchServe running?)") from None
-    try:
-        process = psutil.Process(pid)
-        cmdline = process.cmdline()
-        environ = process.environ()
-    except psutil.NoSuchProcess:
-        raise NoServer(f"TorchServe (pid {pid}) is not running") from None
-    except psutil.Error as err:
-        raise ServerError(f"cannot inspect process {pid}: {err}") from None
-    if FRONTEND_CLASS not in cmdline:
-        raise NoServer(f"process {pid} is not a TorchServe frontend ({' '.join(cmdline)[:120]})")
-    config: dict[str, str] = {}
-    if "-f" in cmdline[:-1]:
-        with contextlib.suppress(OSError, ValueError):
-            config = property_values(Path(cmdline[cmdline.index("-f") + 1]).read_text())
-    tmp = next((environ[k] for k in ("TMPDIR", "TEMP", "TMP") if environ.get(k)), "/tmp")
-    return Frontend(pid, config, Path(tmp))
-
-
-class NoServer(ServerError):
-    """No TorchServe runs where the command looked."""
 
 
 class Drainer:
@@ -428,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {text}", file=sys.stderr, flush=True)
 
     try:
-        frontend = find_frontend(args.pid, args.pid_file)
+        frontend = from_pid(args.pid, args.pid_file)
         with interruptible():
             report = drain_and_stop(frontend, args, say)
     except UsageError as err:

@@ -10,26 +10,37 @@ user, a container).
 
     >>> find_frontend("http://127.0.0.1:8081")                # doctest: +SKIP
     Frontend(pid=4242, workdir=PosixPath('/srv/models'), model_store=..., log_dir=...)
+
+``servekit stop`` finds it by pid instead (``from_pid``, TorchServe's pid file
+``$TMPDIR/.model_server.pid``): there it also needs the management address of the config and
+the ``TMPDIR`` of the environment the workers inherit.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
 
 from servekit.config.properties import property_values
-from servekit.errors import ConfigError
+from servekit.errors import ConfigError, ServerError
 
 MAIN_CLASS = "org.pytorch.serve.ModelServer"
 STORE_OPTIONS = ("-s", "--model-store")
 CONFIG_OPTIONS = ("-f", "--ts-config-file")
 MAX_CONFIG_BYTES = 1 << 20
+PID_FILE = ".model_server.pid"  # written by `torchserve --start` in its TMPDIR
+DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
+
+
+class NoServer(ServerError):
+    """No TorchServe runs where the command looked."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,43 @@ class Frontend:
     workdir: Path
     model_store: Path | None
     log_dir: Path
+    config: dict[str, str] = field(default_factory=dict)
+    """Its ``-f`` config file's keys (empty when it has none or it cannot be read)."""
+    tmpdir: Path = Path("/tmp")
+    """The ``TMPDIR`` its workers inherit: where their status files and drain marker live."""
+
+    @property
+    def management_url(self) -> str:
+        address = os.environ.get("TS_MANAGEMENT_ADDRESS") or self.config.get("management_address")
+        return (address or DEFAULT_MANAGEMENT).rstrip("/")
+
+
+def pid_file(tmpdir: Path | None = None) -> Path:
+    return (tmpdir or Path(tempfile.gettempdir())) / PID_FILE
+
+
+def from_pid(pid: int | None = None, path: Path | None = None) -> Frontend:
+    """The frontend of ``pid``, else of the pid file ``path`` (default: this ``TMPDIR``'s);
+    ``NoServer`` when none runs there."""
+    if pid is None:
+        path = path or pid_file()
+        try:
+            pid = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            raise NoServer(f"no TorchServe pid file at {path} (is TorchServe running?)") from None
+    try:
+        process = psutil.Process(pid)
+        args = process.cmdline()
+    except psutil.NoSuchProcess:
+        raise NoServer(f"TorchServe (pid {pid}) is not running") from None
+    except psutil.Error as err:
+        raise ServerError(f"cannot inspect process {pid}: {err}") from None
+    if MAIN_CLASS not in args:
+        raise NoServer(f"process {pid} is not a TorchServe frontend ({' '.join(args)[:120]})")
+    try:
+        return _frontend(process, args)
+    except psutil.Error as err:
+        raise ServerError(f"cannot inspect TorchServe (pid {pid}): {err}") from None
 
 
 def find_frontend(management_url: str) -> Frontend | None:
@@ -65,18 +113,27 @@ def _listens(connection: object, port: int) -> bool:
 def _frontend(process: psutil.Process, args: Sequence[str]) -> Frontend:
     workdir = Path(process.cwd())
     try:
-        location = process.environ().get("LOG_LOCATION")
+        environ = process.environ()
     except psutil.Error:
-        location = None
-    log_dir = workdir / (location or "logs")
-    return Frontend(process.pid, workdir, _model_store(args, workdir), log_dir)
+        environ = {}
+    log_dir = workdir / (environ.get("LOG_LOCATION") or "logs")
+    config_file = _option(args, CONFIG_OPTIONS)
+    config = {} if config_file is None else _config(workdir / config_file)
+    tmp = next((environ[k] for k in ("TMPDIR", "TEMP", "TMP") if environ.get(k)), "/tmp")
+    return Frontend(
+        process.pid, workdir, _model_store(args, workdir, config), log_dir, config, Path(tmp)
+    )
 
 
-def _model_store(args: Sequence[str], workdir: Path) -> Path | None:
+def _model_store(
+    args: Sequence[str], workdir: Path, config: dict[str, str] | None = None
+) -> Path | None:
     store = _option(args, STORE_OPTIONS)
     if store is None:
-        config = _option(args, CONFIG_OPTIONS)
-        store = None if config is None else _config_store(workdir / config)
+        if config is None:
+            config_file = _option(args, CONFIG_OPTIONS)
+            config = {} if config_file is None else _config(workdir / config_file)
+        store = config.get("model_store") or None
     return None if store is None else workdir / store
 
 
@@ -89,10 +146,11 @@ def _option(args: Sequence[str], names: Sequence[str]) -> str | None:
     return found
 
 
-def _config_store(path: Path) -> str | None:
+def _config(path: Path) -> dict[str, str]:
+    """The keys of a config.properties; empty when it cannot be read."""
     try:
         with path.open("rb") as config:
             text = config.read(MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
-        return property_values(text).get("model_store") or None
+        return property_values(text)
     except (OSError, ConfigError):
-        return None
+        return {}

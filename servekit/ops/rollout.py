@@ -70,6 +70,7 @@ from servekit.health.recycle import (
 from servekit.ops.frontend import find_frontend
 from servekit.runtime.decoding import brief
 from servekit.runtime.recycle import PARK_SECONDS
+from servekit.runtime.request_ids import VERSION_HEADER
 from servekit.runtime.stats import stats_dir
 from servekit.serve.examples import EXAMPLE_TYPES, project_samples, samples
 from servekit.serve.management import (
@@ -85,8 +86,6 @@ COPY_MARK = "-rollout-"  # in the name of an archive this command copied into th
 PARK_WINDOW = PARK_SECONDS / 2  # a worker signalled parks within this, or is signalled again
 READY_STATUS = "ready"
 SENDER_JOIN_SECONDS = 1.0
-# servekit.runtime.base.VERSION_HEADER, without importing the handler base (torch, ts) here
-VERSION_HEADER = "X-Model-Version"
 
 
 class RolloutFailed(ServerError):

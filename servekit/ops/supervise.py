@@ -29,15 +29,8 @@ import psutil
 
 from servekit.errors import ServerError
 from servekit.health.cli import UsageError
-from servekit.ops.drain import (
-    FRONTEND_CLASS,
-    STOP_TIMEOUT,
-    Frontend,
-    NoServer,
-    add_drain_arguments,
-    drain_and_stop,
-    find_frontend,
-)
+from servekit.ops.drain import STOP_TIMEOUT, add_drain_arguments, drain_and_stop
+from servekit.ops.frontend import MAIN_CLASS, Frontend, NoServer, from_pid
 from servekit.serve.management import ManagementError, ManagementUnreachable
 from servekit.serve.processes import stop_group
 
@@ -64,8 +57,8 @@ def frontend_of(launcher: subprocess.Popen[bytes], wait: float) -> Frontend | No
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(launcher.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    if FRONTEND_CLASS in child.cmdline():
-                        return find_frontend(child.pid)
+                    if MAIN_CLASS in child.cmdline():
+                        return from_pid(child.pid)
         if launcher.poll() is not None or time.monotonic() > deadline:
             return None
         time.sleep(0.1)

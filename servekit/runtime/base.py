@@ -48,7 +48,13 @@ from servekit.runtime.errors import (
 )
 from servekit.runtime.options import HandlerOptions
 from servekit.runtime.readiness import Readiness
-from servekit.runtime.request_ids import ECHO_HEADER, HEADER, RequestIds, request_ids
+from servekit.runtime.request_ids import (
+    ECHO_HEADER,
+    HEADER,
+    VERSION_HEADER,
+    RequestIds,
+    request_ids,
+)
 from servekit.runtime.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -58,7 +64,6 @@ T = TypeVar("T")
 STAGES = ("preprocess", "inference", "postprocess")
 HISTOGRAM = MetricTypes.HISTOGRAM
 ZEROED_CODES = (200, 400, 413, 500, 503, 507)
-VERSION_HEADER = "X-Model-Version"
 
 
 class ToolkitHandler(BaseHandler, Generic[ItemT]):

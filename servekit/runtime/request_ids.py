@@ -28,6 +28,7 @@ from typing import Any
 HEADER = "X-Request-ID"
 """The request header a client (or the queue bridge) sends its own id in."""
 ECHO_HEADER = "X-Client-Request-ID"
+VERSION_HEADER = "X-Model-Version"  # on every answer: the model version that gave it
 """The response header the client's id comes back in. Not ``X-Request-ID``: the frontend
 sets its own ``x-request-id`` on every response after the handler's headers, replacing one
 the handler set (measured on 0.12; tests/e2e/test_request_id_tracing.py)."""

@@ -22,9 +22,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from servekit.ops.drain import PID_FILE
+from servekit.bench.closed_loop import (
+    ANSWERED,
+    CONNECT_REFUSED,
+    CUT,
+    REFUSED_503,
+    TIMEOUT,
+    ClosedLoop,
+)
+from servekit.ops.frontend import PID_FILE
 from servekit.serve.server import TorchServe, running
-from servekit.bench.closed_loop import ANSWERED, CONNECT_REFUSED, CUT, REFUSED_503, TIMEOUT, ClosedLoop
 from tests.e2e.conftest import ROOT, wait_ready
 from tests.e2e.test_sagemaker_entrypoint import (
     Container,

@@ -29,10 +29,10 @@ import pytest
 import requests
 import yaml
 
+from servekit.bench.closed_loop import ANSWERED, ClosedLoop
 from servekit.ops.frontend import find_frontend
 from servekit.runtime.recycle import PARK_SECONDS
 from servekit.serve.server import TorchServe, running
-from tests.e2e.closed_loop import ANSWERED, ClosedLoop
 from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e

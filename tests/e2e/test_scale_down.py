@@ -23,8 +23,8 @@ import psutil
 import pytest
 import yaml
 
+from servekit.bench.closed_loop import ANSWERED, ClosedLoop
 from servekit.serve.server import TorchServe, running
-from tests.e2e.closed_loop import ANSWERED, ClosedLoop
 from tests.e2e.conftest import ROOT, describe
 from tests.e2e.test_operations import worker_processes
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from servekit.ops.drain import DrainReport, NoServer, build_parser, find_frontend
+from servekit.ops.drain import DrainReport, build_parser
+from servekit.ops.frontend import NoServer, from_pid
 from servekit.runtime.draining import (
     ANNOUNCE,
     REFUSE,
@@ -152,13 +153,13 @@ def test_stop_usage_errors() -> None:
 
 def test_a_pid_that_is_not_torchserve_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NoServer, match="not a TorchServe frontend"):
-        find_frontend(os.getpid())
+        from_pid(os.getpid())
     pid_file = tmp_path / "pid"
     pid_file.write_text("not a pid")
     with pytest.raises(NoServer, match="no TorchServe pid file"):
-        find_frontend(path=pid_file)
+        from_pid(path=pid_file)
     with pytest.raises(NoServer, match="not running"):
-        find_frontend(2**22 + 12345)
+        from_pid(2**22 + 12345)
 
 
 def test_the_report_says_what_was_cut() -> None:

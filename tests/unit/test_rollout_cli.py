@@ -12,7 +12,6 @@ import pytest
 from servekit.health.initlog import last_init_error, log_mark
 from servekit.ops import rollout
 from servekit.ops.frontend import _model_store, find_frontend
-from servekit.runtime.base import VERSION_HEADER
 from servekit.serve.server import free_ports
 
 MANIFEST = {
@@ -119,10 +118,6 @@ def test_bad_options_exit_2(bad: list[str], capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as stop:
         rollout.main(["slow_model", "x.mar", *bad])
     assert stop.value.code == 2
-
-
-def test_the_version_header_is_the_handlers() -> None:
-    assert rollout.VERSION_HEADER == VERSION_HEADER
 
 
 def test_model_store_from_the_frontend_command_line(tmp_path: Path) -> None:
