@@ -310,16 +310,27 @@ def interruptible(prog: str = "servekit recycle") -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold ``SIGTERM``/``SIGINT`` while a clean-up runs; delivered when it ends."""
+    """Hold ``SIGTERM``/``SIGINT`` while a clean-up runs; delivered when it ends.
+
+    The Python handlers are swapped, not the thread's signal mask: with other threads running
+    (the describe senders) the kernel delivers a signal to one that does not block it, and
+    Python then runs the handler in the main thread anyway, inside the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = {signal.SIGTERM, signal.SIGINT}
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    before = {s: signal.signal(s, hold) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])  # to the handlers in force again, now
 
 
 @contextlib.contextmanager
