@@ -25,7 +25,7 @@ MODEL ?= iris
 FILE ?= examples/iris.json
 BENCH_ARGS ?=
 
-.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor prometheusrule bench-observe bridge ask bench-bridge recycle bench-ops bench-drain bench baselines tune bench-first
+.PHONY: help install models-local java archive serve stop health test test-gpu test-unit test-e2e fuzz lint show-config train clean validate config-docs inspect brokers prometheus exporter monitor prometheusrule bench-observe bridge ask bench-bridge recycle scale rollout bench-ops bench-drain bench baselines tune bench-first
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -83,6 +83,14 @@ health: ## check the running server: /ping and every model's READY workers (exit
 
 recycle: ## recycle MODEL's workers past MAX_MEMORY_MB (default 2048), never below minWorkers READY
 	$(BIN)/servekit recycle --model $(MODEL) --max-memory-mb $(or $(MAX_MEMORY_MB),2048)
+
+scale: ## scale MODEL to WORKERS workers without losing a request (servekit scale)
+	@test -n "$(WORKERS)" || { echo "usage: make scale MODEL=iris WORKERS=2"; exit 2; }
+	$(BIN)/servekit scale --model $(MODEL) --workers $(WORKERS)
+
+rollout: ## switch MODEL to ARCHIVE (a .mar of a new version) under load; rolls back on failure
+	@test -n "$(ARCHIVE)" || { echo "usage: make rollout MODEL=iris ARCHIVE=path/to/iris-2.mar"; exit 2; }
+	$(BIN)/servekit rollout $(MODEL) $(ARCHIVE)
 
 bench-ops: install archive ## measure 503 latency, init-failure detection, worker recovery, recycling
 	$(BIN)/servekit bench-ops
