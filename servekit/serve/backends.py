@@ -160,8 +160,10 @@ class Reference:
         except ModuleNotFoundError as err:
             raise ArchiveError(f"backends need the package {err.name}") from None
         where = str(model_dir)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True)
-        self.model = transformers.AutoModel.from_pretrained(where, local_files_only=True).eval()
+        with _quiet():  # a progress bar per load
+            auto = transformers.AutoTokenizer, transformers.AutoModel
+            self.tokenizer = auto[0].from_pretrained(where, local_files_only=True)
+            self.model = auto[1].from_pretrained(where, local_files_only=True).eval()
         self.pooling = pooling
 
     def embed(self, sentences: Sequence[str], encoder: Any = None) -> torch.Tensor:
@@ -385,8 +387,10 @@ def _one_thread() -> Iterator[None]:
 def _quiet() -> Iterator[None]:
     """The exporter and the quantizer print progress and advice to stdout and stderr."""
     sink = io.StringIO()
-    level = logging.root.level
-    logging.root.setLevel(logging.ERROR)
+    loggers = [logging.root, logging.getLogger("torch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with (
             warnings.catch_warnings(),
@@ -396,7 +400,8 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        logging.root.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 # --- the command -----------------------------------------------------------------------------

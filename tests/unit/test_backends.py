@@ -1,0 +1,216 @@
+"""MiniLM's ONNX backends: the option, the export and quantization (same inputs, same bytes),
+the accuracy gate (a broken backend is refused with its figures) and the handler on each backend
+through TorchServe's worker code, against eager fp32."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from onnx import numpy_helper
+
+from servekit.config.specs import effective_config, load_spec
+from servekit.errors import ConfigError
+from servekit.runtime.backends import GATE_FILE, ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
+from servekit.runtime.errors import ModelLoadError
+from servekit.runtime.text import EmbeddingOptions
+from servekit.serve import archive, backends
+from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
+from tests.conftest import ROOT
+
+MINILM = ROOT / "build" / "models" / "minilm"
+SENTENCES = [
+    "A man is eating food.",
+    "Hi",
+    "The new movie is awesome.",
+    "A cheetah is running behind its prey, across the dry grass of the savanna at noon.",
+    "Le chat est assis dehors.",
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[backends.GateFigures]]:
+    """Both backends built once (one export), with their figures."""
+    out = tmp_path_factory.mktemp("backends")
+    return out, backends.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, out)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----- the option ------------------------------------------------------------------------------
+def test_backend_defaults_to_eager_and_takes_each_backend() -> None:
+    assert EmbeddingOptions().backend == "eager"
+    for name in ("eager", "onnxruntime", "onnxruntime-int8"):
+        assert EmbeddingOptions.from_section({"backend": name}).backend == name
+
+
+@pytest.mark.parametrize("value", ["onnx", "int8", "ONNXRUNTIME", ""])
+def test_an_unknown_backend_is_refused_naming_the_allowed_ones(value: str) -> None:
+    allowed = r"'backend' is .*allowed: eager, onnxruntime, onnxruntime-int8"
+    with pytest.raises(ModelLoadError, match=allowed):
+        EmbeddingOptions.from_section({"backend": value})
+
+
+def test_a_backend_that_is_no_string_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match=r"'backend' .* expected str"):
+        EmbeddingOptions.from_section({"backend": 8})
+
+
+# ----- the gate --------------------------------------------------------------------------------
+def test_both_backends_pass_the_gate_with_their_figures(
+    built: tuple[Path, list[backends.GateFigures]],
+) -> None:
+    fp32, int8 = built[1]
+    assert fp32.passed and fp32.mean_cosine >= 0.9999, fp32
+    assert int8.passed and int8.min_cosine >= backends.MIN_COSINE, int8
+    assert int8.mean_cosine < fp32.mean_cosine  # int8 is measured, not copied from fp32
+    assert int8.neighbours_kept == int8.neighbours == 60
+    assert int8.sentences == 298
+    assert len(int8.kept_fp32) == 10 and "encoder.layer.0.output.dense" in int8.kept_fp32
+    assert fp32.kept_fp32 == ()
+
+
+def test_a_perturbed_model_fails_the_gate_naming_its_figures(
+    built: tuple[Path, list[backends.GateFigures]], tmp_path: Path
+) -> None:
+    model = onnx.load(str(built[0] / ONNX_FILES[ONNXRUNTIME]))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        weights = numpy_helper.to_array(init)
+        if weights.dtype == np.float32 and weights.ndim == 2 and weights.shape[0] == 384:
+            noisy = weights + rng.normal(0, 0.02, weights.shape).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    reference = backends.Reference(MINILM)
+    figures = backends.measure(ONNXRUNTIME, reference, broken, backends.Heldout.read())
+    assert not figures.passed
+    assert figures.min_cosine < backends.MIN_COSINE
+    assert f"lowest {figures.min_cosine:.4f} (>= 0.98)" in figures.summary()
+
+
+def test_int8_with_every_layer_quantized_is_refused_by_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All 36 linear layers in int8: the lowest cosine falls under 0.98, nothing is archived."""
+    monkeypatch.setattr(backends, "KEEP_FP32", ())
+    specs = tmp_path / "config"
+    specs.mkdir()
+    spec = yaml.safe_load((ROOT / "config" / "minilm.yml").read_text())
+    spec["name"] = "minilm-allint8"
+    spec["handler_options"]["backend"] = "onnxruntime-int8"
+    (specs / "minilm-allint8.yml").write_text(yaml.safe_dump(spec))
+    store = tmp_path / "store"
+    argv = ["--project", str(ROOT), "--config-dir", str(specs), "--store", str(store)]
+    assert archive.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "backend onnxruntime-int8 of 'minilm-allint8' fails the accuracy gate" in err
+    assert "lowest 0.9" in err and "not archived" in err
+    assert not (store / "minilm-allint8.mar").exists()
+
+
+def test_a_spec_without_a_hugging_face_model_is_bad_input(tmp_path: Path) -> None:
+    spec = load_spec(ROOT / "config" / "iris.yml", ROOT)
+    config = {"handler": {"backend": "onnxruntime"}}
+    with pytest.raises(ConfigError, match="needs a Hugging Face model"):
+        backends.stage(spec, config, tmp_path)
+
+
+# ----- reproducible ----------------------------------------------------------------------------
+def test_the_same_inputs_give_the_same_onnx_bytes(
+    built: tuple[Path, list[backends.GateFigures]], tmp_path: Path
+) -> None:
+    again = backends.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, tmp_path)
+    for name in ONNX_FILES.values():
+        assert sha(tmp_path / name) == sha(built[0] / name), name
+    assert again == built[1]
+
+
+def test_the_export_holds_no_machine_path(built: tuple[Path, list[backends.GateFigures]]) -> None:
+    for name in ONNX_FILES.values():
+        data = (built[0] / name).read_bytes()
+        assert str(ROOT).encode() not in data and b"site-packages" not in data, name
+
+
+def test_the_digest_changes_with_the_backend() -> None:
+    spec = load_spec(ROOT / "config" / "minilm.yml", ROOT)
+    eager = effective_config(spec, {})
+    int8 = {**eager, "handler": {**eager["handler"], "backend": "onnxruntime-int8"}}
+    assert backends.digest_inputs(eager) == b""
+    assert archive.inputs_digest(spec, eager, ROOT) != archive.inputs_digest(spec, int8, ROOT)
+
+
+# ----- the handler on each backend -------------------------------------------------------------
+def unpacked(model_store: Path, into: Path, backend: str, built: Path) -> Path:
+    """The eager minilm.mar unpacked with ``backend`` added, as servekit archive builds it."""
+    with zipfile.ZipFile(model_store / "minilm.mar") as mar:
+        mar.extractall(into)
+    if backend != "eager":
+        shutil.copy(built / ONNX_FILES[backend], into / ONNX_FILES[backend])
+    config = yaml.safe_load((into / "model-config.yml").read_text())
+    config["handler"]["backend"] = backend
+    (into / "model-config.yml").write_text(yaml.safe_dump(config))
+    return into
+
+
+@pytest.fixture(scope="module")
+def eager(model_store: Path) -> Iterator[list[list[float]]]:
+    with LocalModel.from_mar(model_store / "minilm.mar") as model:
+        yield model.predict([Request.json(SENTENCES)])[0].json()["embeddings"]
+
+
+@pytest.mark.parametrize("backend", [ONNXRUNTIME, ONNXRUNTIME_INT8])
+def test_the_handler_answers_like_eager_on_each_backend(
+    backend: str,
+    eager: list[list[float]],
+    built: tuple[Path, list[backends.GateFigures]],
+    model_store: Path,
+    tmp_path: Path,
+) -> None:
+    model_dir = unpacked(model_store, tmp_path / "model", backend, built[0])
+    figures = next(f for f in built[1] if f.backend == backend)
+    (model_dir / GATE_FILE).write_text(json.dumps(figures.as_dict()))
+    with LocalModel(model_dir) as model:
+        replies = model.predict(
+            [Request.json(SENTENCES), Request.json("Hi"), Request.json(["x", ""])]
+        )
+        described = model.describe()
+    assert [r.status for r in replies] == [200, 200, 400]
+    got = np.array(replies[0].json()["embeddings"])
+    assert got.shape == (len(SENTENCES), 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosines = (got * np.array(eager)).sum(axis=1)
+    assert cosines.min() >= (0.9999 if backend == ONNXRUNTIME else 0.98), cosines
+    assert np.allclose(replies[1].json()["embedding"], got[1], atol=1e-5)
+    shown = described["backend"]
+    assert shown["name"] == backend and shown["file"] == ONNX_FILES[backend]
+    assert shown["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": 1}
+    assert shown["gate"]["passed"] is True
+    assert shown["gate"]["min_cosine"] == figures.min_cosine
+
+
+def test_the_eager_handler_describes_its_backend(model_store: Path) -> None:
+    with LocalModel.from_mar(model_store / "minilm.mar") as model:
+        assert model.describe()["backend"] == {"name": "eager"}
+
+
+def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
+    model_store: Path, tmp_path: Path, built: tuple[Path, list[backends.GateFigures]]
+) -> None:
+    model_dir = unpacked(model_store, tmp_path / "model", "eager", built[0])
+    config = yaml.safe_load((model_dir / "model-config.yml").read_text())
+    config["handler"]["backend"] = ONNXRUNTIME_INT8
+    (model_dir / "model-config.yml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelLoadFailed, match=r"holds no model-int8\.onnx: rebuild it"):
+        LocalModel(model_dir)
