@@ -24,9 +24,10 @@
 #   TMPDIR                  TorchServe's pid file and unpacked models [/tmp]
 #   SERVEKIT_DRAIN_ANNOUNCE  seconds the handlers report `draining` after SIGTERM before new
 #                           requests get 503 + Retry-After [2]
-#   SERVEKIT_DRAIN_TIMEOUT  the longest the drain on SIGTERM takes before TorchServe is stopped
-#                           anyway [60]; give the container at least announce + timeout + 15 s
-#                           (docker stop -t, SageMaker allows 30 s: set the timeout to fit)
+#   SERVEKIT_DRAIN_TIMEOUT  the longest the whole drain on SIGTERM takes (announce included)
+#                           before TorchServe is stopped anyway [20]; the container needs that
+#                           plus TorchServe's own stop (3-4 s here, at most 30 s) before it is
+#                           killed: raise both where the platform waits longer (docker stop -t)
 #
 # SIGTERM (what tini forwards) drains the server before it stops: `servekit run` runs TorchServe
 # in a process group of its own and, on the signal, fails readiness, refuses new requests with
@@ -54,7 +55,7 @@ host="${SERVEKIT_BIND_HOST:-0.0.0.0}"
 management_port="${SERVEKIT_MANAGEMENT_PORT:-8081}"
 metrics_port="${SERVEKIT_METRICS_PORT:-8082}"
 announce="${SERVEKIT_DRAIN_ANNOUNCE:-2}"
-drain_timeout="${SERVEKIT_DRAIN_TIMEOUT:-60}"
+drain_timeout="${SERVEKIT_DRAIN_TIMEOUT:-20}"
 
 fail() {
     echo "entrypoint: $*" >&2

@@ -39,6 +39,7 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     error: str = ""
+    sent_at: float = 0.0  # time.time() when it started: to compare with another process's clock
 
 
 class ClosedLoop:
@@ -122,24 +123,28 @@ class ClosedLoop:
 
     def send(self) -> Outcome:
         """One request on a connection of its own."""
-        sent = time.monotonic()
+        sent, sent_at = time.monotonic(), time.time()
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             try:
                 conn.connect()
             except OSError as err:
-                return Outcome(CONNECT_REFUSED, sent, time.monotonic(), error=repr(err))
+                return Outcome(
+                    CONNECT_REFUSED, sent, time.monotonic(), error=repr(err), sent_at=sent_at
+                )
             try:
                 conn.request("POST", self.path, body=self.body, headers=self.headers)
                 response = conn.getresponse()
                 body = response.read()
             except TimeoutError as err:
-                return Outcome(TIMEOUT, sent, time.monotonic(), error=repr(err))
+                return Outcome(TIMEOUT, sent, time.monotonic(), error=repr(err), sent_at=sent_at)
             except (OSError, http.client.HTTPException) as err:
-                return Outcome(CUT, sent, time.monotonic(), error=repr(err))
+                return Outcome(CUT, sent, time.monotonic(), error=repr(err), sent_at=sent_at)
             headers = {k.lower(): v for k, v in response.getheaders()}
             kind = REFUSED_503 if response.status == 503 and "retry-after" in headers else ANSWERED
-            return Outcome(kind, sent, time.monotonic(), response.status, headers, body)
+            return Outcome(
+                kind, sent, time.monotonic(), response.status, headers, body, sent_at=sent_at
+            )
         finally:
             conn.close()
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -41,6 +43,7 @@ import psutil
 
 from servekit.errors import ServerError
 from servekit.health.cli import UsageError, base_url, load_keys
+from servekit.health.recycle import deferred_signals
 from servekit.ops.frontend import PID_FILE, Frontend, NoServer, from_pid, pid_file
 from servekit.runtime.draining import (
     ANNOUNCE,
@@ -91,6 +94,8 @@ class DrainReport:
     clean: bool = True
     models: dict[str, int] = field(default_factory=dict)
     """Each model's allowance: what it had accepted when refusing began."""
+    refusing_at: float = 0.0
+    """When refusing began (seconds since the epoch): a request sent before it was accepted."""
 
     def line(self) -> str:
         total = self.announced_s + self.drained_s + self.stopped_s
@@ -126,6 +131,7 @@ class Drainer:
         self.say = say
         self.directory = drain_dir(frontend.tmpdir)
         self.marker = marker_path(self.directory, frontend.pid)
+        self.quiet = QUIET_SECONDS
 
     # -- the whole drain -------------------------------------------------------------------
 
@@ -133,15 +139,44 @@ class Drainer:
         report = DrainReport()
         if not private_dir(self.directory):
             raise ServerError(f"cannot use {self.directory} for the drain marker (not private)")
+        self.api.models()  # a wrong address or key fails here, before readiness drops
+        with self._lock():
+            return self._run(report, stop)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One drain of a server at a time (a second one would clear the first's marker)."""
+        path = self.directory / f"{self.frontend.pid}.lock"
+        with open(path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "?"
+                raise ServerError(
+                    f"another servekit stop (pid {holder}) is draining this server"
+                ) from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def _run(self, report: DrainReport, stop: bool) -> DrainReport:
         started = time.monotonic()
         try:
-            self._write(Marker(ANNOUNCE, self.retry_after))
+            self._write(ANNOUNCE)
             self.say(
                 f"draining: handlers report `draining` (readiness fails) for {self.announce:g} s"
             )
             time.sleep(self.announce)
             report.announced_s = time.monotonic() - started
             refusing = time.monotonic()
+            report.refusing_at = time.time()
             report.models = self._refuse()
             self.say(
                 "refusing new requests (503 + Retry-After); serving what was accepted: "
@@ -153,7 +188,8 @@ class Drainer:
             report.answered, report.refused = self._served()
             if stop:
                 stopping = time.monotonic()
-                self._stop_frontend()
+                with deferred_signals():  # stopping has begun: a signal cannot undo it
+                    self._stop_frontend()
                 report.stopped_s = time.monotonic() - stopping
         except BaseException:
             if not stop or _alive(self.frontend.pid):
@@ -164,7 +200,8 @@ class Drainer:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _write(self, marker: Marker) -> None:
+    def _write(self, phase: str, allowance: dict[str, int] | None = None) -> None:
+        marker = Marker.of_drainer(phase, self.frontend.pid, self.retry_after, allowance)
         write_atomically(self.marker, marker.to_json())
 
     def _versions(self) -> dict[str, list[dict[str, Any]]]:
@@ -175,34 +212,42 @@ class Drainer:
         """Start refusing: first with every request still allowed (and counted), then with
         each model's allowance: its spent tickets, plus what is queued, plus a full batch per
         worker (a batch taken from the queue just before it could be counted)."""
-        self._write(Marker(REFUSE, self.retry_after))
+        self._write(REFUSE)
         allowance: dict[str, int] = {}
-        for model, entries in self._versions().items():
-            queued = sum(_int(e.get("pendingRequests")) for e in entries)
+        versions = self._versions()
+        self.quiet = QUIET_SECONDS + max(
+            (_int(e.get("maxBatchDelay")) / 1000 for es in versions.values() for e in es),
+            default=0.0,
+        )
+        for model, entries in versions.items():
+            queued = sum(Management.pending_requests(e) for e in entries)
             batches = sum(
                 len(e.get("workers") or []) * max(1, _int(e.get("batchSize"))) for e in entries
             )
             spent = read_spent(spent_path(self.directory, self.frontend.pid, model))
             allowance[model] = spent + queued + batches
-        self._write(Marker(REFUSE, self.retry_after, allowance))
+        self._write(REFUSE, allowance)
         return allowance
 
     def _wait_quiet(self, deadline: float) -> int:
-        """Until nothing is queued, every worker is idle and nothing arrived for
-        ``QUIET_SECONDS``; the requests left at ``deadline`` otherwise."""
+        """Until every accepted request was answered: nothing queued, every worker idle and
+        nothing served for ``self.quiet`` (the longest ``maxBatchDelay`` and a margin: a batch
+        the frontend is still filling is neither queued nor in a worker); the requests left
+        at ``deadline`` otherwise. Refusals do not count: new arrivals cannot keep the drain
+        going."""
         since = time.time()
-        last_counts: tuple[int, int] | None = None
+        last_served: int | None = None
         quiet_from = time.monotonic()
         left = 0
         while True:
             versions = self._versions()
-            queued = sum(_int(e.get("pendingRequests")) for es in versions.values() for e in es)
+            queued = sum(Management.pending_requests(e) for es in versions.values() for e in es)
             busy = self._busy_workers(versions, since)
-            counts = self._served()
-            if counts != last_counts or queued or busy:
-                last_counts = counts
+            served = self._served()[0]
+            if served != last_served or queued or busy:
+                last_served = served
                 quiet_from = time.monotonic()
-            elif time.monotonic() - quiet_from >= QUIET_SECONDS:
+            elif time.monotonic() - quiet_from >= self.quiet:
                 return 0
             left = queued + busy
             if time.monotonic() >= deadline:
@@ -250,9 +295,12 @@ class Drainer:
             pid_file(self.frontend.tmpdir).unlink()
 
     def _clear(self) -> None:
+        """This drain's files: the marker, the ticket counters, the acknowledgements (the lock
+        goes when the drain ends)."""
         for path in self.directory.glob(f"{self.frontend.pid}.*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+            if path.suffix != ".lock":
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -299,6 +347,24 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or not 0 <= value <= 86_400:
         raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to 86400 seconds")
     return value
+
+
+def positive_pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id (a number > 0)")
+    return value
+
+
+def check_drain_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.announce >= args.timeout:
+        parser.error(
+            f"--announce {args.announce:g} must be shorter than --timeout {args.timeout:g} "
+            "(the timeout bounds the whole drain, announce included)"
+        )
 
 
 def retry_seconds(text: str) -> int:
@@ -351,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
         "with the server's TMPDIR, or give --pid. Exit codes: 0 drained and stopped, 1 "
         "stopped at the deadline with requests cut off, 2 usage error, 3 no server running.",
     )
-    parser.add_argument("--pid", type=int, help="the TorchServe frontend's pid (default: pid file)")
+    parser.add_argument(
+        "--pid", type=positive_pid, help="the TorchServe frontend's pid (default: pid file)"
+    )
     parser.add_argument("--pid-file", type=Path, help=f"default: $TMPDIR/{PID_FILE}")
     add_drain_arguments(parser)
     return parser
@@ -369,6 +437,7 @@ def drain_and_stop(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_drain_arguments(parser, args)
     prog = parser.prog
 
     def say(text: str) -> None:

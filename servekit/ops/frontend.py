@@ -54,9 +54,12 @@ class Frontend:
     tmpdir: Path = Path("/tmp")
     """The ``TMPDIR`` its workers inherit: where their status files and drain marker live."""
 
+    management_address: str | None = None
+    """``TS_MANAGEMENT_ADDRESS`` of its environment (which wins), else its config's."""
+
     @property
     def management_url(self) -> str:
-        address = os.environ.get("TS_MANAGEMENT_ADDRESS") or self.config.get("management_address")
+        address = self.management_address or self.config.get("management_address")
         return (address or DEFAULT_MANAGEMENT).rstrip("/")
 
 
@@ -119,9 +122,15 @@ def _frontend(process: psutil.Process, args: Sequence[str]) -> Frontend:
     log_dir = workdir / (environ.get("LOG_LOCATION") or "logs")
     config_file = _option(args, CONFIG_OPTIONS)
     config = {} if config_file is None else _config(workdir / config_file)
-    tmp = next((environ[k] for k in ("TMPDIR", "TEMP", "TMP") if environ.get(k)), "/tmp")
+    tmp = next((environ[k] for k in ("TMPDIR", "TEMP", "TMP") if environ.get(k)), None)
     return Frontend(
-        process.pid, workdir, _model_store(args, workdir, config), log_dir, config, Path(tmp)
+        process.pid,
+        workdir,
+        _model_store(args, workdir, config),
+        log_dir,
+        config,
+        Path(tmp or tempfile.gettempdir()),
+        environ.get("TS_MANAGEMENT_ADDRESS") or None,
     )
 
 

@@ -43,10 +43,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -405,7 +404,7 @@ class Rollout:
                         with contextlib.suppress(ProcessLookupError):
                             self.kill(pid, signal.SIGUSR2)
                 if self._all_parked(pids, min(PARK_WINDOW, deadline - time.monotonic())):
-                    pending = _pending(self.api.entry(self.model, old))
+                    pending = Management.pending_requests(self.api.entry(self.model, old))
                     if pending == 0:
                         break
                 if time.monotonic() > deadline:
@@ -464,12 +463,6 @@ class Rollout:
         while not stop.is_set():
             with contextlib.suppress(ServerError):
                 api.request("GET", model_path(self.model, version), {"customized": "true"})
-
-
-def _pending(entry: Mapping[str, Any]) -> int:
-    queue = entry.get("jobQueueStatus")
-    pending = queue.get("pendingRequests") if isinstance(queue, dict) else None
-    return pending if isinstance(pending, int) else 0
 
 
 def _message(reply: requests.Response) -> str:

@@ -29,7 +29,12 @@ import psutil
 
 from servekit.errors import ServerError
 from servekit.health.cli import UsageError
-from servekit.ops.drain import STOP_TIMEOUT, add_drain_arguments, drain_and_stop
+from servekit.ops.drain import (
+    STOP_TIMEOUT,
+    add_drain_arguments,
+    check_drain_arguments,
+    drain_and_stop,
+)
 from servekit.ops.frontend import MAIN_CLASS, Frontend, NoServer, from_pid
 from servekit.serve.management import ManagementError, ManagementUnreachable
 from servekit.serve.processes import stop_group
@@ -67,6 +72,7 @@ def frontend_of(launcher: subprocess.Popen[bytes], wait: float) -> Frontend | No
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_drain_arguments(parser, args)
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -74,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "give the TorchServe command after --, e.g. -- torchserve --start --foreground"
         )
-    if "--foreground" not in command and command[0].endswith("torchserve"):
-        parser.error("torchserve must run with --foreground under servekit run")
+    if "--start" in command and "--foreground" not in command:
+        parser.error("torchserve must run with --start --foreground under servekit run")
     prog = parser.prog
 
     def say(text: str) -> None:

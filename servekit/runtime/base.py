@@ -175,7 +175,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
             return "initializing"
         if self.warming:
             return "warming"
-        if self.drain is not None and self.drain.marker_path.exists():
+        if self.drain is not None and self.drain.marker() is not None:
             return "draining"
         return "degraded" if self.health.degraded else "ready"
 

@@ -6,7 +6,13 @@ tells the workers through a marker file beside their status files, one per serve
 the frontend's pid, the workers' parent)::
 
     $TMPDIR/servekit-<uid>/.drain/<frontend pid>.json
-    {"phase": "announce" | "refuse", "retry_after": 1, "allowance": {"<model>": n, ...}}
+    {"phase": "announce" | "refuse", "retry_after": 1, "allowance": {"<model>": n, ...},
+     "drainer": <pid>, "drainer_started": <start time>, "frontend_started": <start time>}
+
+A marker counts only while the drainer that wrote it runs (the same process: pid and start
+time) and names this worker's frontend by its start time too: a drainer killed half-way (a
+preStop hook past its grace period) or a marker left from an earlier server with the same pid
+(a restarted container) changes nothing.
 
 ``announce``: the handler says ``draining`` (custom metadata, status files), so readiness
 probes fail and load balancers stop sending; requests are served as usual.
@@ -33,6 +39,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -42,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from servekit.runtime.stats import owned_privately, private_dir
 
 logger = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ ANNOUNCE, REFUSE = "announce", "refuse"
 PHASES = (ANNOUNCE, REFUSE)
 DRAIN_DIR = ".drain"  # a model's stats directory cannot start with "." (stats.stats_dir)
 ACK_SECONDS = 0.05
+START_TOLERANCE = 0.05  # seconds: two reads of one process's start time agree within this
 MAX_MARKER_BYTES = 1 << 16
 DEFAULT_RETRY_AFTER = 1
 
@@ -73,16 +83,62 @@ def ack_path(directory: Path, frontend_pid: int, worker_pid: int) -> Path:
     return directory / f"{frontend_pid}.w{worker_pid}.json"
 
 
+def started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or ``None`` if it is gone."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
 @dataclass(frozen=True)
 class Marker:
     phase: str
     retry_after: int = DEFAULT_RETRY_AFTER
     allowance: Mapping[str, int] = field(default_factory=dict)
     """Requests each model may still serve once refusing; a model not named: all."""
+    drainer: int = 0
+    drainer_started: float = 0.0
+    frontend_started: float = 0.0
+
+    @classmethod
+    def of_drainer(
+        cls,
+        phase: str,
+        frontend_pid: int,
+        retry_after: int = DEFAULT_RETRY_AFTER,
+        allowance: Mapping[str, int] | None = None,
+    ) -> Marker:
+        """A marker written by this process for the frontend ``frontend_pid``."""
+        return cls(
+            phase,
+            retry_after,
+            dict(allowance or {}),
+            os.getpid(),
+            started(os.getpid()) or 0.0,
+            started(frontend_pid) or 0.0,
+        )
+
+    def current(self, frontend_started: float | None) -> bool:
+        """Written for the frontend that started at ``frontend_started`` by a drainer that
+        still runs."""
+        if frontend_started is None or self.drainer <= 0:
+            return False
+        if abs(self.frontend_started - frontend_started) > START_TOLERANCE:
+            return False
+        drainer = started(self.drainer)
+        return drainer is not None and abs(drainer - self.drainer_started) <= START_TOLERANCE
 
     def to_json(self) -> str:
         return json.dumps(
-            {"phase": self.phase, "retry_after": self.retry_after, "allowance": self.allowance}
+            {
+                "phase": self.phase,
+                "retry_after": self.retry_after,
+                "allowance": self.allowance,
+                "drainer": self.drainer,
+                "drainer_started": self.drainer_started,
+                "frontend_started": self.frontend_started,
+            }
         )
 
     @classmethod
@@ -103,7 +159,25 @@ class Marker:
             for k, v in (raw.items() if isinstance(raw, dict) else ())
             if isinstance(v, int) and not isinstance(v, bool) and v >= 0
         }
-        return cls(data["phase"], retry, allowance)
+        drainer = data.get("drainer")
+        if not isinstance(drainer, int) or isinstance(drainer, bool) or drainer < 0:
+            drainer = 0
+        return cls(
+            data["phase"],
+            retry,
+            allowance,
+            drainer,
+            _time(data.get("drainer_started")),
+            _time(data.get("frontend_started")),
+        )
+
+
+def _time(value: object) -> float:
+    """A start time from JSON: a finite number >= 0, else 0 (which matches no process)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else 0.0
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -162,6 +236,7 @@ class WorkerDrain:
         self.model = model
         self.directory = directory if directory is not None else drain_dir()
         self.frontend_pid = os.getppid()
+        self.frontend_started = started(self.frontend_pid)
         self.worker_pid = os.getpid()
         self.busy_since: float | None = None
         self.served = 0
@@ -176,7 +251,9 @@ class WorkerDrain:
         return marker_path(self.directory, self.frontend_pid)
 
     def marker(self) -> Marker | None:
-        return read_marker(self.marker_path)
+        """The drain of this worker's server, if one is under way (a current marker)."""
+        marker = read_marker(self.marker_path)
+        return marker if marker is not None and marker.current(self.frontend_started) else None
 
     def admit(self, count: int) -> tuple[int, int]:
         """How many of a batch's ``count`` requests (in arrival order) to serve, and the
@@ -214,7 +291,7 @@ class WorkerDrain:
 
     def acknowledge(self) -> bool:
         """Write this worker's acknowledgement while a marker exists; True if one does."""
-        if not os.path.exists(self.marker_path):
+        if not os.path.exists(self.marker_path) or self.marker() is None:
             self._seen_marker = False
             return False
         if not self._seen_marker:

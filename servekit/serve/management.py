@@ -242,6 +242,13 @@ class Management:
     # -- waiting ------------------------------------------------------------------------------
 
     @staticmethod
+    def pending_requests(entry: Mapping[str, Any]) -> int:
+        """Requests in the entry's job queue (``jobQueueStatus.pendingRequests``; 0 if absent)."""
+        queue = entry.get("jobQueueStatus")
+        pending = queue.get("pendingRequests") if isinstance(queue, Mapping) else None
+        return pending if isinstance(pending, int) and not isinstance(pending, bool) else 0
+
+    @staticmethod
     def ready_workers(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """The entry's workers whose status is READY."""
         workers = entry.get("workers")

@@ -31,6 +31,7 @@ from servekit.bench.closed_loop import (
     ClosedLoop,
 )
 from servekit.ops.frontend import PID_FILE
+from servekit.runtime.draining import drain_dir, marker_path
 from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, wait_ready
 from tests.e2e.test_sagemaker_entrypoint import (
@@ -42,7 +43,7 @@ from tests.e2e.test_sagemaker_entrypoint import (
 )
 
 pytestmark = pytest.mark.e2e
-CLIENTS = 3  # one request in the worker's hands, two queued: within slow_model's queue of 4
+CLIENTS = 4  # one request in the worker's hands, three queued: within slow_model's queue of 4
 SERVEKIT = [sys.executable, "-m", "servekit.cli"]
 BODY = b'{"value": 1.5}'
 
@@ -139,6 +140,15 @@ def test_servekit_stop_drains_under_load_and_readiness_fails_first(
     outcomes = load.outcomes()
     # what the drain itself counted agrees with the clients: every 503 it sent reached one
     assert report["refused"] == outcomes[REFUSED_503], (report, outcomes)
+    # every request sent before refusing began was accepted: queued ones too (slack for the
+    # time between a client's clock read and its request reaching the server)
+    accepted = [r for r in load.snapshot() if r.sent_at < report["refusing_at"] - 0.1]
+    assert accepted and {r.kind for r in accepted} == {ANSWERED}, [
+        (round(report["refusing_at"] - r.sent_at, 3), r.kind)
+        for r in accepted
+        if r.kind != ANSWERED
+    ]
+    assert report["models"]["slow_model"] >= CLIENTS - 1, report  # the queue was counted
     assert report["answered"] >= 1
     assert not psutil.pid_exists(frontend) or psutil.Process(frontend).status() == "zombie"
     assert not [p for p in workers if psutil.pid_exists(p)], "a worker outlived the stop"
@@ -146,18 +156,33 @@ def test_servekit_stop_drains_under_load_and_readiness_fails_first(
     print(f"servekit stop: {dict(outcomes)} in {took:.1f} s; report {report}")
 
 
-def test_a_drain_given_up_leaves_the_server_serving(slow_server: TorchServe) -> None:
+def test_a_drain_given_up_or_killed_leaves_the_server_serving(slow_server: TorchServe) -> None:
     stop = run_servekit(slow_server, "stop", "--announce", "30")
     time.sleep(2)
     assert readiness(slow_server).returncode == 1
+    second = subprocess.run(
+        [*SERVEKIT, "stop"], env=slow_server.env(), capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 1 and "is draining this server" in second.stderr, second
+    assert readiness(slow_server).returncode == 1  # the second stop did not undo the first
     stop.send_signal(signal.SIGINT)
     out, err = stop.communicate(timeout=30)
     assert stop.returncode == 128 + signal.SIGINT, out + err
     assert "drain given up" in err
     assert readiness(slow_server).returncode == 0
-    with ClosedLoop(f"{slow_server.inference_url}/predictions/slow_model", BODY, clients=1) as load:
-        load.wait_for(3)
-    assert load.outcomes()[REFUSED_503] == 0
+    # a drainer killed outright (a preStop hook past its grace period) leaves its marker
+    # behind: the handlers see that its writer is gone and serve on, ready
+    killed = run_servekit(slow_server, "stop", "--announce", "20", "--timeout", "50")
+    time.sleep(2)
+    assert readiness(slow_server).returncode == 1
+    killed.kill()
+    killed.wait(30)
+    frontend = int((slow_server.tmpdir / PID_FILE).read_text())
+    assert marker_path(drain_dir(slow_server.tmpdir), frontend).exists()
+    assert readiness(slow_server).returncode == 0  # the marker is still there, and ignored
+    with ClosedLoop(f"{slow_server.inference_url}/predictions/slow_model", BODY, clients=2) as load:
+        load.wait_for(6)
+    assert load.outcomes()[REFUSED_503] == 0 and {r.status for r in load.snapshot()} == {200}
 
 
 def test_servekit_stop_without_a_server_says_so(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ The promise, for any bytes: ``None`` or a ``Marker`` whose phase is ``announce``
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import example, given
@@ -29,6 +30,9 @@ documents = st.fixed_dictionaries(
         "phase": st.sampled_from([*PHASES, "stop", ""]) | json_values,
         "retry_after": json_values,
         "allowance": st.dictionaries(st.text(max_size=8), json_values, max_size=4) | json_values,
+        "drainer": json_values,
+        "drainer_started": json_values,
+        "frontend_started": json_values,
     },
 )
 
@@ -39,6 +43,9 @@ def check(marker: Marker | None) -> None:
     assert marker.phase in PHASES
     assert type(marker.retry_after) is int and 0 <= marker.retry_after <= 3600
     assert all(type(v) is int and v >= 0 for v in marker.allowance.values())
+    assert type(marker.drainer) is int and marker.drainer >= 0
+    for started in (marker.drainer_started, marker.frontend_started):
+        assert type(started) is float and math.isfinite(started) and started >= 0
     assert Marker.parse(marker.to_json()) == marker
 
 
@@ -58,11 +65,19 @@ def test_any_document(document: dict) -> None:  # type: ignore[type-arg]
     check(Marker.parse(text))
 
 
+times = st.floats(0, 4e9, allow_nan=False, allow_infinity=False)
+
+
 @given(
     st.sampled_from(PHASES),
     st.integers(0, 3600),
     st.dictionaries(st.text(min_size=1, max_size=20), st.integers(0, 10**9), max_size=5),
+    st.integers(0, 2**31),
+    times,
+    times,
 )
-def test_well_formed_markers_round_trip(phase: str, retry: int, allowance: dict) -> None:  # type: ignore[type-arg]
-    marker = Marker(phase, retry, allowance)
+def test_well_formed_markers_round_trip(  # type: ignore[type-arg]
+    phase: str, retry: int, allowance: dict, drainer: int, drainer_at: float, frontend_at: float
+) -> None:
+    marker = Marker(phase, retry, allowance, drainer, drainer_at, frontend_at)
     assert Marker.parse(marker.to_json()) == marker

@@ -3,14 +3,18 @@ counter, and a real handler refusing what arrives once its server refuses new re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from servekit.ops.drain import DrainReport, build_parser
+from servekit.ops.drain import main as drain_main
 from servekit.ops.frontend import NoServer, from_pid
 from servekit.runtime.draining import (
     ANNOUNCE,
@@ -29,6 +33,12 @@ from servekit.runtime.draining import (
 from servekit.serve.harness import LocalModel, Request
 
 IRIS = {"features": [5.1, 3.5, 1.4, 0.2]}
+
+
+def current(phase: str, retry: int, allowance: dict[str, int]) -> str:
+    """A marker of this process (the drainer) for the frontend of every WorkerDrain here: this
+    process's parent, as a TorchServe worker's frontend is its parent."""
+    return Marker.of_drainer(phase, os.getppid(), retry, allowance).to_json()
 
 
 def private(tmp_path: Path) -> Path:
@@ -50,8 +60,9 @@ def test_a_marker_round_trips_and_garbage_is_no_marker() -> None:
 def test_a_marker_in_a_foreign_or_open_directory_is_ignored(tmp_path: Path) -> None:
     directory = private(tmp_path)
     path = marker_path(directory, 77)
-    write_atomically(path, Marker(ANNOUNCE).to_json())
-    assert read_marker(path) == Marker(ANNOUNCE)
+    marker = Marker.of_drainer(ANNOUNCE, os.getppid())
+    write_atomically(path, marker.to_json())
+    assert read_marker(path) == marker
     directory.chmod(0o777)  # anyone could have planted it
     try:
         assert read_marker(path) is None
@@ -86,14 +97,14 @@ def test_a_worker_serves_all_until_refusing_then_its_allowance(tmp_path: Path) -
     directory = private(tmp_path)
     drain = WorkerDrain("iris", directory)
     assert drain.admit(3) == (3, 1)  # no marker
-    write_atomically(drain.marker_path, Marker(ANNOUNCE).to_json())
+    write_atomically(drain.marker_path, Marker.of_drainer(ANNOUNCE, os.getppid()).to_json())
     assert drain.admit(3) == (3, 1)  # announcing: still serving
-    write_atomically(drain.marker_path, Marker(REFUSE, 7, {"iris": 4}).to_json())
+    write_atomically(drain.marker_path, current(REFUSE, 7, {"iris": 4}))
     assert drain.admit(3) == (3, 7)
     assert drain.admit(3) == (1, 7)
     assert drain.admit(2) == (0, 7)
     assert read_spent(spent_path(directory, os.getppid(), "iris")) == 4
-    write_atomically(drain.marker_path, Marker(REFUSE, 7, {"other": 0}).to_json())
+    write_atomically(drain.marker_path, current(REFUSE, 7, {"other": 0}))
     assert drain.admit(2) == (2, 7)  # a model the drainer did not name is not refused
 
 
@@ -103,7 +114,7 @@ def test_the_acknowledgement_counts_from_the_marker_and_says_busy(tmp_path: Path
     drain.admit(5)
     assert not drain.acknowledge()  # no drain: nothing written
     assert not ack_path(directory, drain.frontend_pid, drain.worker_pid).exists()
-    write_atomically(drain.marker_path, Marker(REFUSE, 1, {"iris": 1}).to_json())
+    write_atomically(drain.marker_path, current(REFUSE, 1, {"iris": 1}))
     drain.start_batch()
     assert drain.acknowledge()
     ack = read_ack(ack_path(directory, drain.frontend_pid, drain.worker_pid))
@@ -126,10 +137,10 @@ def iris(model_store: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_a_refusing_handler_answers_503_with_retry_after_and_stays_ready(iris) -> None:  # type: ignore[no-untyped-def]
     model, handler = iris
     assert model.describe()["status"] == "ready"
-    write_atomically(handler.drain.marker_path, Marker(ANNOUNCE).to_json())
+    write_atomically(handler.drain.marker_path, Marker.of_drainer(ANNOUNCE, os.getppid()).to_json())
     assert model.describe()["status"] == "draining"  # the readiness probe fails on this
     assert [r.status for r in model.predict([Request.json(IRIS)] * 2)] == [200, 200]
-    write_atomically(handler.drain.marker_path, Marker(REFUSE, 2, {"iris": 1}).to_json())
+    write_atomically(handler.drain.marker_path, current(REFUSE, 2, {"iris": 1}))
     replies = model.predict([Request.json(IRIS), Request.json(IRIS), Request.json({"x": 1})])
     assert [r.status for r in replies] == [200, 503, 503]
     assert replies[0].json()["label"] == "setosa"
@@ -168,3 +179,36 @@ def test_the_report_says_what_was_cut() -> None:
     cut = DrainReport(1.0, 60.0, 2.0, answered=10, left=4, clean=False)
     assert "4 request(s)" in cut.line()
     assert json.loads(json.dumps(clean.__dict__))["answered"] == 10
+
+
+def test_a_marker_counts_only_while_its_drainer_runs_for_this_frontend(tmp_path: Path) -> None:
+    """A drainer killed half-way (a preStop hook past its grace period) or a marker left by an
+    earlier server with the same pid (a restarted container) must not refuse or fail
+    readiness."""
+    directory = private(tmp_path)
+    drain = WorkerDrain("iris", directory)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = Marker.of_drainer(REFUSE, os.getppid(), 1, {"iris": 0})
+    for stale in (
+        dataclasses.replace(live, drainer=gone.pid),  # the drainer died
+        dataclasses.replace(live, drainer_started=live.drainer_started - 60),  # pid reused
+        dataclasses.replace(live, frontend_started=live.frontend_started - 60),  # old server
+        dataclasses.replace(live, drainer=0),  # written by hand, or by an older servekit
+    ):
+        write_atomically(drain.marker_path, stale.to_json())
+        assert drain.marker() is None
+        assert drain.admit(2) == (2, 1)
+        assert not drain.acknowledge()
+    write_atomically(drain.marker_path, live.to_json())
+    assert drain.marker() == live and drain.admit(2) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--pid", "-1"], ["--pid", "0"], ["--announce", "10", "--timeout", "10"]],
+)
+def test_stop_refuses_bad_pids_and_an_announce_past_the_timeout(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        drain_main(args)
+    assert stop.value.code == 2
