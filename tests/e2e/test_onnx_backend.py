@@ -1,0 +1,80 @@
+"""MiniLM on ONNX Runtime int8, archived by servekit archive behind the accuracy gate and served
+by a real TorchServe: the worker opens the archived model (it never exports), answers close to
+eager fp32 and shows the gate's figures in its customized metadata."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+import yaml
+
+from servekit.config.specs import load_spec, read_yaml
+from servekit.runtime.backends import GATE_FILE
+from servekit.serve import backends
+from servekit.serve.archive import build
+from servekit.serve.server import TorchServe, running
+from tests.e2e.conftest import ROOT, customized, wait_ready
+
+pytestmark = pytest.mark.e2e
+
+NAME = "minilm-int8"
+SENTENCES = ["A man is eating food.", "Hi", "The cat sits outside.", "Le chat est assis dehors."]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped MiniLM spec asking for onnxruntime-int8, archived into a store of its own."""
+    specs = tmp_path_factory.mktemp("specs")
+    spec = yaml.safe_load((ROOT / "config" / "minilm.yml").read_text())
+    spec["name"] = NAME
+    spec["handler_options"]["backend"] = "onnxruntime-int8"
+    (specs / f"{NAME}.yml").write_text(yaml.safe_dump(spec))
+    out = tmp_path_factory.mktemp("store")
+    defaults = read_yaml(ROOT / "model-config.yml")
+    build(load_spec(specs / f"{NAME}.yml", ROOT), defaults, ROOT, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    workdir = tmp_path_factory.mktemp("torchserve-onnx")
+    with running(ROOT / "config.properties", workdir, model_store=store, models=[NAME]) as ts:
+        wait_ready(ts, [NAME])
+        yield ts
+
+
+def test_the_archive_holds_the_quantized_model_and_its_figures(store: Path) -> None:
+    with zipfile.ZipFile(store / f"{NAME}.mar") as mar:
+        names = set(mar.namelist())
+    assert {"model-int8.onnx", GATE_FILE} <= names
+    assert "model.onnx" not in names  # only the backend asked for
+
+
+def test_the_served_backend_answers_close_to_eager(server: TorchServe) -> None:
+    url = f"{server.inference_url}/predictions/{NAME}"
+    answer = requests.post(url, json=SENTENCES, timeout=60)
+    assert answer.status_code == 200, answer.text
+    got = torch.tensor(answer.json()["embeddings"])
+    expected = backends.Reference(ROOT / "build" / "models" / "minilm").embed(SENTENCES)
+    cosines = (got * expected).sum(dim=1)
+    assert got.shape == (len(SENTENCES), 384)
+    assert float(cosines.min()) >= backends.MIN_COSINE, cosines
+    bad = requests.post(url, json=["fine", ""], timeout=60)
+    assert bad.status_code == 400 and "string 1 is empty" in bad.text
+
+
+def test_the_customized_metadata_shows_the_backend_and_its_gate(server: TorchServe) -> None:
+    shown = customized(server, NAME)
+    backend = shown["backend"]
+    assert backend["name"] == "onnxruntime-int8" and backend["file"] == "model-int8.onnx"
+    assert backend["threads"]["inter_op"] == 1
+    assert backend["threads"]["intra_op"] == shown["torch_threads"]
+    gate = backend["gate"]
+    assert gate["passed"] is True and gate["min_cosine"] >= backends.MIN_COSINE
+    assert gate["nearest_neighbour"]["kept"] == gate["nearest_neighbour"]["of"]
+    assert shown["status"] == "ready"
