@@ -214,3 +214,15 @@ def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
     (model_dir / "model-config.yml").write_text(yaml.safe_dump(config))
     with pytest.raises(ModelLoadFailed, match=r"holds no model-int8\.onnx: rebuild it"):
         LocalModel(model_dir)
+
+
+# ----- the held-out set ------------------------------------------------------------------------
+def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours() -> None:
+    """With eager fp32, each retrieval sentence's nearest neighbour is its paraphrase partner:
+    the set asks a backend to keep answers eager gets right, not to break near ties."""
+    heldout = backends.Heldout.read()
+    assert len(heldout.sentences) >= 200 and len(set(heldout.sentences)) == len(heldout.sentences)
+    assert len(heldout.retrieval) % 2 == 0 and not set(heldout.retrieval) & set(heldout.sentences)
+    embeddings = backends.Reference(MINILM).embed(heldout.retrieval)
+    partners = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(heldout.retrieval))]
+    assert backends._nearest(embeddings).tolist() == partners
