@@ -16,20 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from servekit.runtime.backend_names import EXTRA, GATE_FILE, ONNX_FILES
 from servekit.runtime.errors import ModelLoadError
 
-EAGER = "eager"
-ONNXRUNTIME = "onnxruntime"
-ONNXRUNTIME_INT8 = "onnxruntime-int8"
-BACKENDS = (EAGER, ONNXRUNTIME, ONNXRUNTIME_INT8)
-ONNX_FILES = {ONNXRUNTIME: "model.onnx", ONNXRUNTIME_INT8: "model-int8.onnx"}
-"""The file each non-eager backend reads from the archive."""
-GATE_FILE = "backend-gate.json"
-"""The accuracy gate's figures, written by ``servekit archive`` beside the model file."""
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "last_hidden_state"
-EXTRA = "onnx"
-"""The package extra that installs ONNX Runtime (``pip install 'torchserve-kit[onnx]'``)."""
 
 
 class OnnxEncoder:

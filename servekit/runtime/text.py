@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from servekit.runtime.backends import BACKENDS, EAGER, OnnxEncoder, gate_figures, open_backend
+from servekit.runtime.backend_names import BACKENDS, EAGER
+from servekit.runtime.backends import OnnxEncoder, gate_figures, open_backend
 from servekit.runtime.decoding import Payload, brief_list
 from servekit.runtime.devices import CPU
 from servekit.runtime.errors import BadRequest, ModelLoadError, PayloadTooLarge

@@ -20,10 +20,10 @@ from onnx import numpy_helper
 
 from servekit.config.specs import effective_config, load_spec
 from servekit.errors import ConfigError
-from servekit.runtime.backends import GATE_FILE, ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
+from servekit.runtime.backend_names import GATE_FILE, ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
 from servekit.runtime.errors import ModelLoadError
 from servekit.runtime.text import EmbeddingOptions
-from servekit.serve import archive, backends
+from servekit.serve import archive, backends, onnx_build
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
 from tests.conftest import ROOT
 
@@ -41,7 +41,7 @@ SENTENCES = [
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[backends.GateFigures]]:
     """Both backends built once (one export), with their figures."""
     out = tmp_path_factory.mktemp("backends")
-    return out, backends.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, out)
+    return out, onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, out)
 
 
 def sha(path: Path) -> str:
@@ -93,8 +93,8 @@ def test_a_perturbed_model_fails_the_gate_naming_its_figures(
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(model, str(broken))
-    reference = backends.Reference(MINILM)
-    figures = backends.measure(ONNXRUNTIME, reference, broken, backends.Heldout.read())
+    reference = onnx_build.Reference(MINILM)
+    figures = onnx_build.measure(ONNXRUNTIME, reference, broken, backends.Heldout.read())
     assert not figures.passed
     assert figures.min_cosine < backends.MIN_COSINE
     assert f"lowest {figures.min_cosine:.4f} (>= 0.98)" in figures.summary()
@@ -104,7 +104,7 @@ def test_int8_with_every_layer_quantized_is_refused_by_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """All 36 linear layers in int8: the lowest cosine falls under 0.98, nothing is archived."""
-    monkeypatch.setattr(backends, "KEEP_FP32", ())
+    monkeypatch.setattr(onnx_build, "KEEP_FP32", ())
     specs = tmp_path / "config"
     specs.mkdir()
     spec = yaml.safe_load((ROOT / "config" / "minilm.yml").read_text())
@@ -131,7 +131,7 @@ def test_a_spec_without_a_hugging_face_model_is_bad_input(tmp_path: Path) -> Non
 def test_the_same_inputs_give_the_same_onnx_bytes(
     built: tuple[Path, list[backends.GateFigures]], tmp_path: Path
 ) -> None:
-    again = backends.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, tmp_path)
+    again = onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, tmp_path)
     for name in ONNX_FILES.values():
         assert sha(tmp_path / name) == sha(built[0] / name), name
     assert again == built[1]
@@ -223,6 +223,6 @@ def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours() ->
     heldout = backends.Heldout.read()
     assert len(heldout.sentences) >= 200 and len(set(heldout.sentences)) == len(heldout.sentences)
     assert len(heldout.retrieval) % 2 == 0 and not set(heldout.retrieval) & set(heldout.sentences)
-    embeddings = backends.Reference(MINILM).embed(heldout.retrieval)
+    embeddings = onnx_build.Reference(MINILM).embed(heldout.retrieval)
     partners = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(heldout.retrieval))]
-    assert backends._nearest(embeddings).tolist() == partners
+    assert onnx_build._nearest(embeddings).tolist() == partners
