@@ -226,3 +226,18 @@ def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours() ->
     embeddings = onnx_build.Reference(MINILM).embed(heldout.retrieval)
     partners = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(heldout.retrieval))]
     assert onnx_build._nearest(embeddings).tolist() == partners
+
+
+# ----- servekit gate ---------------------------------------------------------------------------
+def test_gate_of_an_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        backends.main(["--project", str(ROOT), "nosuch"])
+    assert exited.value.code == 2
+    assert "no spec 'nosuch'" in capsys.readouterr().err
+
+
+def test_gate_of_a_model_without_hugging_face_files_is_bad_input(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert backends.main(["--project", str(ROOT), "iris"]) == 2
+    assert "needs a Hugging Face model" in capsys.readouterr().err
