@@ -98,6 +98,12 @@ def requested(config: Mapping[str, Any]) -> str:
     return str(backend)
 
 
+def built_files(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The files ``servekit archive`` adds for the backend ``config`` asks for (none for eager)."""
+    backend = requested(config)
+    return (ONNX_FILES[backend], GATE_FILE) if backend in ONNX_FILES else ()
+
+
 def tool_versions() -> dict[str, str]:
     found = {}
     for name in TOOLS:

@@ -40,6 +40,7 @@ from servekit.config.limits import is_file, not_a_file, read_capped
 from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
 from servekit.config.yamlpos import load_yaml
 from servekit.errors import ArchiveError, ConfigError, ToolkitError
+from servekit.serve import backends
 from servekit.serve.archive import file_sha256, handler_sources, shown_path
 from servekit.serve.reproducible import MANIFEST
 
@@ -266,7 +267,9 @@ def check_against_spec(
             problems.append(f"{name} is missing from the archive")
         elif info.files[name].sha256 != file_sha256(source):
             problems.append(f"{name} differs from {shown_path(source, root)}")
-    known = {*expected, MANIFEST, model.get("configFile")}
+    built = backends.built_files(config)  # an ONNX backend and its gate figures
+    problems += [f"{name} is missing from the archive" for name in built if name not in info.files]
+    known = {*expected, *built, MANIFEST, model.get("configFile")}
     problems += [
         f"{name} is in the archive but not in the spec" for name in info.files if name not in known
     ]

@@ -17,6 +17,7 @@ from servekit.config.specs import load_spec, read_yaml
 from servekit.runtime.backend_names import GATE_FILE
 from servekit.serve import backends, onnx_build
 from servekit.serve.archive import build
+from servekit.serve.marinfo import check_against_spec, read_mar
 from servekit.serve.server import TorchServe, running
 from tests.e2e.conftest import ROOT, customized, wait_ready
 
@@ -27,13 +28,19 @@ SENTENCES = ["A man is eating food.", "Hi", "The cat sits outside.", "Le chat es
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped MiniLM spec asking for onnxruntime-int8, archived into a store of its own."""
+def specs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped MiniLM spec asking for onnxruntime-int8, under another name."""
     specs = tmp_path_factory.mktemp("specs")
     spec = yaml.safe_load((ROOT / "config" / "minilm.yml").read_text())
     spec["name"] = NAME
     spec["handler_options"]["backend"] = "onnxruntime-int8"
     (specs / f"{NAME}.yml").write_text(yaml.safe_dump(spec))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def store(specs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That spec archived into a store of its own."""
     out = tmp_path_factory.mktemp("store")
     defaults = read_yaml(ROOT / "model-config.yml")
     build(load_spec(specs / f"{NAME}.yml", ROOT), defaults, ROOT, out)
@@ -48,11 +55,14 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[To
         yield ts
 
 
-def test_the_archive_holds_the_quantized_model_and_its_figures(store: Path) -> None:
+def test_the_archive_holds_the_quantized_model_and_its_figures(store: Path, specs: Path) -> None:
     with zipfile.ZipFile(store / f"{NAME}.mar") as mar:
         names = set(mar.namelist())
     assert {"model-int8.onnx", GATE_FILE} <= names
     assert "model.onnx" not in names  # only the backend asked for
+    info = read_mar(store / f"{NAME}.mar")
+    spec = load_spec(specs / f"{NAME}.yml", ROOT)
+    assert check_against_spec(info, spec, read_yaml(ROOT / "model-config.yml"), ROOT) == []
 
 
 def test_the_served_backend_answers_close_to_eager(server: TorchServe) -> None:
