@@ -1,14 +1,22 @@
 """MiniLM on TorchServe against the in-process limit and the peers, in turn, with the same client.
 
-    servekit compare                      # what `make bench` runs
+    servekit compare                      # what `make bench` runs: the spec's batch settings
     servekit compare --concurrency 64 --batch-size 16 --duration 20
+    servekit compare --only limit-threads --only limit-processes --only torchserve-onnxruntime-int8
 
 Systems, each alone on the machine in turn, each serving the project's model_store/minilm.mar
-with the same handler code and torch threads (one per core, shared out between workers):
+with the same handler code and torch threads (one per core, shared out between workers); B, D
+and W default to what the spec archives (config/minilm.yml):
 
-  limit              the handler's batched forward in process, no server (bench.baselines.limit);
-                     with W workers, W such processes at once, cores / W threads each
+  limit-threads      the handler's batched forward in process, no server (bench.baselines.limit),
+                     eager, batch B: one process with a thread per core
+  limit-processes    the same, one one-thread process per core at once, summed; the better of
+                     the two is ``limit``, the eager in-process limit at batch B
   torchserve         TorchServe, batchSize B, maxBatchDelay D, W workers (cores / W threads)
+  torchserve-BACKEND the same on another backend of the model (onnxruntime, onnxruntime-int8):
+                     its archive built as servekit archive builds it, accuracy gate included
+                     (servekit.bench.backend_archives); the best of them is
+                     ``torchserve-best-backend``
   torchserve-bs1-wN  TorchServe, batchSize 1, N workers (1 and 2; the best is the baseline)
   starlette          the seed-001 design: one asyncio queue, one deadline, max batch B (one
                      process by design: all cores' threads in it)
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,28 +44,49 @@ from matplotlib.figure import Figure
 
 from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
+from servekit.bench.backend_archives import archive_for
 from servekit.bench.baselines.runner import running_baseline
 from servekit.bench.machine import machine
 from servekit.cli import OK
 from servekit.errors import ToolkitError
+from servekit.runtime.backend_names import BACKENDS, EAGER
 from servekit.serve.processes import exit_on_sigterm
-from servekit.serve.settings import Setting, batch_server, registered, threads_per_worker
+from servekit.serve.settings import (
+    Setting,
+    archived_setting,
+    batch_server,
+    registered,
+    threads_per_worker,
+)
 
 MODEL = "minilm"
-TARGETS = (  # (name, numerator, denominator, at least) as the issue states them
-    ("served / in-process limit", "torchserve", "limit", 0.85),
-    ("served / TorchServe batchSize 1", "torchserve", "torchserve-bs1", 3.0),
-    ("served / seed-001 Starlette server", "torchserve", "starlette", 1.2),
-    ("served / LitServe", "torchserve", "litserve", 1.0),
+OTHER_BACKENDS = tuple(b for b in BACKENDS if b != EAGER)
+BEST_BACKEND = "torchserve-best-backend"
+TARGETS = (  # (name, numerator, denominator, at least, p95 no worse than) as the issues state them
+    ("served / in-process limit", "torchserve", "limit", 0.85, None),
+    ("served / TorchServe batchSize 1", "torchserve", "torchserve-bs1", 3.0, "torchserve-bs1"),
+    ("served / seed-001 Starlette server", "torchserve", "starlette", 1.2, "starlette"),
+    ("served / LitServe", "torchserve", "litserve", 1.0, "litserve"),
+    (
+        "best gated backend served / eager in-process limit",
+        BEST_BACKEND,
+        "limit",
+        1.25,
+        "torchserve",
+    ),
 )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command.parser("compare", __doc__)
     parser.add_argument("-c", "--concurrency", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16, help="B for every batching system")
-    parser.add_argument("--delay", type=int, default=10, help="D: batch deadline, ms (10)")
-    parser.add_argument("--workers", type=int, default=1, help="W: TorchServe and LitServe (1)")
+    parser.add_argument(
+        "--batch-size", type=int, help="B for every batching system (default: the spec's)"
+    )
+    parser.add_argument("--delay", type=int, help="D: batch deadline, ms (default: the spec's)")
+    parser.add_argument(
+        "--workers", type=int, help="W: TorchServe and LitServe (default: the spec's)"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="s per system, warmup incl.")
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument(
@@ -73,21 +103,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration <= args.warmup or args.warmup < 0:
         parser.error("--duration must be longer than --warmup (>= 0)")
-    try:
-        Setting(args.batch_size, args.delay, args.workers)
-    except ToolkitError as err:
-        parser.error(str(err))
     if args.concurrency < 1:
         parser.error(f"--concurrency is {args.concurrency}; it must be >= 1")
-    known = list(systems(args))
+    known = system_names()
     unknown = sorted(set(args.only or ()) - set(known))
     if unknown:
         parser.error(f"unknown system(s) {unknown}; known: {', '.join(known)}")
     args.project = command.project_of(args)
+    command.archive_of(args.project, MODEL)  # before its spec is read for the batch settings
+    try:
+        args.setting = batch_setting(args)
+    except ToolkitError as err:
+        parser.error(str(err))
+    args.batch_size, args.delay, args.workers = (
+        args.setting.batch_size,
+        args.setting.max_batch_delay,
+        args.setting.workers,
+    )
     args.config = args.config or args.project.properties
     args.out = args.out or args.project.root / "docs" / "bench" / "compare-minilm.json"
     args.command = command.line("compare", argv)
     return args
+
+
+def batch_setting(args: argparse.Namespace) -> Setting:
+    """``--batch-size``, ``--delay`` and ``--workers``; those not given, as the spec archives
+    them (what the shipped archive serves with)."""
+    given = (args.batch_size, args.delay, args.workers)
+    if None not in given:
+        return Setting(*given)
+    archived = archived_setting(args.project.root, MODEL)
+    return Setting(
+        archived.batch_size if args.batch_size is None else args.batch_size,
+        archived.max_batch_delay if args.delay is None else args.delay,
+        archived.workers if args.workers is None else args.workers,
+    )
 
 
 def load(args: argparse.Namespace) -> loadgen.Load:
@@ -103,29 +153,49 @@ def drive(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"kind": "served", **result.to_dict()}
 
 
-def limit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """The in-process limit in a fresh interpreter (as a worker would be), no server."""
-    limit_argv = [sys.executable, "-m", "servekit.cli", "limit", "--mar", str(mar(args))]
-    limit_argv += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
-    limit_argv += ["--processes", str(args.workers)]
-    done = subprocess.run(limit_argv, cwd=workdir, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise ToolkitError(f"limit failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"kind": "in-process", "processes": args.workers, **figures} | {
-        "goodput_rps": figures["items_per_s"]
-    }
+def limit(processes: int) -> Callable[[argparse.Namespace, Path], dict[str, Any]]:
+    """The eager in-process limit in ``processes`` fresh interpreters at once (as workers would
+    be), cores / processes threads each, no server."""
 
-
-def torchserve(setting: Setting) -> Callable[[argparse.Namespace, Path], dict[str, Any]]:
     def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+        count = processes or cpus()
+        limit_argv = [sys.executable, "-m", "servekit.cli", "limit", "--mar", str(mar(args))]
+        limit_argv += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
+        if count > 1:
+            limit_argv += ["--processes", str(count)]
+        else:
+            limit_argv += ["--threads", str(cpus())]
+        done = subprocess.run(limit_argv, cwd=workdir, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise ToolkitError(f"limit failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"kind": "in-process", "processes": count, **figures} | {
+            "goodput_rps": figures["items_per_s"]
+        }
+
+    return run
+
+
+def cpus() -> int:
+    return os.cpu_count() or 1
+
+
+def torchserve(
+    setting: Setting, backend: str = EAGER
+) -> Callable[[argparse.Namespace, Path], dict[str, Any]]:
+    def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+        served = archive_for(args.project, MODEL, backend)
         with (
-            batch_server(args.config, workdir, setting.workers) as ts,
-            registered(ts, MODEL, setting) as url,
+            batch_server(args.config, workdir, setting.workers, served.store) as ts,
+            registered(ts, served.name, setting) as url,
         ):
             figures = drive(url, args)
         threads = threads_per_worker(setting.workers)
-        return figures | {"setting": setting.to_dict(), "torch_threads_per_worker": threads}
+        return figures | {
+            "backend": backend,
+            "setting": setting.to_dict(),
+            "torch_threads_per_worker": threads,
+        }
 
     return run
 
@@ -138,18 +208,42 @@ def baseline(kind: str, flags: Callable[[argparse.Namespace], list[str]]) -> Any
     return run
 
 
+def backend_system(backend: str) -> str:
+    """The system that serves ``backend`` (``torchserve`` for eager)."""
+    return "torchserve" if backend == EAGER else f"torchserve-{backend}"
+
+
+def system_names() -> list[str]:
+    """Every system compare can run, in the order it runs them."""
+    return [
+        "limit-threads",
+        "limit-processes",
+        *(backend_system(b) for b in BACKENDS),
+        "torchserve-bs1-w1",
+        "torchserve-bs1-w2",
+        "starlette",
+        "litserve",
+    ]
+
+
 def systems(args: argparse.Namespace) -> dict[str, Callable[[argparse.Namespace, Path], Any]]:
     b, d, w = str(args.batch_size), str(args.delay), str(args.workers)
     threads = str(threads_per_worker(args.workers))
     lit = ["--max-batch-size", b, "--batch-timeout-ms", d, "--workers", w, "--threads", threads]
-    return {
-        "limit": limit,
-        "torchserve": torchserve(Setting(args.batch_size, args.delay, args.workers)),
+    setting = Setting(args.batch_size, args.delay, args.workers)
+    found: dict[str, Callable[[argparse.Namespace, Path], Any]] = {
+        "limit-threads": limit(1),
+        "limit-processes": limit(0),  # one a core
+    }
+    found |= {backend_system(backend): torchserve(setting, backend) for backend in BACKENDS}
+    found |= {
         "torchserve-bs1-w1": torchserve(Setting(1, args.delay, 1)),
         "torchserve-bs1-w2": torchserve(Setting(1, args.delay, 2)),
         "starlette": baseline("starlette", lambda a: ["--max-batch-size", b, "--max-delay-ms", d]),
         "litserve": baseline("litserve", lambda a: lit),
     }
+    assert list(found) == system_names()
+    return found
 
 
 def mar(args: argparse.Namespace) -> Path:
@@ -168,10 +262,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix=f"compare-{name}-") as workdir:
             results[name] = measure(args, Path(workdir))
         print(f"{name}: {line(results[name])}", flush=True)
-    bs1 = [k for k in results if k.startswith("torchserve-bs1-")]
-    if bs1:
-        best = max(bs1, key=lambda k: results[k]["goodput_rps"])
-        results["torchserve-bs1"] = {**results[best], "best_of": bs1, "chosen": best}
+    best_of(results, "limit", ["limit-threads", "limit-processes"])
+    best_of(results, "torchserve-bs1", ["torchserve-bs1-w1", "torchserve-bs1-w2"])
+    best_of(results, BEST_BACKEND, [backend_system(b) for b in OTHER_BACKENDS])
     return {
         "command": args.command,
         "date": datetime.date.today().isoformat(),
@@ -186,13 +279,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "machine": info,
         "systems": results,
+        "backends": backend_rows(results),
         "targets": targets(results),
     }
 
 
+DERIVED = ("limit", "torchserve-bs1", BEST_BACKEND)
+"""The systems that are the best of others (``best_of``), not measured themselves."""
+
+
+def best_of(results: dict[str, Any], name: str, among: Sequence[str]) -> None:
+    """Add ``name``: the one of ``among`` measured here with the most goodput (none: nothing)."""
+    measured = [k for k in among if k in results]
+    if measured:
+        best = max(measured, key=lambda k: results[k]["goodput_rps"])
+        results[name] = {**results[best], "best_of": measured, "chosen": best}
+
+
+def backend_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row per backend served here: its throughput and p95 at the same batch settings as
+    eager, against the eager in-process limit and eager served, measured in the same run."""
+    limit_rps = results["limit"]["goodput_rps"] if "limit" in results else None
+    eager = results.get(backend_system(EAGER))
+    rows = []
+    for backend in BACKENDS:
+        served = results.get(backend_system(backend))
+        if served is None:
+            continue
+        rps, p95 = served["goodput_rps"], served["latency_ms"]["p95"]
+        rows.append(
+            {
+                "backend": backend,
+                "system": backend_system(backend),
+                "goodput_rps": rps,
+                "p95_ms": p95,
+                "ratio_to_eager_limit": round(rps / limit_rps, 3) if limit_rps else None,
+                "ratio_to_eager_served": (
+                    round(rps / eager["goodput_rps"], 3) if eager and eager["goodput_rps"] else None
+                ),
+                "p95_no_worse_than_eager_served": (
+                    p95 <= eager["latency_ms"]["p95"] if eager else None
+                ),
+            }
+        )
+    return rows
+
+
 def line(figures: dict[str, Any]) -> str:
     if figures["kind"] == "in-process":
-        return f"{figures['goodput_rps']:.1f} items/s (batch {figures['batch_size']})"
+        return (
+            f"{figures['goodput_rps']:.1f} items/s (batch {figures['batch_size']}, "
+            f"{figures['processes']} process(es))"
+        )
     lat = figures["latency_ms"]
     return (
         f"{figures['goodput_rps']:.1f} req/s  p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  "
@@ -203,15 +341,18 @@ def line(figures: dict[str, Any]) -> str:
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
-    for name, top, bottom, wanted in TARGETS:
+    for name, top, bottom, wanted, p95_of in TARGETS:
         if top not in results or bottom not in results:
             continue
         a, b = results[top], results[bottom]
         ratio = a["goodput_rps"] / b["goodput_rps"] if b["goodput_rps"] else 0.0
-        p95_ok = b["kind"] == "in-process" or (a["latency_ms"]["p95"] <= b["latency_ms"]["p95"])
+        p95_ok = p95_of is None or (
+            p95_of in results and a["latency_ms"]["p95"] <= results[p95_of]["latency_ms"]["p95"]
+        )
         found.append(
             {
                 "target": name,
+                "systems": [a.get("chosen", top), b.get("chosen", bottom)],
                 "ratio": round(ratio, 3),
                 "wanted": wanted,
                 "p95_equal_or_lower": p95_ok,
@@ -236,10 +377,13 @@ def markdown(document: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, f in document["systems"].items():
-        if name == "torchserve-bs1":
+        if name in DERIVED:
             continue
         if f["kind"] == "in-process":
-            label = f"{name} (batch {f['batch_size']}, {f['processes']} process(es))"
+            label = (
+                f"{name} (batch {f['batch_size']}, {f['processes']} process(es) x "
+                f"{f['threads']} thread(s))"
+            )
             rows.append(f"| {label} | {f['goodput_rps']:.1f} | | | | | |")
             continue
         lat = f["latency_ms"]
@@ -247,6 +391,19 @@ def markdown(document: dict[str, Any]) -> str:
             f"| {name} | {f['goodput_rps']:.1f} | {lat['p50']:.0f} | {lat['p95']:.0f} | "
             f"{lat['p99']:.0f} | {f['errors']} | {f['client_cpu_pct']:.0f}% |"
         )
+    if document.get("backends"):
+        rows += [
+            "",
+            "| backend | req/s | p95 ms | / eager in-process limit | / eager served "
+            "| p95 no worse than eager served |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in document["backends"]:
+            rows.append(
+                f"| {r['backend']} | {r['goodput_rps']:.1f} | {r['p95_ms']:.0f} | "
+                f"{_ratio(r['ratio_to_eager_limit'])} | {_ratio(r['ratio_to_eager_served'])} | "
+                f"{_yes(r['p95_no_worse_than_eager_served'])} |"
+            )
     rows += [
         "",
         "| target | ratio | wanted | p95 equal or lower | met |",
@@ -260,8 +417,18 @@ def markdown(document: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _yes(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
 def plot(document: dict[str, Any], path: Path) -> None:
-    names = [n for n in document["systems"] if n not in ("limit", "torchserve-bs1")]
+    names = [
+        n for n, f in document["systems"].items() if n not in DERIVED and f["kind"] != "in-process"
+    ]
     figures = [document["systems"][n] for n in names]
     fig = Figure(figsize=(10, 4.5))
     left, right = fig.subplots(1, 2)

@@ -45,12 +45,14 @@ class ServedTrials:
         warmup: float = 0.5,
         setup_warmup: float = 1.0,
         server_warmup: float = 8.0,
+        model_store: Path | None = None,
     ) -> None:
         """``setup_warmup`` seconds of load after each registration and ``server_warmup`` more
         on a fresh server are not measured: a cold JVM made the first trial on a new server
         read half what its neighbours read later (3 s of warmup: minilm batch 4, delay 5, first
         on a two-worker server, 68 req/s; delays 10 and 20 later 129 and 145)."""
         self.config, self.workdir, self.model = config, workdir, model
+        self.model_store = model_store  # None: the config's
         self.setup_warmup, self.server_warmup = setup_warmup, server_warmup
         self.bodies, self.content_type = tuple(bodies), content_type
         self.duration, self.warmup = duration, warmup
@@ -71,7 +73,7 @@ class ServedTrials:
             self.servers_started += 1
             workdir = self.workdir / f"server-{self.servers_started}"
             self.ts = self.server.enter_context(
-                settings.batch_server(self.config, workdir, setting.workers)
+                settings.batch_server(self.config, workdir, setting.workers, self.model_store)
             )
         self.current = None
         settings.register(self.served, self.model, setting)

@@ -4,6 +4,7 @@
     servekit tune --model minilm --p95 100 --grid     # also the full grid, to compare
     servekit tune --model iris --p95 50 --batch-sizes 1,4,16 --no-write
     servekit tune --model tiny --payload body.json     # a model with no built-in payload
+    servekit tune --model minilm --backend onnxruntime-int8 --no-write   # one backend's best
 
 It starts its own TorchServe from the project's config.properties (loopback, free ports, own
 temp dir; the model API switched on there only), registers the model's archive once per setting and
@@ -14,7 +15,9 @@ alone; see servekit/bench/search.py for the search. With a grid (``--grid`` or `
 climb's and the grid's winners are then measured side by side, alternating, and their means
 compared: the grid's best single reading is the luckiest of 48. The winner is written
 under ``model_config:`` in config/<model>.yml (``servekit archive`` then bakes it in), unless
-``--no-write``.
+``--no-write``. ``--backend B`` tunes the model served on another backend (its archive built
+as ``servekit archive`` would, gate included, by servekit.bench.backend_archives); its winner is
+written only when the spec already asks for that backend.
 
 Exit codes: 0 a setting met the objective, 1 none did (nothing written) or the run failed,
 2 bad arguments (a missing project or archive included), 3 a management API did not answer.
@@ -34,12 +37,14 @@ from typing import Any
 from servekit.bench import command
 from servekit.bench import payloads as bench_payloads
 from servekit.bench import search as tuner
+from servekit.bench.backend_archives import archive_for, spec_backend
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_tuning
 from servekit.bench.trials import ServedTrials
 from servekit.cli import FAILED, OK
 from servekit.config.spec_edit import write_sections
 from servekit.errors import ToolkitError
+from servekit.runtime.backend_names import BACKENDS, EAGER
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.settings import Setting, archived_setting, threads_per_worker
 
@@ -58,6 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="archive model_store/MODEL.mar")
     command.add_payload_arguments(parser)
     parser.add_argument("--p95", type=float, default=100.0, help="objective: p95 in ms (100)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="serve the model on this backend (default: the one its spec asks for)",
+    )
     parser.add_argument("--batch-sizes", type=int_list, default=(1, 2, 4, 8, 16, 32))
     parser.add_argument("--delays", type=int_list, default=(5, 10, 20, 50), help="ms")
     parser.add_argument("--workers", type=int_list, default=(1, 2))
@@ -106,6 +116,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.project = command.project_of(args)
     args.config = args.config or args.project.properties
     args.spec = args.spec or args.project.spec(args.model)
+    args.spec_backend = spec_backend(args.project, args.model) if args.spec.is_file() else EAGER
+    args.backend = args.backend or args.spec_backend
     args.out = args.out or args.project.root / "docs" / "bench" / f"tune-{args.model}.json"
     args.plot = args.plot or args.out.with_suffix(".png")
     args.command = command.line("tune", argv)
@@ -145,6 +157,7 @@ def search_summary(search: tuner.Search, seconds: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     command.archive_of(args.project, args.model)
+    served = archive_for(args.project, args.model, args.backend)
     payload = bench_payloads.choose(args.model, args.payload, args.content_type)
     start = archived_setting(args.project.root, args.model)
     if start not in set(args.space.settings()):
@@ -152,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     document: dict[str, Any] = {
         "command": args.command,
         "model": args.model,
+        "backend": args.backend,
         "payload": payload.description,
         "objective": {"p95_ms": args.p95, "max_concurrency": args.max_concurrency},
         "space": {
@@ -173,13 +187,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measure = ServedTrials(
             args.config,
             Path(workdir),
-            args.model,
+            served.name,
             payload.bodies,
             payload.content_type,
             args.level_seconds,
             args.warmup,
             args.setup_warmup,
             args.server_warmup,
+            model_store=served.store,
         )
         try:
             climb = tuner.Search(measure, args.objective, on_trial=announce("climb"))
@@ -221,6 +236,11 @@ def recorded_grid(path: Path, document: dict[str, Any]) -> dict[str, Any]:
             raise ToolkitError(
                 f"--grid-from {path}: its {key} is {earlier.get(key)}, this run's {document[key]}"
             )
+    if earlier.get("backend", EAGER) != document["backend"]:  # older runs: eager only
+        raise ToolkitError(
+            f"--grid-from {path}: its backend is {earlier.get('backend', EAGER)}, "
+            f"this run's {document['backend']}"
+        )
     return earlier
 
 
@@ -296,17 +316,30 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
         "concurrency "
         f"{best['best']['concurrency']}, p95 {best['best']['p95_ms']:.1f} ms"
     )
-    if not args.no_write:
-        note = (
-            f"tuned {datetime.date.today()}: p95 <= {args.p95:g} ms, "
-            f"{best['mean_score_rps']:.0f} req/s (servekit tune)"
+    if not args.no_write and args.backend != args.spec_backend:
+        print(
+            f"not written: {args.spec} serves backend {args.spec_backend}, this run tuned "
+            f"{args.backend} (set handler_options.backend: {args.backend} there to ship it)"
         )
+    elif not args.no_write:
+        note = tuned_note(document, args.p95)
         sections = {"model_config": winner.model_config()}
         if winner.workers > 1:  # the workers must share the cores, as they did here
             sections["handler_options"] = {"torch_threads": threads_per_worker(winner.workers)}
         write_sections(args.spec, sections, note)
         print(f"wrote {sections} into {args.spec}")
     return OK
+
+
+def tuned_note(document: dict[str, Any], p95: float) -> str:
+    """The comment the tuner writes beside each value: when, how, on how many cores, and what
+    the winner served there, so a spec says what its settings were tuned for."""
+    best = document["climb"]["best"]
+    return (
+        f"tuned {datetime.date.today()} by `{document['command']}` on "
+        f"{document['machine']['cpus']} cores: {best['mean_score_rps']:.0f} req/s at p95 "
+        f"{best['best']['p95_ms']:.0f} ms (objective p95 <= {p95:g} ms)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,12 +87,17 @@ def thread_environment(workers: int) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def batch_server(config: Path, workdir: Path, workers: int = 1) -> Iterator[TorchServe]:
+def batch_server(
+    config: Path, workdir: Path, workers: int = 1, model_store: Path | None = None
+) -> Iterator[TorchServe]:
     """A TorchServe from ``config`` with no model loaded and the model API on (private),
-    its workers' torch threads set for ``workers`` workers (see :func:`threads_per_worker`)."""
+    its workers' torch threads set for ``workers`` workers (see :func:`threads_per_worker`),
+    registering archives from ``model_store`` (default: the config's)."""
     extra = {"enable_model_api": "true"}
     env = thread_environment(workers)
-    with running(config, workdir, models=[], extra=extra, environment=env) as ts:
+    with running(
+        config, workdir, model_store=model_store, models=[], extra=extra, environment=env
+    ) as ts:
         yield ts
 
 
