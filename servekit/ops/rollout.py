@@ -67,9 +67,10 @@ from servekit.health.recycle import (
     model_lock,
 )
 from servekit.ops.frontend import find_frontend
+from servekit.ops.scale import READY_STATUS, handler_status, undrainable
 from servekit.runtime.decoding import brief
 from servekit.runtime.recycle import PARK_SECONDS
-from servekit.runtime.request_ids import VERSION_HEADER
+from servekit.runtime.request_ids import MODEL_VERSION, VERSION_HEADER
 from servekit.runtime.stats import stats_dir
 from servekit.serve.examples import EXAMPLE_TYPES, project_samples, samples
 from servekit.serve.management import (
@@ -83,7 +84,6 @@ from servekit.serve.marinfo import read_mar
 PROG = "servekit rollout"
 COPY_MARK = "-rollout-"  # in the name of an archive this command copied into the model store
 PARK_WINDOW = PARK_SECONDS / 2  # a worker signalled parks within this, or is signalled again
-READY_STATUS = "ready"
 SENDER_JOIN_SECONDS = 1.0
 
 
@@ -123,19 +123,34 @@ class Timings:
 # --- the inputs, checked before the server is touched ----------------------------------------
 
 
-def archive_version(path: Path) -> str:
-    """The model version ``path``'s manifest names; ``UsageError`` saying what is wrong."""
+def archive_version(path: Path, model: str) -> str:
+    """The model version ``path``'s manifest names, for ``model``; ``UsageError`` saying what
+    is wrong (another model's archive, a version a URL or a header would have to escape)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory: give the .mar file to roll out")
     if not path.is_file():
         raise UsageError(f"{path}: no such file (give the .mar to roll out)")
     try:
         manifest = read_mar(path).manifest
     except ToolkitError as err:
         raise UsageError(f"{path} is not a model archive TorchServe can load: {err}") from None
-    version = manifest.get("model", {}).get("modelVersion")
+    described = manifest.get("model", {})
+    version = described.get("modelVersion")
     if not isinstance(version, str) or not version.strip():
         raise UsageError(
             f"{path}: MAR-INF/MANIFEST.json names no model version; build it with "
             "torch-model-archiver --version (or the spec's version:)"
+        )
+    if not MODEL_VERSION.fullmatch(version):
+        raise UsageError(
+            f"{path}: model version {version!r} is not 1-64 characters of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit; build it with another --version"
+        )
+    name = described.get("modelName")
+    if name != model:
+        raise UsageError(
+            f"{path} is an archive of model {name!r}, not {model!r}: roll out an archive "
+            f"built for {model} (its spec's name:)"
         )
     return version
 
@@ -321,22 +336,7 @@ class Rollout:
         return last_init_error(self.log_dir, self.model, version, mark)
 
     def _handler_status(self, version: str) -> tuple[str | None, int | None]:
-        """What a customized describe of ``version`` says: the handler's status and pid
-        (``None`` for a handler that reports neither: READY is then all there is)."""
-        entry = self.api.entry(self.model, version, customized=True)
-        metadata = entry.get("customizedMetadata")
-        if isinstance(metadata, str):
-            with contextlib.suppress(ValueError):
-                metadata = json.loads(metadata)
-        if not isinstance(metadata, dict):
-            return None, None
-        worker = metadata.get("worker")
-        pid = worker.get("pid") if isinstance(worker, dict) else None
-        status = metadata.get("status")
-        return (
-            status if isinstance(status, str) else None,
-            pid if isinstance(pid, int) else None,
-        )
+        return handler_status(self.api, self.model, version)
 
     # -- 3. smoke request -------------------------------------------------------------------
 
@@ -349,6 +349,11 @@ class Rollout:
             headers["Authorization"] = f"Bearer {self.inference_token}"
         try:
             reply = requests.post(url, data=smoke.body, headers=headers, timeout=self.timeout)
+        except requests.Timeout:
+            raise RolloutFailed(
+                f"{self.model} {version}: the smoke request was not answered within "
+                f"{self.timeout:g} s (--timeout)"
+            ) from None
         except requests.RequestException as err:
             raise Unreachable(
                 f"smoke request: no answer from {url} ({type(err).__name__}); "
@@ -374,7 +379,9 @@ class Rollout:
         if registered:
             try:
                 self.api.unregister(self.model, version, timeout=self.timeout)
-                done.append(f"{version} unregistered")
+                still = self._registered(version)  # a 404 may hide a version still there
+                gone = f"{version} unregistered"
+                done.append(f"could not unregister {version}" if still else gone)
             except ServerError as err:
                 done.append(f"could not unregister {version}: {err}")
         if copy is not None:
@@ -385,6 +392,10 @@ class Rollout:
                 done.append(f"could not remove {copy} from the model store: {err.strerror}")
         if done:
             print(f"{PROG}: rolled back: {'; '.join(done)}", file=sys.stderr)
+
+    def _registered(self, version: str) -> bool:
+        versions = self.api.describe(self.model, "all")
+        return any(str(entry.get("modelVersion")) == version for entry in versions)
 
     # -- 5. retire the old version ----------------------------------------------------------
 
@@ -551,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-old", action="store_true", help="leave the old version registered (not default)"
     )
+    parser.add_argument(
+        "--stats-dir",
+        type=Path,
+        help="where the model lock lives (default: as servekit recycle and scale)",
+    )
     project.add_argument(parser)
     return parser
 
@@ -559,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        version = archive_version(args.archive)
+        version = archive_version(args.archive, args.model)
         smoke = smoke_request(args)
         keys = None if args.key_file is None else load_keys(args.key_file)
     except UsageError as err:
@@ -569,8 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _roll_out(args, api, version, smoke, keys.inference if keys else None)
     except UsageError as err:
         return _fail(str(err), 2)
-    except (ManagementUnreachable, Unreachable) as err:
+    except ManagementUnreachable as err:
         return _fail(f"{err}; is TorchServe running?", 3)
+    except Unreachable as err:  # the smoke request's: its message names the URL
+        return _fail(str(err), 3)
     except ServerError as err:
         return _fail(str(err), 1)
 
@@ -592,6 +610,11 @@ def _roll_out(
     default = api.entry(args.model)
     old = str(default.get("modelVersion"))
     workers = args.workers or max(1, len(default.get("workers") or []))
+    if not args.keep_old:  # the old version's workers are drained by signals: can they be?
+        pids = [int(w["pid"]) for w in Management.ready_workers(default) if int(w["pid"]) > 0]
+        problem = undrainable(f"{args.model} {old}", pids)
+        if problem is not None:
+            return _fail(f"{problem} (--keep-old leaves the old version registered)", 1)
     frontend = find_frontend(args.management_url)
     store = args.model_store or (frontend.model_store if frontend else None)
     if store is None:
@@ -606,7 +629,7 @@ def _roll_out(
     )
     started = time.monotonic()
     try:
-        with interruptible(PROG), model_lock(stats_dir(args.model), args.model, PROG):
+        with interruptible(PROG), model_lock(args.stats_dir or stats_dir(args.model), args.model, PROG):
             rollout.run(args.archive, version, old, workers, smoke, args.keep_old)
     except Interrupted as stop:
         finished = "drain" in rollout.timings.steps

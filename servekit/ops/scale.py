@@ -40,6 +40,7 @@ from servekit.errors import ServerError
 from servekit.health.cli import UsageError, base_url, load_keys, model_name
 from servekit.health.probe import DEFAULT_MANAGEMENT_URL
 from servekit.health.recycle import (
+    POLL_SECONDS,
     ROLLBACK_PARK_SECONDS,
     Interrupted,
     Recycler,
@@ -52,9 +53,16 @@ from servekit.health.recycle import (
 )
 from servekit.runtime.recycle import RETIRED_NAME
 from servekit.runtime.stats import stats_dir
-from servekit.serve.management import ManagementError, ManagementUnreachable
+from servekit.serve.management import (
+    READY,
+    Management,
+    ManagementError,
+    ManagementUnreachable,
+)
 
 PROG = "servekit scale"
+MAX_WORKERS = 1000  # TorchServe takes far more and starts them all: a typo is not a plan
+READY_STATUS = "ready"  # what a warmed-up handler's status says
 WORKER_SCRIPT = "model_service_worker"  # in the command line of every TorchServe worker
 
 
@@ -89,6 +97,9 @@ class Scaler:
         self.model = recycler.model
         self.report = report
         self.drainable: Callable[[int], str | None] = drain_obstacle
+        self.handler_status: Callable[[], tuple[str | None, int | None]] = lambda: handler_status(
+            recycler.api, recycler.model
+        )
 
     def run(self, workers: int, max_workers: int) -> Summary:
         started = time.monotonic()
@@ -99,6 +110,13 @@ class Scaler:
         elif workers < before:
             self.down(entry, workers)
         self.recycler.scale(workers, max_workers)
+        entry = self.recycler.describe()
+        found = (entry.get("minWorkers"), entry.get("maxWorkers"))
+        if found != (workers, max_workers):
+            raise ServerError(
+                f"{self.model}: asked for minWorkers {workers}, maxWorkers {max_workers}; "
+                f"TorchServe has minWorkers {found[0]}, maxWorkers {found[1]}"
+            )
         return Summary(self.model, before, workers, workers, max_workers, _since(started))
 
     def entry(self) -> dict[str, Any]:
@@ -122,12 +140,37 @@ class Scaler:
             lambda e: len(e["workers"]) >= workers and ready_count(e) >= workers,
             f"{workers} workers READY",
         )
-        for pid in [p for p in worker_pids(entry) if p not in old]:
+        added = [p for p in worker_pids(entry) if p not in old]
+        self.wait_warm(added)
+        for pid in added:
             self.report(Change("added", self.model, pid, workers, _since(started)))
+
+    def wait_warm(self, pids: Sequence[int]) -> None:
+        """Until the handler of each of ``pids`` says ``ready`` (a worker warming up in the
+        background is READY at once); customized describes land on any worker, so it asks
+        until each answered. A handler that reports no status: READY is all there is."""
+        waiting = set(pids)
+        deadline = time.monotonic() + self.recycler.timeout
+        while waiting:
+            status, pid = self.handler_status()
+            if status is None and pid is None:
+                return
+            if status == READY_STATUS:
+                waiting.discard(pid or 0)
+            if waiting and time.monotonic() > deadline:
+                raise ServerError(
+                    f"{self.model}: worker(s) {', '.join(map(str, sorted(waiting)))} READY but "
+                    f"not warmed up within {self.recycler.timeout:g} s (last handler status "
+                    f"{status})"
+                )
+            if waiting:
+                self.recycler.sleep(POLL_SECONDS)
 
     def down(self, entry: Mapping[str, Any], workers: int) -> None:
         """One worker at a time, the newest, parked before TorchServe stops it."""
-        self.check_drainable(worker_pids(entry)[workers:])  # the ones TorchServe will stop
+        stopped = entry["workers"][workers:]  # the ones TorchServe will stop
+        # a worker not started yet has no process (its pid reads -1): nothing to drain
+        self.check_drainable([w["pid"] for w in stopped if w["status"] == READY and w["pid"] > 0])
         for count in range(len(entry["workers"]), workers, -1):
             self.remove_newest(count)
 
@@ -168,35 +211,72 @@ class Scaler:
         self.recycler.scale(count, count)
 
     def check_drainable(self, pids: Sequence[int]) -> None:
-        for pid in pids:
-            obstacle = self.drainable(pid)
-            if obstacle is not None:
-                raise ServerError(
-                    f"{self.model}: worker {pid} {obstacle}: the drain signals worker "
-                    "processes, so run servekit scale beside the server (same machine, "
-                    "process namespace and user); nothing was changed (a plain scale-down "
-                    "would cut the requests in its hands)"
-                )
+        problem = undrainable(self.model, pids, self.drainable)
+        if problem is not None:
+            raise ServerError(problem)
+
+
+BESIDE = "the drain signals worker processes: run it beside the server (same machine, " + (
+    "process namespace and user)"
+)
 
 
 def drain_obstacle(pid: int) -> str | None:
-    """Why worker ``pid`` cannot be parked from here, or ``None``: it must be a TorchServe
-    worker process this user can signal whose handler catches ``SIGUSR2`` (the toolkit's)."""
+    """Why worker ``pid`` cannot be parked from here, and what to do, or ``None``: it must be
+    a TorchServe worker process this user can signal whose handler catches ``SIGUSR2``."""
     try:
         process = psutil.Process(pid)
         command = " ".join(process.cmdline())
         name = process.name()
     except psutil.Error:
-        return "is not a process visible from here"
+        return f"is not a process visible from here; {BESIDE}"
     if WORKER_SCRIPT not in command and name != RETIRED_NAME:
-        return f"is not a TorchServe worker here (pid {pid} is {name!r})"
+        return f"is not a TorchServe worker here (pid {pid} is {name!r}); {BESIDE}"
     try:
         os.kill(pid, 0)
     except OSError:
-        return "cannot be signalled by this user"
+        return f"cannot be signalled by this user; {BESIDE}"
     if catches(pid, signal.SIGUSR2) is False:
-        return "does not catch SIGUSR2 (its handler is not a servekit ToolkitHandler)"
+        return (
+            "does not catch SIGUSR2, so it cannot be drained: its handler is not a servekit "
+            "ToolkitHandler, or its handler option recycle_on_sigusr1 is false"
+        )
     return None
+
+
+def undrainable(
+    model: str, pids: Sequence[int], obstacle: Callable[[int], str | None] = drain_obstacle
+) -> str | None:
+    """The first of ``pids`` that cannot be drained, as an error line, or ``None``."""
+    for pid in pids:
+        found = obstacle(pid)
+        if found is not None:
+            return (
+                f"{model}: worker {pid} {found}; nothing was changed (stopping it would cut "
+                "the requests in its hands)"
+            )
+    return None
+
+
+def handler_status(
+    api: Management, model: str, version: str | None = None
+) -> tuple[str | None, int | None]:
+    """What a customized describe of ``model`` (``version``) says: the handler's status and
+    its worker's pid (``None`` for a handler that reports neither: READY is all there is)."""
+    entry = api.entry(model, version, customized=True)
+    metadata = entry.get("customizedMetadata")
+    if isinstance(metadata, str):
+        with contextlib.suppress(ValueError):
+            metadata = json.loads(metadata)
+    if not isinstance(metadata, dict):
+        return None, None
+    worker = metadata.get("worker")
+    pid = worker.get("pid") if isinstance(worker, dict) else None
+    status = metadata.get("status")
+    return (
+        status if isinstance(status, str) else None,
+        pid if isinstance(pid, int) else None,
+    )
 
 
 def catches(pid: int, signum: int) -> bool | None:
@@ -229,6 +309,8 @@ def worker_count(text: str) -> int:
             f"{text!r}: a model keeps at least 1 worker; to take it off the server, "
             "unregister it (DELETE /models/<name>)"
         )
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_WORKERS} workers")
     return value
 
 

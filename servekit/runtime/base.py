@@ -51,6 +51,7 @@ from servekit.runtime.readiness import Readiness
 from servekit.runtime.request_ids import (
     ECHO_HEADER,
     HEADER,
+    MODEL_VERSION,
     VERSION_HEADER,
     RequestIds,
     request_ids,
@@ -510,7 +511,7 @@ class ToolkitHandler(BaseHandler, Generic[ItemT]):
     def _name_version(self, context: Any, count: int) -> None:
         """Every answer says which version of the model gave it (``X-Model-Version``): during
         a rollout (``servekit rollout``) a client can tell the old version's from the new's."""
-        if self.model_version:
+        if MODEL_VERSION.fullmatch(self.model_version):  # never a header of CR/LF or the like
             for idx in range(count):
                 context.set_response_header(idx, VERSION_HEADER, self.model_version)
 

@@ -28,10 +28,14 @@ from typing import Any
 HEADER = "X-Request-ID"
 """The request header a client (or the queue bridge) sends its own id in."""
 ECHO_HEADER = "X-Client-Request-ID"
-VERSION_HEADER = "X-Model-Version"  # on every answer: the model version that gave it
 """The response header the client's id comes back in. Not ``X-Request-ID``: the frontend
 sets its own ``x-request-id`` on every response after the handler's headers, replacing one
 the handler set (measured on 0.12; tests/e2e/test_request_id_tracing.py)."""
+VERSION_HEADER = "X-Model-Version"
+"""On every answer: the model version that gave it, when it is a ``MODEL_VERSION``."""
+MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A model version servekit puts in a header or rolls out (``1.0``, ``2024-05-01``, ``v3``):
+nothing a header, a URL path or a file name would have to escape."""
 MAX_LENGTH = 128
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 """A safe request id, the one definition: the queue bridge's message ids use it too."""

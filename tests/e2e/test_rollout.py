@@ -43,16 +43,16 @@ BODY = b'{"value": 1}'
 CLIENTS = 6
 
 
-def rebuilt(source: Path, target: Path, version: str, **handler: object) -> Path:
-    """``source`` with ``version`` in its manifest, two workers, a queue of 20, and the given
-    handler options changed."""
+def rebuilt(source: Path, target: Path, version: str, name: str = MODEL, **handler: object) -> Path:
+    """``source`` with ``version`` (and model ``name``) in its manifest, two workers, a queue
+    of 20, and the given handler options changed."""
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
         manifest = json.loads(old.read("MAR-INF/MANIFEST.json"))
         config_name = manifest["model"]["configFile"]
         for info in old.infolist():
             data = old.read(info.filename)
             if info.filename == "MAR-INF/MANIFEST.json":
-                manifest["model"]["modelVersion"] = version
+                manifest["model"] |= {"modelVersion": version, "modelName": name}
                 data = json.dumps(manifest, indent=2).encode()
             elif info.filename == config_name:
                 config = yaml.safe_load(data)
@@ -247,7 +247,7 @@ def test_the_registered_version_again_is_a_usage_error(server: TorchServe, archi
 
 def test_a_model_not_served(server: TorchServe, archives: Path) -> None:
     command = [sys.executable, "-m", "servekit.cli", "rollout", "iris", str(archives / "x.mar")]
-    new = rebuilt(original(server), archives / "x.mar", "7.0")
+    new = rebuilt(original(server), archives / "x.mar", "7.0", name="iris")
     assert new.is_file()
     command += ["--management-url", server.management_url, "--smoke-json", "{}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -319,3 +319,19 @@ def test_sigint_after_the_switch_finishes_the_drain(server: TorchServe, archives
     assert versions(server) == {"3.0": True}
     copies = [name for name in store_files(server) if "-rollout-" in name]
     assert len(copies) == 1 and copies[0].startswith(f"{MODEL}-3_0-rollout-"), copies
+
+
+def test_an_old_version_that_cannot_be_drained_is_refused_first(
+    server: TorchServe, archives: Path
+) -> None:
+    """A default version whose workers do not catch SIGUSR2 (recycle_on_sigusr1: false) could
+    only be stopped with the requests in its hands: the rollout refuses before registering."""
+    plain = rebuilt(original(server), archives / "v4.mar", "4.0", recycle_on_sigusr1=False)
+    assert rollout(server, plain, "--smoke-json", BODY.decode()).code == 0
+    assert versions(server) == {"4.0": True}
+    new = rebuilt(original(server), archives / "v10.mar", "10.0")
+    run = unchanged_after(server, lambda: rollout(server, new, "--smoke-json", BODY.decode()))
+    assert run.code == 1, run.err
+    assert f"{MODEL} 4.0: worker " in run.err and "does not catch SIGUSR2" in run.err, run.err
+    assert "recycle_on_sigusr1 is false" in run.err and "nothing was changed" in run.err
+    assert "registered" not in run.out

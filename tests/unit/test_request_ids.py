@@ -6,6 +6,7 @@ bridge's ``X-Request-ID``."""
 from __future__ import annotations
 
 import http.server
+import json
 import logging
 import re
 import threading
@@ -23,6 +24,7 @@ from servekit.runtime.request_ids import (
     ECHO_HEADER,
     HEADER,
     MAX_LENGTH,
+    VERSION_HEADER,
     RequestIds,
     request_ids,
     valid_client_id,
@@ -290,3 +292,23 @@ def test_the_bridge_sends_its_request_id_as_x_request_id() -> None:
         thread.join(10)
     assert status == 200 and Recorder.seen == [rid]
     assert valid_client_id(rid) == rid
+
+
+@pytest.mark.parametrize(
+    ("version", "header"),
+    [("1", "1"), ("2.0-rc_1", "2.0-rc_1"), ("3.0\r\nX-Evil: 1", None), ("v 2", None), ("", None)],
+)
+def test_the_model_version_header_only_carries_a_safe_version(
+    tmp_path: Path, version: str, header: str | None
+) -> None:
+    """Every answer names the version that gave it (servekit rollout relies on it); a manifest
+    version a header would have to escape (CR/LF, spaces) is not sent at all."""
+    directory = model_dir(tmp_path, "moody", MOODY)
+    manifest = directory / "MAR-INF" / "MANIFEST.json"
+    described = json.loads(manifest.read_text())
+    described["model"]["modelVersion"] = version
+    manifest.write_text(json.dumps(described))
+    with LocalModel(directory, batch_size=2) as model:
+        good, bad = model.predict([Request.json(4), Request.json("x")])
+    assert (good.status, bad.status) == (200, 400)
+    assert good.headers.get(VERSION_HEADER) == header and bad.headers.get(VERSION_HEADER) == header

@@ -3,7 +3,9 @@ management URL is a port nobody listens on, so any call to it would exit 3, not 
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import zipfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from servekit.health.initlog import last_init_error, log_mark
 from servekit.ops import rollout
 from servekit.ops.frontend import _model_store, find_frontend
+from servekit.serve.management import Management
 from servekit.serve.server import free_ports
 
 MANIFEST = {
@@ -79,6 +82,32 @@ def test_a_manifest_without_a_version(
     assert code == 2
     assert "nov.mar" in err
     assert "no model version" in err or "modelVersion is not a string" in err
+
+
+@pytest.mark.parametrize("version", ["../x", "a/b", "3.0\n", "-1", ".hidden", "v 2", "x" * 65])
+def test_a_version_a_path_or_a_header_would_escape_is_refused(
+    tmp_path: Path, nobody: str, capsys: pytest.CaptureFixture[str], version: str
+) -> None:
+    model = {**MANIFEST["model"], "modelVersion": version}  # type: ignore[dict-item]
+    code, err = run(capsys, nobody, mar(tmp_path / "odd.mar", {**MANIFEST, "model": model}))
+    assert code == 2, err
+    assert "is not 1-64 characters of A-Z a-z 0-9 . _ -" in err and "Traceback" not in err
+
+
+def test_another_models_archive_is_refused(
+    tmp_path: Path, nobody: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = {**MANIFEST["model"], "modelName": "iris"}  # type: ignore[dict-item]
+    code, err = run(capsys, nobody, mar(tmp_path / "iris.mar", {**MANIFEST, "model": model}))
+    assert code == 2
+    assert "iris.mar is an archive of model 'iris', not 'slow_model'" in err
+
+
+def test_a_directory_is_not_an_archive(
+    tmp_path: Path, nobody: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(capsys, nobody, tmp_path)
+    assert code == 2 and "is a directory: give the .mar file" in err
 
 
 def test_a_good_archive_reaches_the_server(
@@ -150,3 +179,32 @@ def test_init_errors_of_one_version_after_a_mark(tmp_path: Path) -> None:
     assert last_init_error(tmp_path, "slow_model", "2.0", mark) == "fresh"
     model_log.write_text("")  # rolled over: read from its start again
     assert last_init_error(tmp_path, "slow_model", "2.0", mark) is None
+
+
+def test_a_smoke_request_not_answered_in_time_fails_the_rollout(tmp_path: Path) -> None:
+    """A version that takes the request and never answers is a failed rollout (exit 1, rolled
+    back), not an unreachable server."""
+    stop = threading.Event()
+
+    class Silent(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            stop.wait(5)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        done = rollout.Rollout(Management(url), "slow_model", url, tmp_path, None, timeout=0.5)
+        with pytest.raises(
+            rollout.RolloutFailed,
+            match=r"slow_model 2.0: the smoke request was not answered within 0.5 s",
+        ):
+            done._smoke("2.0", rollout.Smoke(b"{}", "application/json"))
+    finally:
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()

@@ -10,6 +10,7 @@ import copy
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ MODEL = ["--model", "m", "--management-url", "http://127.0.0.1:9", "--timeout", 
         (["--workers", "1.5"], "'1.5' is not a whole number"),
         (["--workers", "3", "--max-workers", "2"], "--max-workers 2 is below --workers 3"),
         (["--workers", "1", "--max-workers", "0"], "--max-workers: '0'"),
+        (["--workers", "3000000000"], "--workers: '3000000000': at most 1000 workers"),
+        (["--workers", "1", "--max-workers", "1001"], "at most 1000 workers"),
         (["--workers", "1", "--timeout", "nan"], "--timeout: 'nan' must be a finite number > 0"),
         (["--workers", "1", "--model", "../x"], "not a model name TorchServe accepts"),
         (["--workers", "1", "--management-url", "localhost:1"], "did you mean 'http://"),
@@ -113,6 +116,7 @@ def scaler(
     changes: list[scale.Change] = []
     done = scale.Scaler(made, changes.append)
     done.drainable = lambda pid: None
+    done.handler_status = lambda: (None, None)  # a handler reporting no status: READY is all
     return server, done, changes
 
 
@@ -161,8 +165,66 @@ def test_a_worker_out_of_reach_changes_nothing(patched: dict[str, FakeServer]) -
     scaler_.drainable = lambda pid: None if pid == 1001 else "is not a process visible from here"
     with pytest.raises(ServerError, match="worker 1002 is not a process visible from here") as err:
         scaler_.run(1, 1)
-    assert "run servekit scale beside the server" in str(err.value)
+    assert "nothing was changed" in str(err.value)
     assert server.scales == [] and server.signals == [] and server.state == (3, 3, 3)
+
+
+def test_a_worker_not_started_yet_is_not_checked(patched: dict[str, FakeServer]) -> None:
+    """The newest worker has no process yet (pid -1, not READY): there is nothing to drain
+    (checking it would refuse the whole scale-down); the others are checked."""
+    server, scaler_, _ = scaler(patched, 4)
+    server.workers[-1] = {**server.workers[-1], "pid": -1, "status": "UNLOADING"}
+    checked: list[int] = []
+
+    def obstacle(pid: int) -> str | None:
+        checked.append(pid)
+        return "is out of reach" if pid == 1003 else None
+
+    scaler_.drainable = obstacle
+    with pytest.raises(ServerError, match="worker 1003 is out of reach; nothing was changed"):
+        scaler_.run(1, 1)
+    assert checked == [1002, 1003] and server.scales == []
+
+
+def test_scaling_up_waits_until_the_new_workers_are_warmed_up(
+    patched: dict[str, FakeServer],
+) -> None:
+    """A worker warming up in the background is READY at once: the scale-up ends only when
+    a customized describe answered by each new worker says ready."""
+    _, scaler_, changes = scaler(patched, 1)
+    answers = iter(
+        [("warming", 1002), ("ready", 1001), ("ready", 1002), ("warming", 1003), ("ready", 1003)]
+    )
+    asked: list[int] = []
+
+    def status() -> tuple[str | None, int | None]:
+        found = next(answers)
+        asked.append(found[1])
+        return found
+
+    scaler_.handler_status = status
+    scaler_.run(3, 3)
+    assert asked == [1002, 1001, 1002, 1003, 1003]
+    assert [c.pid for c in changes] == [1002, 1003]
+
+
+def test_a_worker_that_never_warms_up_fails_the_scale_up(
+    patched: dict[str, FakeServer],
+) -> None:
+    _, scaler_, _ = scaler(patched, 1)
+    scaler_.recycler.timeout = 0.2
+    scaler_.recycler.sleep = lambda seconds: time.sleep(0.01)
+    scaler_.handler_status = lambda: ("degraded", 1002)
+    with pytest.raises(ServerError, match=r"worker\(s\) 1002 READY but not warmed up within"):
+        scaler_.run(2, 2)
+
+
+def test_min_and_max_not_as_asked_is_an_error(patched: dict[str, FakeServer]) -> None:
+    server, scaler_, _ = scaler(patched, 2)
+    real = server.scale
+    server.scale = lambda model, low, high, timeout: real(model, low, min(high, 4), timeout)  # type: ignore[method-assign]
+    with pytest.raises(ServerError, match="asked for minWorkers 2, maxWorkers 5; TorchServe has"):
+        scaler_.run(2, 5)
 
 
 def test_sigterm_before_the_worker_parked_finishes_that_removal_only(
@@ -201,7 +263,9 @@ def test_a_scale_down_refused_every_time_leaves_a_consistent_model(
 
 
 def test_drain_obstacles_of_real_processes(tmp_path: Path) -> None:
-    assert scale.drain_obstacle(2**22 + 12345) == "is not a process visible from here"
+    missing = scale.drain_obstacle(2**22 + 12345) or ""
+    assert missing.startswith("is not a process visible from here; the drain signals")
+    assert "run it beside the server" in missing
     assert "is not a TorchServe worker here" in (scale.drain_obstacle(os.getpid()) or "")
 
 
