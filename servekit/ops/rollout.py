@@ -629,7 +629,10 @@ def _roll_out(
     )
     started = time.monotonic()
     try:
-        with interruptible(PROG), model_lock(args.stats_dir or stats_dir(args.model), args.model, PROG):
+        with (
+            interruptible(PROG),
+            model_lock(args.stats_dir or stats_dir(args.model), args.model, PROG),
+        ):
             rollout.run(args.archive, version, old, workers, smoke, args.keep_old)
     except Interrupted as stop:
         finished = "drain" in rollout.timings.steps
