@@ -47,8 +47,12 @@ def served_name(model: str, backend: str) -> str:
 
 def spec_backend(project: Project, model: str) -> str:
     """The backend the project's spec of ``model`` asks for (eager when it names none)."""
-    spec = read_yaml(project.spec(model)) or {}
-    options = spec.get("handler_options") or {}
+    return backend_of(project.spec(model))
+
+
+def backend_of(spec: Path) -> str:
+    """The backend the spec at ``spec`` asks for (eager when it names none)."""
+    options = (read_yaml(spec) or {}).get("handler_options") or {}
     return str(options.get("backend", EAGER)) if isinstance(options, dict) else EAGER
 
 

@@ -2,6 +2,7 @@
 
     servekit profile                       # minilm, batch 16, concurrency 64
     servekit profile --batch-size 1 -c 1 --out docs/bench/profile-bs1.json
+    servekit profile --backend onnxruntime-int8 --out docs/bench/profile-minilm-int8.json
 
 Starts a private TorchServe from the project (as ``servekit bench`` does), drives the model
 with the same client at a fixed concurrency and meanwhile:
@@ -34,9 +35,11 @@ import psutil
 
 from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
+from servekit.bench.backend_archives import archive_for, spec_backend
 from servekit.bench.machine import machine
 from servekit.cli import OK
 from servekit.errors import ConfigError, ServerError, ToolkitError
+from servekit.runtime.backend_names import BACKENDS
 from servekit.serve.management import Management
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.server import TorchServe
@@ -46,7 +49,7 @@ from servekit.serve.settings import Setting, batch_server, registered
 # more specific ones come first. Frames read "function (path:line)".
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokenization", ("tokenizers", "tokenization_utils", "_token_ids")),
-    ("forward", ("modeling_bert", "torch/nn/modules")),
+    ("forward", ("modeling_bert", "torch/nn/modules", "onnxruntime")),
     ("pooling, normalizing", ("_embed (", "inference (")),
     ("encoding", ("create_predict_response", "json/encoder", "postprocess (", "_reply (")),
     ("decoding", ("_payload (", "parse_request (", "json/decoder", "select_payload")),
@@ -65,6 +68,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-delay", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("-c", "--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="serve the model on this backend (default: the one its spec asks for; another is "
+        "archived as servekit archive would, gate included)",
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="profiled seconds")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument(
@@ -136,14 +145,16 @@ def py_spy() -> str:
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     spy = py_spy()
     command.archive_of(args.project, args.model)
+    backend = args.backend or spec_backend(args.project, args.model)
+    archive = archive_for(args.project, args.model, backend)
     payload = bench_payloads.choose(args.model, args.payload, args.content_type)
     info = machine()
     with (
         tempfile.TemporaryDirectory(prefix="profile-") as workdir,
-        batch_server(args.config, Path(workdir), args.setting.workers) as ts,
-        registered(ts, args.model, args.setting) as url,
+        batch_server(args.config, Path(workdir), args.setting.workers, archive.store) as ts,
+        registered(ts, archive.name, args.setting) as url,
     ):
-        java, workers = processes(ts, args.model)
+        java, workers = processes(ts, archive.name)
         target = loadgen.Target.post(url, payload.bodies, payload.content_type)
         load = loadgen.Load(
             concurrency=args.concurrency, duration=args.warmup + args.duration, warmup=args.warmup
@@ -171,6 +182,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": args.command,
         "model": args.model,
+        "backend": backend,
         "setting": args.setting.to_dict(),
         "concurrency": args.concurrency,
         "profiled_seconds": args.duration,

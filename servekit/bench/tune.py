@@ -37,7 +37,7 @@ from typing import Any
 from servekit.bench import command
 from servekit.bench import payloads as bench_payloads
 from servekit.bench import search as tuner
-from servekit.bench.backend_archives import archive_for, spec_backend
+from servekit.bench.backend_archives import archive_for, backend_of
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_tuning
 from servekit.bench.trials import ServedTrials
@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.project = command.project_of(args)
     args.config = args.config or args.project.properties
     args.spec = args.spec or args.project.spec(args.model)
-    args.spec_backend = spec_backend(args.project, args.model) if args.spec.is_file() else EAGER
+    args.spec_backend = backend_of(args.spec) if args.spec.is_file() else EAGER
     args.backend = args.backend or args.spec_backend
     args.out = args.out or args.project.root / "docs" / "bench" / f"tune-{args.model}.json"
     args.plot = args.plot or args.out.with_suffix(".png")
