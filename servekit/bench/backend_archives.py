@@ -13,6 +13,7 @@ quantization and the accuracy gate included: a backend that fails the gate is re
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,15 @@ class BackendArchive:
     @property
     def mar(self) -> Path:
         return self.store / f"{self.name}.mar"
+
+
+def private_copy(archive: BackendArchive, directory: Path) -> BackendArchive:
+    """``archive`` copied into ``directory``: a long run registers its own copy, so that a
+    ``servekit archive`` (or a test's rebuild) of the same model meanwhile cannot break a
+    registration halfway (TorchServe: "Failed to save model")."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(archive.mar, directory / archive.mar.name)
+    return dataclasses.replace(archive, store=directory)
 
 
 def served_name(model: str, backend: str) -> str:

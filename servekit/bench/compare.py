@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 
 from servekit.bench import command, loadgen
 from servekit.bench import payloads as bench_payloads
-from servekit.bench.backend_archives import archive_for
+from servekit.bench.backend_archives import archive_for, private_copy
 from servekit.bench.baselines.runner import running_baseline
 from servekit.bench.machine import machine
 from servekit.cli import OK
@@ -184,7 +184,7 @@ def torchserve(
     setting: Setting, backend: str = EAGER
 ) -> Callable[[argparse.Namespace, Path], dict[str, Any]]:
     def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-        served = archive_for(args.project, MODEL, backend)
+        served = private_copy(archive_for(args.project, MODEL, backend), workdir / "store")
         with (
             batch_server(args.config, workdir, setting.workers, served.store) as ts,
             registered(ts, served.name, setting) as url,

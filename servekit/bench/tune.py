@@ -37,7 +37,7 @@ from typing import Any
 from servekit.bench import command
 from servekit.bench import payloads as bench_payloads
 from servekit.bench import search as tuner
-from servekit.bench.backend_archives import archive_for, backend_of
+from servekit.bench.backend_archives import archive_for, backend_of, private_copy
 from servekit.bench.machine import machine
 from servekit.bench.plot import plot_tuning
 from servekit.bench.trials import ServedTrials
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started_from": start.label,
     }
     with tempfile.TemporaryDirectory(prefix="tune-") as workdir:
+        served = private_copy(served, Path(workdir) / "store")
         measure = ServedTrials(
             args.config,
             Path(workdir),

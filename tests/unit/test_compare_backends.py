@@ -185,3 +185,14 @@ def test_backend_archives_names_and_the_specs_backend(tmp_path: Path) -> None:
     assert (own.name, own.mar) == ("a", project.archive("a"))
     with pytest.raises(ConfigError, match="backend 'tvm' is unknown"):
         backend_archives.archive_for(project, "a", "tvm")
+
+
+def test_a_long_run_serves_its_own_copy_of_the_archive(tmp_path: Path) -> None:
+    store = tmp_path / "model_store"
+    store.mkdir()
+    (store / "m.mar").write_bytes(b"archive bytes")
+    archive = backend_archives.BackendArchive("m", "eager", "m", store)
+    copy = backend_archives.private_copy(archive, tmp_path / "run" / "store")
+    assert copy.mar == tmp_path / "run" / "store" / "m.mar" and copy.name == "m"
+    (store / "m.mar").write_bytes(b"rebuilt meanwhile")
+    assert copy.mar.read_bytes() == b"archive bytes"
