@@ -26,6 +26,20 @@ def customized(server: TorchServe, model: str) -> Any:
     return json.loads(metadata) if isinstance(metadata, str) else metadata
 
 
+def every_worker(server: TorchServe, model: str, tries: int = 60) -> list[Any]:
+    """The custom metadata of each of ``model``'s workers (by pid): a model served with
+    several workers (as its tuned spec may say) answers a describe from any one of them, so
+    counts (requests, errors, batches) are summed over all. Asks until every worker answered."""
+    pids = {w["pid"] for w in describe(server, model)["workers"]}
+    found: dict[int, Any] = {}
+    for _ in range(tries):
+        metadata = customized(server, model)
+        found[metadata["worker"]["pid"]] = metadata
+        if set(found) >= pids:
+            return [found[pid] for pid in sorted(pids)]
+    raise AssertionError(f"{model}: {tries} describes reached workers {sorted(found)} of {pids}")
+
+
 def wait_ready(server: TorchServe, models: list[str], timeout: float = 180.0) -> None:
     """Until every model has at least minWorkers READY workers (polling describe)."""
     deadline = time.monotonic() + timeout

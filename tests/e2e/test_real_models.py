@@ -16,7 +16,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from servekit.serve.server import TorchServe, running
-from tests.e2e.conftest import ROOT, customized, wait_ready
+from servekit.serve.settings import archived_setting
+from tests.e2e.conftest import ROOT, customized, describe, every_worker, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -61,19 +62,30 @@ def burst(server: TorchServe, model: str, bodies: list[tuple[bytes, str]]) -> li
         return list(pool.map(send, bodies))
 
 
-def batched_requests(metadata: dict[str, Any]) -> int:
-    """Requests this worker served in batches of two or more."""
-    return sum(int(size) * n for size, n in metadata["worker"]["batches"].items() if int(size) > 1)
+def batched_requests(workers: list[Any]) -> int:
+    """Requests these workers served in batches of two or more."""
+    return sum(
+        int(size) * n
+        for metadata in workers
+        for size, n in metadata["worker"]["batches"].items()
+        if int(size) > 1
+    )
 
 
-@pytest.mark.parametrize(("model", "batch_size"), [("minilm", 16), ("efficientnet", 8)])
-def test_models_are_ready_with_their_batch_settings(
-    server: TorchServe, model: str, batch_size: int
-) -> None:
+def errors(workers: list[Any]) -> int:
+    return sum(int(metadata["worker"]["errors"]) for metadata in workers)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_models_are_ready_with_their_batch_settings(server: TorchServe, model: str) -> None:
+    shipped = archived_setting(ROOT, model)  # as the spec (tuned) says
     metadata = customized(server, model)
     assert metadata["status"] == "ready"
     assert metadata["warmup"]["ran"] is True
-    assert metadata["batching"]["batchSize"] == batch_size
+    assert metadata["batching"]["batchSize"] == shipped.batch_size
+    assert metadata["batching"]["maxBatchDelay"] == shipped.max_batch_delay
+    entry = describe(server, model)
+    assert len(entry["workers"]) == entry["minWorkers"] == shipped.workers
 
 
 def test_minilm_reference_cosine_over_http(server: TorchServe) -> None:
@@ -88,7 +100,7 @@ def test_minilm_reference_cosine_over_http(server: TorchServe) -> None:
 
 def test_minilm_mixed_burst_each_request_gets_its_answer(server: TorchServe) -> None:
     reference = np.array(post(server, "minilm", FOOD, "text/plain").json()["embedding"])
-    before = customized(server, "minilm")
+    before = every_worker(server, "minilm")  # as many as the spec says
     good = (f'"{FOOD}"'.encode(), "application/json")
     bad = [
         (b'""', "application/json", 400, "request body is empty"),
@@ -105,8 +117,8 @@ def test_minilm_mixed_burst_each_request_gets_its_answer(server: TorchServe) -> 
             _, _, status, fragment = bad[i // 2 % 3]
             assert response.status_code == status, response.text
             assert fragment in response.json()["message"]
-    after = customized(server, "minilm")
-    assert after["worker"]["errors"] == before["worker"]["errors"] + 6
+    after = every_worker(server, "minilm")
+    assert errors(after) == errors(before) + 6
     assert batched_requests(after) > batched_requests(before)
 
 
@@ -121,13 +133,13 @@ def test_efficientnet_sample_photos_over_http(server: TorchServe) -> None:
 
 
 def test_efficientnet_mixed_burst_bad_and_good_in_one_batch(server: TorchServe) -> None:
-    before = customized(server, "efficientnet")
+    before = every_worker(server, "efficientnet")
     flower = (jpeg("flower.jpg"), "image/jpeg")
     not_an_image = (b"just some bytes", "application/octet-stream")
     responses = burst(server, "efficientnet", [not_an_image, flower] * 4)
     assert [r.status_code for r in responses] == [415, 200] * 4
     assert {r.json()["label"] for r in responses[1::2]} == {"daisy"}
     assert "not an image" in responses[0].json()["message"]
-    after = customized(server, "efficientnet")
-    assert after["worker"]["errors"] == before["worker"]["errors"] + 4
+    after = every_worker(server, "efficientnet")
+    assert errors(after) == errors(before) + 4
     assert batched_requests(after) > batched_requests(before)

@@ -16,6 +16,7 @@ from servekit.config.specs import load_spec, read_yaml
 from servekit.serve.archive import build, file_sha256
 from servekit.serve.marinfo import check_against_spec, read_mar
 from servekit.serve.reproducible import CREATED_ON, MANIFEST, ZIP_EPOCH
+from servekit.serve.settings import archived_setting
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 INSPECT = [sys.executable, "-m", "servekit.cli", "inspect"]
@@ -99,7 +100,7 @@ def test_inspect_cli_shows_manifest_and_files(model_store: Path) -> None:
     report = json.loads(done.stdout)
     assert report["matches_spec"] is True and report["problems"] == []
     assert report["manifest"]["model"]["handler"] == "iris.py"
-    assert report["model_config"]["batchSize"] == 8
+    assert report["model_config"]["batchSize"] == archived_setting(ROOT, "iris").batch_size
     assert {"iris.pt", "iris_labels.json", "servekit/runtime/base.py"} <= set(report["files"])
     assert report["sha256"] == (model_store / "iris.mar.sha256").read_text().split()[0]
 

@@ -15,6 +15,8 @@ import yaml
 from servekit.runtime.errors import ModelLoadError
 from servekit.runtime.text import EmbeddingOptions
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Reply, Request
+from servekit.serve.settings import archived_setting
+from tests.conftest import ROOT
 
 DIM = 384
 BATCH_SIZES = [1, 2, 5, 8, 16]
@@ -143,7 +145,7 @@ def test_describe_reports_options_and_warmup(minilm: LocalModel) -> None:
     described = minilm.describe()
     assert described["status"] == "ready"
     assert described["handler"].endswith("EmbeddingHandler")
-    assert described["batching"]["batchSize"] == 16
+    assert described["batching"]["batchSize"] == archived_setting(ROOT, "minilm").batch_size
     assert described["options"]["values"]["max_tokens"] == 256
     assert described["warmup"]["ran"]
 

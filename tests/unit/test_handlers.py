@@ -20,6 +20,8 @@ from PIL import Image
 
 from servekit.datasets import digit_png, digits_split, iris_split
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Reply, Request
+from servekit.serve.settings import archived_setting
+from tests.conftest import ROOT
 
 BATCH_SIZES = [1, 2, 5, 8]
 # Batches as patterns: g = good request, b = bad request.
@@ -112,8 +114,9 @@ def test_iris_describe_reports_the_custom_metadata(iris: LocalModel) -> None:
     assert described["model"] == {"name": "iris", "version": "1.0"}
     assert described["handler"].endswith("IrisHandler")
     assert described["labels"] == ["setosa", "versicolor", "virginica"]
-    assert described["batching"]["batchSize"] == 8
-    assert described["batching"]["maxBatchDelay"] == 100
+    shipped = archived_setting(ROOT, "iris")  # the spec's batch settings, as archived
+    assert described["batching"]["batchSize"] == shipped.batch_size
+    assert described["batching"]["maxBatchDelay"] == shipped.max_batch_delay
     assert described["warmup"]["enabled"] and described["warmup"]["ran"]
     assert set(described["input_schema"]) and set(described["output_schema"])
     assert described["worker"]["requests"] == before["requests"] + 2

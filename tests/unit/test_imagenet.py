@@ -17,6 +17,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from servekit.serve.harness import LocalModel, Reply, Request
+from servekit.serve.settings import archived_setting
+from tests.conftest import ROOT
 
 BATCH_SIZES = [1, 2, 5, 8]
 # What a temple on a lake and a daisy with a bee may plausibly be called in ImageNet-1k.
@@ -149,7 +151,7 @@ def test_describe_lists_the_1000_classes(efficientnet: LocalModel) -> None:
     assert described["handler"].endswith("ImagenetHandler")
     assert len(described["labels"]) == 1000
     assert described["labels"][985] == "daisy"
-    assert described["batching"]["batchSize"] == 8
+    assert described["batching"]["batchSize"] == archived_setting(ROOT, "efficientnet").batch_size
 
 
 def test_limits_from_options_answer_413(model_store: Path, tmp_path: Path) -> None:
