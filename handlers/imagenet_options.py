@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from servekit.runtime.backends import BackendOptions
 from servekit.runtime.errors import ModelLoadError
-from servekit.runtime.options import HandlerOptions
 
 CLASSES = 1000
 
 
 @dataclasses.dataclass(frozen=True)
-class ImagenetOptions(HandlerOptions):
+class ImagenetOptions(BackendOptions):
     top_k: int = 5
     """How many classes to list with their probabilities, best first."""
     max_image_bytes: int = 10_000_000

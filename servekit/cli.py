@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
     # serve
     "archive": Command("servekit.serve.archive", "build every model's .mar into model_store/"),
     "inspect": Command("servekit.serve.marinfo", "show a .mar and check it against its spec"),
-    "gate": Command("servekit.serve.backends", "check a model's ONNX backends vs eager", "onnx"),
+    "gate": Command("servekit.serve.gate", "check a model's ONNX backends vs eager", "onnx"),
     "examples": Command("servekit.serve.examples", "how to call the served models, live"),
     # health
     "health": Command("servekit.health.cli", "probe /ping and every model's READY workers"),

@@ -1,5 +1,13 @@
-"""Backends of the ``text-embedding`` kind: eager torch (the reference), or ONNX Runtime on a
-model ``servekit archive`` exported (fp32) or quantized (dynamic int8) and put in the archive.
+"""ONNX backends for any toolkit handler: eager torch (the reference), or ONNX Runtime on a model
+``servekit archive`` exported (fp32) or quantized (int8) and put in the archive.
+
+A handler offers them by subclassing ``OnnxBackendHandler`` (with options that subclass
+``BackendOptions``) and declaring how it exports and which accuracy gate applies::
+
+    class ImagenetHandler(OnnxBackendHandler[np.ndarray]):
+        options_class = ImagenetOptions        # a BackendOptions: the option 'backend'
+        gate = CLASSIFIER                      # top-1 agreement and top-5 overlap on photos
+        int8 = STATIC                          # static QDQ int8, calibrated on other photos
 
 The worker never exports: it opens ``model.onnx`` or ``model-int8.onnx`` from the archive,
 with ONNX Runtime's intra-op threads set as torch's (``torch_threads``, else torch's default)
@@ -9,23 +17,47 @@ and one inter-op thread, so a worker uses as many cores as it would with torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from servekit.runtime.backend_names import EXTRA, GATE_FILE, ONNX_FILES
+from servekit.runtime.backend_names import (
+    BACKENDS,
+    CLASSIFIER,
+    DYNAMIC,
+    EAGER,
+    EXTRA,
+    GATE_FILE,
+    ONNX_FILES,
+)
+from servekit.runtime.base import ItemT, ToolkitHandler
+from servekit.runtime.devices import CPU
 from servekit.runtime.errors import ModelLoadError
-
-INPUTS = ("input_ids", "attention_mask")
-OUTPUT = "last_hidden_state"
+from servekit.runtime.options import HandlerOptions
 
 
-class OnnxEncoder:
-    """An exported encoder run by ONNX Runtime, called as the Hugging Face model is:
-    ``encoder(input_ids=..., attention_mask=...)`` gives ``{"last_hidden_state": tensor}``."""
+@dataclasses.dataclass(frozen=True)
+class BackendOptions(HandlerOptions):
+    backend: str = EAGER
+    """'eager' (torch, fp32), 'onnxruntime' (fp32) or 'onnxruntime-int8': the ONNX ones are
+    built by servekit archive, which refuses one that fails the accuracy gate (servekit gate
+    NAME shows the figures); threads as torch's (torch_threads)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.backend not in BACKENDS:
+            raise ModelLoadError(
+                f"handler option 'backend' is {self.backend!r}; allowed: {', '.join(BACKENDS)}"
+            )
+
+
+class OnnxModel:
+    """An exported model run by ONNX Runtime, called as the torch module was: tensors by
+    position or by input name; one output gives a tensor, several a dict by name."""
 
     def __init__(self, path: Path, threads: int) -> None:
         try:
@@ -48,28 +80,85 @@ class OnnxEncoder:
             raise ModelLoadError(
                 f"'{path.name}' does not load in ONNX Runtime: {first[:300]}"
             ) from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
         self.threads = {"intra_op": threads, "inter_op": 1}
         self.version = str(onnxruntime.__version__)
         self.file = path.name
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
-        feed = {
-            "input_ids": np.ascontiguousarray(input_ids.cpu().numpy(), dtype=np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask.cpu().numpy(), dtype=np.int64),
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        given = dict(zip(self.inputs, args, strict=False)) | kwargs
+        feed = {name: np.ascontiguousarray(given[name].cpu().numpy()) for name in self.inputs}
+        found = self.session.run(self.outputs, feed)
+        if len(found) == 1:
+            return torch.from_numpy(found[0])
+        return {
+            name: torch.from_numpy(value) for name, value in zip(self.outputs, found, strict=True)
         }
-        (hidden,) = self.session.run([OUTPUT], feed)
-        return {OUTPUT: torch.from_numpy(hidden)}
 
 
-def open_backend(backend: str, model_dir: Path, model_name: str) -> OnnxEncoder:
-    """The archive's ONNX model for ``backend``, with torch's thread count."""
-    path = model_dir / ONNX_FILES[backend]
-    if not path.is_file():
-        raise ModelLoadError(
-            f"model '{model_name}': handler option 'backend' is {backend!r} but the archive "
-            f"holds no {path.name}: rebuild it with servekit archive (it exports the model)"
-        )
-    return OnnxEncoder(path, torch.get_num_threads())
+class OnnxBackendHandler(ToolkitHandler[ItemT]):
+    """A handler whose model ``servekit archive`` can export to ONNX behind an accuracy gate.
+
+    The kind declares the gate (``CLASSIFIER``: top-1 agreement and top-5 overlap of the
+    logits on real photos; ``EMBEDDING``: cosine and nearest neighbours of the vectors on
+    sentences), how int8 is made (``DYNAMIC`` or ``STATIC``, calibrated) and, when the
+    defaults do not fit, what to export: ``export_module`` (default: the eager model) called
+    on ``export_sample`` (default: the collated warm-up batch) with ``onnx_inputs`` whose
+    ``onnx_dynamic_dims`` vary (default: the batch dimension).
+    """
+
+    options: BackendOptions
+    gate: ClassVar[str] = CLASSIFIER
+    int8: ClassVar[str] = DYNAMIC
+    int8_keep_fp32: ClassVar[tuple[str, ...]] = ()
+    """Layers (module paths, as regular expressions) int8 leaves in fp32."""
+    onnx_inputs: ClassVar[tuple[str, ...]] = ("input",)
+    onnx_outputs: ClassVar[tuple[str, ...]] = ("output",)
+    onnx_dynamic_dims: ClassVar[tuple[int, ...]] = (0,)
+    """The dimensions of every input that vary: 0, the batch (1, a sequence's length)."""
+
+    def load_model(self) -> Any:
+        backend = self.options.backend
+        if backend == EAGER:
+            return super().load_model()
+        self.prepare_backend()
+        if self.device != CPU:  # the backends run ONNX Runtime's CPU provider
+            self.device, self.device_reason = CPU, f"cpu (backend {backend} runs on the CPU)"
+        path = self.model_dir / ONNX_FILES[backend]
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model '{self.model_name}': handler option 'backend' is {backend!r} but the "
+                f"archive holds no {path.name}: rebuild it with servekit archive (it exports "
+                "the model)"
+            )
+        return OnnxModel(path, torch.get_num_threads())
+
+    def prepare_backend(self) -> None:
+        """Load what the kind needs besides the model (a tokenizer) when a backend runs it."""
+
+    def export_module(self) -> torch.nn.Module:
+        """The eager module to export (called on the eager handler, at archive time)."""
+        if not isinstance(self.model, torch.nn.Module):
+            raise ModelLoadError(f"model '{self.model_name}': the eager model is no torch module")
+        return self.model
+
+    def export_sample(self) -> tuple[torch.Tensor, ...]:
+        """Inputs of ``export_module`` for the exporter to trace: two warm-up items."""
+        return (self.preprocess(self.warmup_items(2)),)
+
+    def describe_handle(self) -> dict[str, Any]:
+        described = super().describe_handle()
+        backend: dict[str, Any] = {"name": self.options.backend}
+        if isinstance(self.model, OnnxModel):
+            backend |= {
+                "file": self.model.file,
+                "onnxruntime": self.model.version,
+                "threads": self.model.threads,
+                "gate": gate_figures(self.model_dir),
+            }
+        described["backend"] = backend
+        return described
 
 
 def gate_figures(model_dir: Path) -> dict[str, Any] | None:

@@ -144,12 +144,7 @@ def _up_to_date(mar: Path, stamp: Path, sha: Path, digest: str) -> bool:
 def _archive(
     spec: ModelSpec, config: Mapping[str, Any], root: Path, store: Path, tmp: Path
 ) -> None:
-    stage = tmp / "stage"
-    for name, source in handler_sources(root).items():
-        (stage / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, stage / name)
-    for extra in spec.extra_files:
-        shutil.copy2(extra, stage / extra.name)
+    stage = stage_files(spec, root, tmp / "stage")
     backends.stage(spec, config, stage)  # an ONNX backend: exported, gated, or refused
     config_file = tmp / "model-config.yml"
     config_file.write_text(yaml.safe_dump(dict(config), sort_keys=True))
@@ -183,6 +178,17 @@ def _archive(
             f"torch-model-archiver failed for '{spec.name}' ({spec.source}): "
             f"{archiver_error(done.stderr + done.stdout)}"
         )
+
+
+def stage_files(spec: ModelSpec, root: Path, stage: Path) -> Path:
+    """Copy into ``stage`` the files an archive carries besides the model file: the handler
+    package, the runtime and the spec's extra files."""
+    for name, source in handler_sources(root).items():
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, stage / name)
+    for extra in spec.extra_files:
+        shutil.copy2(extra, stage / extra.name)
+    return stage
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*(?P<kind>\w*(?:Error|Exception)\w*): ?(?P<text>.*)$")

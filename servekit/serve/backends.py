@@ -1,47 +1,82 @@
-"""The ``text-embedding`` kind's ONNX backends, built at archive time behind an accuracy gate.
+"""ONNX backends of any handler that offers them (``servekit.runtime.backends``), built at archive
+time behind an accuracy gate.
 
 A spec asks for one with ``handler_options: {backend: onnxruntime}`` (fp32) or
-``onnxruntime-int8`` (dynamic int8, per-channel weights, the layers that cost accuracy left in
-fp32). ``servekit archive`` then exports the model with torch's ONNX exporter, quantizes it,
-and compares it with eager torch fp32 on a held-out set written for the purpose: the mean
-cosine of the embeddings must be >= 0.99, the lowest >= 0.98, and every sentence of a small
-retrieval set must keep its nearest neighbour. A backend that fails is not archived (exit 1,
-its figures named); one that passes goes in the .mar with its figures (``backend-gate.json``).
-
-    servekit gate minilm                       # every backend's figures, nothing archived
-    servekit gate minilm --backend onnxruntime-int8 --json
+``onnxruntime-int8``. ``servekit archive`` then loads the handler in-process on the staged
+files (eager, as a worker would), exports its model with torch's ONNX exporter, quantizes it
+the way the handler declares, and compares it with eager torch fp32 on the held-out set of the
+handler's gate: ``embedding`` (mean cosine >= 0.99, lowest >= 0.98, every retrieval sentence
+keeps its nearest neighbour) or ``classifier`` (top-1 agreement >= 99 % and top-5 overlap
+>= 0.95 on real photos, crops and flips). A backend that fails is not archived (exit 1, its
+figures named); one that passes goes in the .mar with its figures (``backend-gate.json``).
+``servekit gate NAME`` shows the figures without archiving (``servekit.serve.gate``).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
+import io
 import json
-import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from servekit import project
-from servekit.config.specs import ModelSpec, effective_config, load_spec, read_yaml
-from servekit.errors import ArchiveError, ConfigError, ToolkitError, os_error_text
-from servekit.runtime.backend_names import BACKENDS, EAGER, EXTRA, GATE_FILE, ONNX_FILES
+import yaml
 
-HELDOUT = Path(__file__).parent / "heldout" / "text_embedding.json"
+from servekit.config.specs import ModelSpec
+from servekit.errors import ArchiveError, ConfigError
+from servekit.runtime.backend_names import (
+    BACKENDS,
+    CLASSIFIER,
+    EAGER,
+    EMBEDDING,
+    EXTRA,
+    GATE_FILE,
+    ONNX_FILES,
+)
+from servekit.serve.harness import LocalModel, ModelLoadFailed
+
+HELDOUT_DIR = Path(__file__).parent / "heldout"
+HELDOUT_FILES = {
+    EMBEDDING: HELDOUT_DIR / "text_embedding.json",
+    CLASSIFIER: HELDOUT_DIR / "image_classifier.json",
+}
 MEAN_COSINE = 0.99
 MIN_COSINE = 0.98
-TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
+TOP1_AGREEMENT = 0.99
+TOP5_OVERLAP = 0.95
+TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "pillow")
 """The packages whose versions decide the exported bytes (and so the archive's digest)."""
+CODE = ("backends.py", "onnx_build.py", "gates.py")
+"""The modules (here) that build and gate a backend: the digest covers them."""
 
 
 class GateRefused(ArchiveError):
     """A backend that does not match eager fp32 closely enough: it is not archived."""
 
 
+class Figures(Protocol):
+    """What a gate measured of one backend."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def kept_fp32(self) -> tuple[str, ...]: ...
+
+    @property
+    def passed(self) -> bool: ...
+
+    def summary(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
 @dataclasses.dataclass(frozen=True)
-class GateFigures:
+class EmbeddingFigures:
     backend: str
     mean_cosine: float
     min_cosine: float
@@ -66,29 +101,58 @@ class GateFigures:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "reference": "eager torch fp32",
-            "passed": self.passed,
-            "mean_cosine": self.mean_cosine,
-            "min_cosine": self.min_cosine,
-            "nearest_neighbour": {"kept": self.neighbours_kept, "of": self.neighbours},
-            "sentences": self.sentences,
-            "thresholds": {"mean_cosine": MEAN_COSINE, "min_cosine": MIN_COSINE},
-            "kept_fp32": list(self.kept_fp32),
-            "built_with": tool_versions(),
-        }
+        return _recorded(
+            self,
+            mean_cosine=self.mean_cosine,
+            min_cosine=self.min_cosine,
+            nearest_neighbour={"kept": self.neighbours_kept, "of": self.neighbours},
+            sentences=self.sentences,
+            thresholds={"mean_cosine": MEAN_COSINE, "min_cosine": MIN_COSINE},
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class Heldout:
-    sentences: list[str]
-    retrieval: list[str]
+class ClassifierFigures:
+    backend: str
+    top1_agreement: float
+    top5_overlap: float
+    lowest_top5_overlap: int
+    images: int
+    photos: int
+    kept_fp32: tuple[str, ...] = ()
 
-    @classmethod
-    def read(cls, path: Path = HELDOUT) -> Heldout:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(list(data["sentences"]), list(data["retrieval"]))
+    @property
+    def passed(self) -> bool:
+        return self.top1_agreement >= TOP1_AGREEMENT and self.top5_overlap >= TOP5_OVERLAP
+
+    def summary(self) -> str:
+        return (
+            f"top-1 agreement {self.top1_agreement:.2%} (>= {TOP1_AGREEMENT:.0%}), top-5 overlap "
+            f"{self.top5_overlap:.4f} (>= {TOP5_OVERLAP}, lowest {self.lowest_top5_overlap} of 5); "
+            f"{self.images} held-out images from {self.photos} photos"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return _recorded(
+            self,
+            top1_agreement=self.top1_agreement,
+            top5_overlap=self.top5_overlap,
+            lowest_top5_overlap=self.lowest_top5_overlap,
+            images=self.images,
+            photos=self.photos,
+            thresholds={"top1_agreement": TOP1_AGREEMENT, "top5_overlap": TOP5_OVERLAP},
+        )
+
+
+def _recorded(figures: Figures, **measured: Any) -> dict[str, Any]:
+    return {
+        "backend": figures.backend,
+        "reference": "eager torch fp32",
+        "passed": figures.passed,
+        **measured,
+        "kept_fp32": list(figures.kept_fp32),
+        "built_with": tool_versions(),
+    }
 
 
 def requested(config: Mapping[str, Any]) -> str:
@@ -116,17 +180,19 @@ def tool_versions() -> dict[str, str]:
 
 def digest_inputs(config: Mapping[str, Any]) -> bytes:
     """What else decides an archive's bytes when it carries a backend: the exporting tools'
-    versions, the code that builds and gates it and the held-out set (empty for eager)."""
+    versions, the code that builds and gates it and the held-out sets (empty for eager)."""
     if requested(config) == EAGER:
         return b""
     tools = json.dumps(tool_versions(), sort_keys=True).encode()
-    code = Path(__file__).read_bytes() + (Path(__file__).parent / "onnx_build.py").read_bytes()
-    return tools + code + HELDOUT.read_bytes()
+    code = b"".join((Path(__file__).parent / name).read_bytes() for name in CODE)
+    data = b"".join(p.read_bytes() for p in sorted(HELDOUT_DIR.rglob("*")) if p.is_file())
+    return tools + code + data
 
 
-def stage(spec: ModelSpec, config: Mapping[str, Any], stage_dir: Path) -> GateFigures | None:
+def stage(spec: ModelSpec, config: Mapping[str, Any], stage_dir: Path) -> Figures | None:
     """For ``servekit archive``: build the backend the config asks for into ``stage_dir`` (the
-    archive's files, the model's among them); ``GateRefused`` naming its figures if it fails."""
+    archive's files: handlers, runtime, the spec's extra files); ``GateRefused`` naming its
+    figures if it fails."""
     backend = requested(config)
     if backend == EAGER:
         return None
@@ -135,9 +201,8 @@ def stage(spec: ModelSpec, config: Mapping[str, Any], stage_dir: Path) -> GateFi
             f"{spec.source}: handler option 'backend' is {backend!r}; "
             f"allowed: {', '.join(BACKENDS)}"
         )
-    with tempfile.TemporaryDirectory(prefix="backend-") as tmp:
-        model_dir = _model_dir(spec, Path(tmp))
-        figures: GateFigures = _builder().build(backend, model_dir, stage_dir, _pooling(config))
+    with eager_handler(spec, config, stage_dir) as handler:
+        figures: Figures = builder().build_all([backend], handler, stage_dir)[0]
     if not figures.passed:
         for name in (ONNX_FILES[backend], GATE_FILE):
             (stage_dir / name).unlink(missing_ok=True)
@@ -148,24 +213,58 @@ def stage(spec: ModelSpec, config: Mapping[str, Any], stage_dir: Path) -> GateFi
     return figures
 
 
-def _model_dir(spec: ModelSpec, tmp: Path) -> Path:
-    """The spec's files under the names the archive gives them (a Hugging Face directory)."""
-    model_dir = tmp / "model"
-    model_dir.mkdir()
-    files = [*spec.extra_files, *([spec.serialized_file] if spec.serialized_file else [])]
-    for path in files:
-        (model_dir / path.name).symlink_to(path.resolve())
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(
-            f"{spec.source}: handler option 'backend' needs a Hugging Face model (config.json "
-            "among the spec's files): the backends export the text-embedding kind"
-        )
-    return model_dir
+@contextlib.contextmanager
+def eager_handler(spec: ModelSpec, config: Mapping[str, Any], staged: Path) -> Iterator[Any]:
+    """The spec's handler loaded in-process (eager, no warm-up) on the staged archive files
+    ``staged`` and the spec's model file, as a worker would load it; it must offer backends."""
+    from servekit.runtime.backends import OnnxBackendHandler  # torch: only to build a backend
+
+    with tempfile.TemporaryDirectory(prefix="backend-") as tmp:
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        for path in staged.iterdir():
+            (model_dir / path.name).symlink_to(path.resolve())
+        for top in (spec.handler, spec.serialized_file):  # the archiver puts them at the top
+            if top is not None and not (model_dir / top.name).exists():
+                (model_dir / top.name).symlink_to(top.resolve())
+        _manifest(spec, config, model_dir)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # TorchServe's import-time notices
+                model = LocalModel(model_dir, batch_size=1)
+        except ModelLoadFailed as err:
+            raise ArchiveError(f"the eager model does not load, so no backend: {err}") from None
+        with contextlib.closing(model):
+            handler = model.handler
+            if not isinstance(handler, OnnxBackendHandler):
+                raise ConfigError(
+                    f"{spec.source}: handler option 'backend' needs a handler that offers "
+                    f"backends; {type(handler).__name__} does not subclass OnnxBackendHandler "
+                    "(see docs/handlers.md)"
+                )
+            yield handler
 
 
-def _builder() -> Any:
+def _manifest(spec: ModelSpec, config: Mapping[str, Any], model_dir: Path) -> None:
+    """What the archiver would write: MAR-INF/MANIFEST.json and the config, eager, no warm-up."""
+    section = {k: v for k, v in (config.get("handler") or {}).items() if k != "backend"}
+    section["warmup"] = False
+    eager = {**config, "handler": section}
+    (model_dir / "model-config.yml").write_text(yaml.safe_dump(eager, sort_keys=True))
+    manifest = {
+        "model": {
+            "modelName": spec.name,
+            "handler": spec.handler.name,
+            "modelVersion": spec.version,
+            "configFile": "model-config.yml",
+        }
+    }
+    (model_dir / "MAR-INF").mkdir()
+    (model_dir / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def builder() -> Any:
     """``servekit.serve.onnx_build``, imported only when a backend is built: it loads torch,
-    transformers and onnx, which ``servekit archive`` (and ``inspect``, ``examples``, which
+    onnx and ONNX Runtime, which ``servekit archive`` (and ``inspect``, ``examples``, which
     import it) do without for every eager model."""
     try:
         from servekit.serve import onnx_build
@@ -174,77 +273,3 @@ def _builder() -> Any:
             f"the ONNX backends need the package {err.name} (pip install 'torchserve-kit[{EXTRA}]')"
         ) from None
     return onnx_build
-
-
-def _pooling(config: Mapping[str, Any]) -> str:
-    section = config.get("handler") or {}
-    return str(section.get("pooling", "mean")) if isinstance(section, Mapping) else "mean"
-
-
-# --- the command -----------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="servekit gate",
-        description="Build a text-embedding model's ONNX backends in a temporary directory and "
-        "show how closely each matches eager fp32 on the held-out set (nothing is archived). "
-        "Exit codes: 0 every backend shown passes, 1 one fails the gate or cannot be built, "
-        "2 usage or bad input.",
-    )
-    parser.add_argument("name", metavar="NAME", help="the model (a spec in config/)")
-    parser.add_argument(
-        "--backend",
-        action="append",
-        choices=[b for b in BACKENDS if b != EAGER],
-        help="only this backend (repeatable; default: every one)",
-    )
-    parser.add_argument("--json", action="store_true", help="the figures as JSON")
-    parser.add_argument(
-        "--config-dir", type=Path, metavar="DIR", help="the specs (default: the project's config/)"
-    )
-    project.add_argument(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    backends = args.backend or [b for b in BACKENDS if b != EAGER]
-    try:
-        where = project.from_args(args)
-        specs_dir = args.config_dir or where.specs_dir
-        path = specs_dir / f"{args.name}.yml"
-        if not path.is_file():
-            known = sorted(p.stem for p in specs_dir.glob("*.yml"))
-            parser.error(f"no spec {args.name!r} in {specs_dir} (there are: {', '.join(known)})")
-        spec = load_spec(path, where.root)
-        defaults = read_yaml(where.model_config) if where.model_config.is_file() else {}
-        config = effective_config(spec, defaults)
-        with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
-            model_dir = _model_dir(spec, Path(tmp))
-            out = Path(tmp) / "out"
-            out.mkdir()
-            results = _builder().build_all(backends, model_dir, out, _pooling(config))
-    except ConfigError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except ToolkitError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"{parser.prog}: error: {os_error_text(err)}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            verdict = "PASS" if r.passed else "FAIL"
-            print(f"{spec.name} {r.backend:<17} {verdict}  {r.summary()}")
-            if r.kept_fp32:
-                print(f"{'':<{len(spec.name) + 19}}left in fp32: {', '.join(r.kept_fp32)}")
-    return 0 if all(r.passed for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -151,6 +151,11 @@ class LocalModel:
         _, batch = retrieve_msg(_Wire(encode_batch(requests)))
         return decode_response(self.service.predict(batch))
 
+    @property
+    def handler(self) -> Any:
+        """The handler object the worker code built (its ``handle``'s instance)."""
+        return self.service._entry_point.__self__
+
     def describe(self) -> dict[str, Any]:
         """The handler's custom metadata, as ``?customized=true`` shows it.
 

@@ -1,22 +1,21 @@
-"""Export, quantize and measure the ``text-embedding`` kind's ONNX backends against eager fp32
+"""Export, quantize and gate a handler's ONNX backends against its eager fp32 model
 (``servekit.serve.backends`` decides when; this module does it, with torch, onnx and ONNX
-Runtime)."""
+Runtime; ``servekit.serve.gates`` measures)."""
 
 from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from servekit.errors import ArchiveError
@@ -26,82 +25,30 @@ from servekit.runtime.backend_names import (
     ONNX_FILES,
     ONNXRUNTIME,
     ONNXRUNTIME_INT8,
+    STATIC,
 )
-from servekit.runtime.backends import INPUTS, OUTPUT, OnnxEncoder
-from servekit.runtime.text import mean_pool
-from servekit.serve.backends import GateFigures, Heldout
+from servekit.runtime.backends import OnnxBackendHandler
+from servekit.serve.backends import Figures
+from servekit.serve.gates import GATES, Gate
 
-BATCH = 16
 OPSET = 18
-KEEP_FP32 = (r"encoder\.layer\.\d+\.output\.dense", r"encoder\.layer\.[2-5]\.intermediate\.dense")
-"""Linear layers ``onnxruntime-int8`` leaves in fp32 (module paths, as regular expressions): every
-feed-forward down-projection and the up-projections of layers 2-5, the layers whose int8
-versions cost the most, quantized one at a time. On MiniLM's held-out set: all in int8, lowest
-cosine 0.939; down-projections kept, 0.962; these 10 of 36 kept, 0.984 (mean 0.9975); the whole
-feed-forward kept (12), 0.987, but then only the attention projections are int8."""
+WEIGHTED = ("MatMul", "Gemm", "Conv")
+"""The nodes int8 quantizes, whose module paths ``int8_keep_fp32`` can name."""
 
 
-class Reference:
-    """Eager torch fp32 on the spec's Hugging Face files: the model every backend must match."""
-
-    def __init__(self, model_dir: Path, pooling: str = "mean") -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import transformers
-        except ModuleNotFoundError as err:
-            raise ArchiveError(f"backends need the package {err.name}") from None
-        where = str(model_dir)
-        with _quiet():  # a progress bar per load
-            auto = transformers.AutoTokenizer, transformers.AutoModel
-            self.tokenizer = auto[0].from_pretrained(where, local_files_only=True)
-            self.model = auto[1].from_pretrained(where, local_files_only=True).eval()
-        self.pooling = pooling
-
-    def embed(self, sentences: Sequence[str], encoder: Any = None) -> torch.Tensor:
-        """L2-normalized embeddings of ``sentences`` by ``encoder`` (default: eager)."""
-        run = encoder or self.model
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(sentences), BATCH):
-                batch = self.tokenizer(
-                    list(sentences[start : start + BATCH]), padding=True, return_tensors="pt"
-                )
-                out = run(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                hidden = out[OUTPUT]
-                mask = batch["attention_mask"]
-                rows.append(hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, mask))
-        return torch.nn.functional.normalize(torch.cat(rows).float(), p=2.0, dim=1)
-
-
-class _Wrapped(torch.nn.Module):
-    """The encoder with the two inputs the backends feed and one output."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state
-        return out
-
-
-def export_fp32(reference: Reference, out: Path) -> dict[str, str]:
-    """Export the encoder with torch's ONNX exporter (dynamic batch and length) to ``out``;
-    the module path of each MatMul node, by node name."""
+def export(handler: OnnxBackendHandler[Any], out: Path) -> dict[str, str]:
+    """Export the handler's eager module with torch's ONNX exporter (the dimensions the handler
+    declares dynamic) to ``out``; the module path of each weighted node, by node name."""
     onnx = _need("onnx")
-    sample = reference.tokenizer(["a short one", "and a longer sentence"], padding=True)
-    args = tuple(torch.tensor(sample[name]) for name in INPUTS)
-    batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length")
+    sample = handler.export_sample()
+    dims = {d: torch.export.Dim(f"dim{d}", min=1, max=4096) for d in handler.onnx_dynamic_dims}
     with _quiet():
         program = torch.onnx.export(
-            _Wrapped(reference.model).eval(),
-            args,
-            input_names=list(INPUTS),
-            output_names=[OUTPUT],
-            dynamic_shapes={name: {0: batch, 1: length} for name in INPUTS},
+            handler.export_module().eval(),
+            sample,
+            input_names=list(handler.onnx_inputs),
+            output_names=list(handler.onnx_outputs),
+            dynamic_shapes=tuple(dict(dims) for _ in sample),
             opset_version=OPSET,
             dynamo=True,
             optimize=True,
@@ -116,89 +63,87 @@ def export_fp32(reference: Reference, out: Path) -> dict[str, str]:
 
 
 def _strip_metadata(model: Any) -> dict[str, str]:
-    """Drop the exporter's per-node metadata (stack traces hold the building machine's paths:
-    the same inputs would give other bytes elsewhere); keep each MatMul's module path."""
+    """Drop the exporter's metadata (stack traces hold the building machine's paths: the same
+    inputs would give other bytes elsewhere) and its shape annotations (the quantizer infers
+    them again; the exporter's can disagree with what inference finds); keep each weighted
+    node's module path."""
     modules = {}
     for node in model.graph.node:
         for prop in node.metadata_props:
-            if node.op_type == "MatMul" and prop.key == "pkg.torch.onnx.name_scopes":
+            if node.op_type in WEIGHTED and prop.key == "pkg.torch.onnx.name_scopes":
                 scopes = ast.literal_eval(prop.value)
-                if len(scopes) >= 2 and scopes[-1].startswith("linear"):
+                if len(scopes) >= 2:
                     modules[node.name] = scopes[-2].removeprefix("model.")
         del node.metadata_props[:]
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        del value.metadata_props[:]
+    del model.graph.value_info[:]
+    del model.metadata_props[:]
     return modules
 
 
-def quantize_int8(fp32: Path, out: Path, modules: Mapping[str, str]) -> tuple[str, ...]:
-    """Dynamic int8 with per-channel weight scales, the layers ``KEEP_FP32`` names left in
+def quantize_int8(
+    handler: OnnxBackendHandler[Any], gate: Gate, fp32: Path, out: Path, modules: Mapping[str, str]
+) -> tuple[str, ...]:
+    """int8 with per-channel weight scales, as the handler declares (dynamic, or static QDQ
+    calibrated on the gate's calibration photos), the layers ``int8_keep_fp32`` names left in
     fp32; the module paths of those layers."""
     quantization = _need("onnxruntime.quantization")
     kept = {
         node: module
         for node, module in modules.items()
-        if any(re.fullmatch(pattern, module) for pattern in KEEP_FP32)
+        if any(re.fullmatch(pattern, module) for pattern in handler.int8_keep_fp32)
     }
     with _quiet():
-        quantization.quantize_dynamic(
-            str(fp32),
-            str(out),
-            per_channel=True,
-            weight_type=quantization.QuantType.QInt8,
-            nodes_to_exclude=sorted(kept),
-        )
-    return tuple(sorted(kept.values(), key=_natural))
+        if handler.int8 == STATIC:
+            quantization.quantize_static(
+                str(fp32),
+                str(out),
+                _Calibration(handler.onnx_inputs[0], gate.calibration()),
+                quant_format=quantization.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+                calibrate_method=quantization.CalibrationMethod.MinMax,
+                nodes_to_exclude=sorted(kept),
+            )
+        else:
+            quantization.quantize_dynamic(
+                str(fp32),
+                str(out),
+                per_channel=True,
+                weight_type=quantization.QuantType.QInt8,
+                nodes_to_exclude=sorted(kept),
+            )
+    return tuple(sorted(set(kept.values()), key=_natural))
 
 
-def measure(backend: str, reference: Reference, path: Path, heldout: Heldout) -> GateFigures:
-    """How closely the backend in ``path`` matches eager fp32 on ``heldout``."""
-    encoder = OnnxEncoder(path, threads=1)  # one thread: figures that do not move with cores
-    cosines = reference.embed(heldout.sentences) * reference.embed(heldout.sentences, encoder)
-    expected = reference.embed(heldout.retrieval)
-    got = reference.embed(heldout.retrieval, encoder)
-    every = torch.cat([cosines.sum(dim=1), (expected * got).sum(dim=1)])
-    kept = int((_nearest(expected) == _nearest(got)).sum())
-    return GateFigures(
-        backend,
-        mean_cosine=round(float(every.mean()), 5),
-        min_cosine=round(float(every.min()), 5),
-        neighbours_kept=kept,
-        neighbours=len(heldout.retrieval),
-        sentences=len(heldout.sentences) + len(heldout.retrieval),
-    )
+class _Calibration:
+    """ONNX Runtime's calibration reader over batches of the model's one input."""
 
+    def __init__(self, name: str, batches: Sequence[np.ndarray]) -> None:
+        self.feeds = iter([{name: batch} for batch in batches])
 
-def _nearest(embeddings: torch.Tensor) -> torch.Tensor:
-    similarity = embeddings @ embeddings.T
-    similarity.fill_diagonal_(-2.0)
-    return similarity.argmax(dim=1)
-
-
-def build(backend: str, model_dir: Path, out_dir: Path, pooling: str = "mean") -> GateFigures:
-    """Export (and quantize) ``backend`` into ``out_dir`` and measure it; ``out_dir`` then
-    holds its ONNX file and ``backend-gate.json`` (whether it passed or not)."""
-    figures = build_all([backend], model_dir, out_dir, pooling)[0]
-    return figures
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.feeds, None)
 
 
 def build_all(
-    backends: Sequence[str], model_dir: Path, out_dir: Path, pooling: str = "mean"
-) -> list[GateFigures]:
-    """Each of ``backends`` (one export shared) built in ``out_dir``, with its figures."""
-    reference = Reference(model_dir, pooling)
-    heldout = Heldout.read()
+    backends: Sequence[str], handler: OnnxBackendHandler[Any], out_dir: Path
+) -> list[Figures]:
+    """Each of ``backends`` (one export shared) built in ``out_dir`` from the eager ``handler``,
+    with its figures; one backend also gets ``backend-gate.json`` (whether it passed or not)."""
     with _one_thread():
+        gate = GATES[handler.gate](handler)
         fp32 = out_dir / ONNX_FILES[ONNXRUNTIME]
-        modules = export_fp32(reference, fp32)
+        modules = export(handler, fp32)
         results = []
         for backend in backends:
             path, kept = fp32, tuple[str, ...]()
             if backend == ONNXRUNTIME_INT8:
                 path = out_dir / ONNX_FILES[ONNXRUNTIME_INT8]
-                kept = quantize_int8(fp32, path, modules)
-            figures = dataclasses.replace(
-                measure(backend, reference, path, heldout), kept_fp32=kept
-            )
-            results.append(figures)
+                kept = quantize_int8(handler, gate, fp32, path, modules)
+            results.append(gate.measure(backend, path, kept))
     if ONNXRUNTIME not in backends:
         fp32.unlink()
     if len(results) == 1:

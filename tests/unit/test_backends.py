@@ -1,6 +1,6 @@
-"""MiniLM's ONNX backends: the option, the export and quantization (same inputs, same bytes),
-the accuracy gate (a broken backend is refused with its figures) and the handler on each backend
-through TorchServe's worker code, against eager fp32."""
+"""MiniLM's ONNX backends (the embedding gate): the option, the export and quantization (same
+inputs, same bytes), the accuracy gate (a broken backend is refused with its figures) and the
+handler on each backend through TorchServe's worker code, against eager fp32."""
 
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ import torch
 import yaml
 from onnx import numpy_helper
 
-from servekit.config.specs import effective_config, load_spec
+from servekit.config.specs import effective_config, load_spec, read_yaml
 from servekit.errors import ConfigError
 from servekit.runtime.backend_names import GATE_FILE, ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
 from servekit.runtime.errors import ModelLoadError
-from servekit.runtime.text import EmbeddingOptions
-from servekit.serve import archive, backends, onnx_build
+from servekit.runtime.text import EmbeddingOptions, TextEmbeddingHandler
+from servekit.serve import archive, backends, gate, gates, onnx_build
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
 from tests.conftest import ROOT
 
-MINILM = ROOT / "build" / "models" / "minilm"
+Built = tuple[Path, list[backends.Figures]]
 SENTENCES = [
     "A man is eating food.",
     "Hi",
@@ -38,10 +38,20 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[backends.GateFigures]]:
+def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextEmbeddingHandler]:
+    """MiniLM's eager handler on the staged archive files, as servekit archive loads it."""
+    spec = load_spec(ROOT / "config" / "minilm.yml", ROOT)
+    config = effective_config(spec, read_yaml(ROOT / "model-config.yml"))
+    staged = archive.stage_files(spec, ROOT, tmp_path_factory.mktemp("minilm") / "stage")
+    with backends.eager_handler(spec, config, staged) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def built(handler: TextEmbeddingHandler, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Both backends built once (one export), with their figures."""
     out = tmp_path_factory.mktemp("backends")
-    return out, onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, out)
+    return out, onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], handler, out)
 
 
 def sha(path: Path) -> str:
@@ -68,10 +78,10 @@ def test_a_backend_that_is_no_string_is_refused() -> None:
 
 
 # ----- the gate --------------------------------------------------------------------------------
-def test_both_backends_pass_the_gate_with_their_figures(
-    built: tuple[Path, list[backends.GateFigures]],
-) -> None:
+def test_both_backends_pass_the_gate_with_their_figures(built: Built) -> None:
     fp32, int8 = built[1]
+    assert isinstance(fp32, backends.EmbeddingFigures)
+    assert isinstance(int8, backends.EmbeddingFigures)
     assert fp32.passed and fp32.mean_cosine >= 0.9999, fp32
     assert int8.passed and int8.min_cosine >= backends.MIN_COSINE, int8
     assert int8.mean_cosine < fp32.mean_cosine  # int8 is measured, not copied from fp32
@@ -82,7 +92,7 @@ def test_both_backends_pass_the_gate_with_their_figures(
 
 
 def test_a_perturbed_model_fails_the_gate_naming_its_figures(
-    built: tuple[Path, list[backends.GateFigures]], tmp_path: Path
+    built: Built, handler: TextEmbeddingHandler, tmp_path: Path
 ) -> None:
     model = onnx.load(str(built[0] / ONNX_FILES[ONNXRUNTIME]))
     rng = np.random.default_rng(0)
@@ -93,8 +103,8 @@ def test_a_perturbed_model_fails_the_gate_naming_its_figures(
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(model, str(broken))
-    reference = onnx_build.Reference(MINILM)
-    figures = onnx_build.measure(ONNXRUNTIME, reference, broken, backends.Heldout.read())
+    figures = gates.EmbeddingGate(handler).measure(ONNXRUNTIME, broken)
+    assert isinstance(figures, backends.EmbeddingFigures)
     assert not figures.passed
     assert figures.min_cosine < backends.MIN_COSINE
     assert f"lowest {figures.min_cosine:.4f} (>= 0.98)" in figures.summary()
@@ -104,7 +114,7 @@ def test_int8_with_every_layer_quantized_is_refused_by_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """All 36 linear layers in int8: the lowest cosine falls under 0.98, nothing is archived."""
-    monkeypatch.setattr(onnx_build, "KEEP_FP32", ())
+    monkeypatch.setattr(TextEmbeddingHandler, "int8_keep_fp32", ())
     specs = tmp_path / "config"
     specs.mkdir()
     spec = yaml.safe_load((ROOT / "config" / "minilm.yml").read_text())
@@ -120,24 +130,25 @@ def test_int8_with_every_layer_quantized_is_refused_by_archive(
     assert not (store / "minilm-allint8.mar").exists()
 
 
-def test_a_spec_without_a_hugging_face_model_is_bad_input(tmp_path: Path) -> None:
+def test_a_handler_that_offers_no_backend_is_bad_input(tmp_path: Path) -> None:
     spec = load_spec(ROOT / "config" / "iris.yml", ROOT)
-    config = {"handler": {"backend": "onnxruntime"}}
-    with pytest.raises(ConfigError, match="needs a Hugging Face model"):
-        backends.stage(spec, config, tmp_path)
+    config = {**effective_config(spec, {}), "handler": {"backend": "onnxruntime"}}
+    staged = archive.stage_files(spec, ROOT, tmp_path / "stage")
+    with pytest.raises(ConfigError, match="IrisHandler does not subclass OnnxBackendHandler"):
+        backends.stage(spec, config, staged)
 
 
 # ----- reproducible ----------------------------------------------------------------------------
 def test_the_same_inputs_give_the_same_onnx_bytes(
-    built: tuple[Path, list[backends.GateFigures]], tmp_path: Path
+    built: Built, handler: TextEmbeddingHandler, tmp_path: Path
 ) -> None:
-    again = onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], MINILM, tmp_path)
+    again = onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], handler, tmp_path)
     for name in ONNX_FILES.values():
         assert sha(tmp_path / name) == sha(built[0] / name), name
     assert again == built[1]
 
 
-def test_the_export_holds_no_machine_path(built: tuple[Path, list[backends.GateFigures]]) -> None:
+def test_the_export_holds_no_machine_path(built: Built) -> None:
     for name in ONNX_FILES.values():
         data = (built[0] / name).read_bytes()
         assert str(ROOT).encode() not in data and b"site-packages" not in data, name
@@ -174,13 +185,14 @@ def eager(model_store: Path) -> Iterator[list[list[float]]]:
 def test_the_handler_answers_like_eager_on_each_backend(
     backend: str,
     eager: list[list[float]],
-    built: tuple[Path, list[backends.GateFigures]],
+    built: Built,
     model_store: Path,
     tmp_path: Path,
 ) -> None:
     model_dir = unpacked(model_store, tmp_path / "model", backend, built[0])
     figures = next(f for f in built[1] if f.backend == backend)
     (model_dir / GATE_FILE).write_text(json.dumps(figures.as_dict()))
+    assert isinstance(figures, backends.EmbeddingFigures)
     with LocalModel(model_dir) as model:
         replies = model.predict(
             [Request.json(SENTENCES), Request.json("Hi"), Request.json(["x", ""])]
@@ -206,7 +218,7 @@ def test_the_eager_handler_describes_its_backend(model_store: Path) -> None:
 
 
 def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
-    model_store: Path, tmp_path: Path, built: tuple[Path, list[backends.GateFigures]]
+    model_store: Path, tmp_path: Path, built: Built
 ) -> None:
     model_dir = unpacked(model_store, tmp_path / "model", "eager", built[0])
     config = yaml.safe_load((model_dir / "model-config.yml").read_text())
@@ -217,27 +229,30 @@ def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
 
 
 # ----- the held-out set ------------------------------------------------------------------------
-def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours() -> None:
+def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours(
+    handler: TextEmbeddingHandler,
+) -> None:
     """With eager fp32, each retrieval sentence's nearest neighbour is its paraphrase partner:
     the set asks a backend to keep answers eager gets right, not to break near ties."""
-    heldout = backends.Heldout.read()
-    assert len(heldout.sentences) >= 200 and len(set(heldout.sentences)) == len(heldout.sentences)
-    assert len(heldout.retrieval) % 2 == 0 and not set(heldout.retrieval) & set(heldout.sentences)
-    embeddings = onnx_build.Reference(MINILM).embed(heldout.retrieval)
-    partners = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(heldout.retrieval))]
-    assert onnx_build._nearest(embeddings).tolist() == partners
+    heldout = gates.EmbeddingGate(handler)
+    sentences, retrieval = heldout.sentences, heldout.retrieval
+    assert len(sentences) >= 200 and len(set(sentences)) == len(sentences)
+    assert len(retrieval) % 2 == 0 and not set(retrieval) & set(sentences)
+    embeddings = heldout.expected[len(sentences) :]
+    partners = [i + 1 if i % 2 == 0 else i - 1 for i in range(len(retrieval))]
+    assert gates.nearest(embeddings).tolist() == partners
 
 
 # ----- servekit gate ---------------------------------------------------------------------------
 def test_gate_of_an_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        backends.main(["--project", str(ROOT), "nosuch"])
+        gate.main(["--project", str(ROOT), "nosuch"])
     assert exited.value.code == 2
     assert "no spec 'nosuch'" in capsys.readouterr().err
 
 
-def test_gate_of_a_model_without_hugging_face_files_is_bad_input(
+def test_gate_of_a_model_whose_handler_offers_no_backend_is_bad_input(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert backends.main(["--project", str(ROOT), "iris"]) == 2
-    assert "needs a Hugging Face model" in capsys.readouterr().err
+    assert gate.main(["--project", str(ROOT), "iris"]) == 2
+    assert "IrisHandler does not subclass OnnxBackendHandler" in capsys.readouterr().err
