@@ -84,6 +84,14 @@ def efficientnet() -> Payload:
     )
 
 
+def digits(count: int = 24) -> Payload:
+    from servekit.datasets import digit_png, digits_split
+
+    images = digits_split().x_test[:count]
+    bodies = tuple(digit_png(image) for image in images)
+    return Payload(bodies, "image/png", f"{len(bodies)} held-out 8x8 digits as PNG")
+
+
 def empty_model() -> Payload:
     return Payload((b"{}",), "application/json", "an empty JSON object")
 
@@ -92,6 +100,7 @@ BUILT_IN = {
     "minilm": minilm,
     "iris": iris,
     "efficientnet": efficientnet,
+    "digits": digits,
     "empty_model": empty_model,
 }
 

@@ -196,3 +196,12 @@ def test_a_long_run_serves_its_own_copy_of_the_archive(tmp_path: Path) -> None:
     assert copy.mar == tmp_path / "run" / "store" / "m.mar" and copy.name == "m"
     (store / "m.mar").write_bytes(b"rebuilt meanwhile")
     assert copy.mar.read_bytes() == b"archive bytes"
+
+
+def test_digits_has_a_built_in_payload_of_real_pngs() -> None:
+    from servekit.bench import payloads
+
+    payload = payloads.choose("digits", None)
+    assert payload.content_type == "image/png" and len(payload.bodies) == 24
+    assert all(body.startswith(b"\x89PNG\r\n\x1a\n") for body in payload.bodies)
+    assert len(set(payload.bodies)) > 1
