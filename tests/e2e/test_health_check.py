@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from servekit.serve.server import TorchServe, free_ports, running
+from servekit.serve.settings import archived_setting
 from tests.e2e.conftest import ROOT, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -34,11 +35,10 @@ def health_check(server: TorchServe | None, *args: str) -> subprocess.CompletedP
 def test_healthy_server_exits_0(server: TorchServe) -> None:
     done = health_check(server)
     assert done.returncode == 0, done.stdout + done.stderr
+    workers = {m: archived_setting(ROOT, m).workers for m in ("digits", "empty_model", "iris")}
     assert done.stdout.splitlines() == [
         "ping: Healthy",
-        "digits: 1/1 workers READY",
-        "empty_model: 1/1 workers READY",
-        "iris: 1/1 workers READY",
+        *(f"{m}: {n}/{n} workers READY" for m, n in workers.items()),  # as the specs say
     ]
 
 
@@ -63,7 +63,8 @@ def test_customized_json_reports_handler_status(server: TorchServe) -> None:
     assert report["healthy"] is True and report["exit_code"] == 0
     (iris,) = report["models"]
     assert iris["name"] == "iris" and iris["handler_status"] == "ready"
-    assert iris["ready"] == 1 and iris["queue"]["remainingCapacity"] > 0
+    assert iris["ready"] == archived_setting(ROOT, "iris").workers
+    assert iris["queue"]["remainingCapacity"] > 0
 
 
 def test_unregistered_model_is_unhealthy(server: TorchServe) -> None:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from servekit.observe.prometheus import Prometheus
 from servekit.serve.server import TorchServe, free_ports, running
+from servekit.serve.settings import archived_setting
 from tests.e2e.conftest import ROOT, describe, wait_ready
 from tests.promql import dashboard_exprs, rule_exprs, unknown_names
 
@@ -187,11 +188,12 @@ def test_a_fast_models_p95_is_never_above_what_the_client_saw(stack: Stack) -> N
 def test_ready_gauge_drops_when_a_worker_is_killed_and_comes_back(stack: Stack) -> None:
     ready = 'servekit_model_workers_ready{model_name="iris"}'
     restarts = 'servekit_worker_restarts_total{model_name="iris"}'
-    assert stack.prom.wait_value(ready, lambda v: v == 1) == 1
+    workers = archived_setting(ROOT, "iris").workers  # as many as its (tuned) spec says
+    assert stack.prom.wait_value(ready, lambda v: v == workers) == workers
     before = stack.settled(restarts)
     os.kill(describe(stack.server, "iris")["workers"][0]["pid"], signal.SIGKILL)
-    stack.prom.wait_value(f"min_over_time({ready}[1m])", lambda v: v == 0, timeout=60)
-    stack.prom.wait_value(ready, lambda v: v == 1, timeout=120)
+    stack.prom.wait_value(f"min_over_time({ready}[1m])", lambda v: v == workers - 1, timeout=60)
+    stack.prom.wait_value(ready, lambda v: v == workers, timeout=120)
     assert stack.settled(restarts) == before + 1
     assert stack.predict("iris", IRIS).status_code == 200
     stack.alert_seen("ServekitModelNotReady", "iris")  # pending: it fires after 5 min

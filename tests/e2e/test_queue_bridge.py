@@ -525,8 +525,9 @@ def test_a_worker_death_mid_burst_loses_nothing(
     names: tuple[str, str],
     store: redis.Redis,
 ) -> None:
-    """iris's worker is killed while the bridge keeps it busy: the batch in flight gets 500
-    "Worker died." (retried), the rest waits for the restarted worker; nothing is lost."""
+    """An iris worker is killed while the bridge keeps it busy: the batch in flight gets 500
+    "Worker died." (retried), the rest waits for the restarted worker (or goes to the others,
+    as many as iris's spec says); nothing is lost."""
     cfg = config(
         broker_pair,
         torchserve,
@@ -534,7 +535,7 @@ def test_a_worker_death_mid_burst_loses_nothing(
         prefetch=8,
         retry=RetryPolicy(first_delay=0.05, max_delay=0.5, max_attempts=1000),
     )
-    (pid,) = [w["pid"] for w in describe(torchserve, "iris")["workers"]]
+    pid = describe(torchserve, "iris")["workers"][0]["pid"]
     with bridge_thread(cfg, "bridge-d") as bridge, client_for(broker_pair, names) as client:
         ids = [client.submit("iris", {"features": GOOD_IRIS[i % 3]}) for i in range(400)]
         wait_until(lambda: len(result_keys(store, names[1])) >= 40, "bridge working")
@@ -545,7 +546,7 @@ def test_a_worker_death_mid_burst_loses_nothing(
     assert len(result_keys(store, names[1])) == len(ids)
     assert drain(broker_pair[0].url, dead_letter_queue(names[0])) == []
     wait_ready(torchserve, ["iris"])  # the module's other tests get a READY worker back
-    assert [w["pid"] for w in describe(torchserve, "iris")["workers"]] != [pid]
+    assert pid not in [w["pid"] for w in describe(torchserve, "iris")["workers"]]
 
 
 def test_a_wait_longer_than_the_redis_socket_timeout_ends_in_result_timeout(
