@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,33 @@ def test_processes_run_at_once_with_the_cores_shared_and_are_summed() -> None:
     assert all(each["threads"] == result["threads"] for each in result["each"])
     total = sum(each["items_per_s"] for each in result["each"])
     assert result["items_per_s"] == pytest.approx(total, abs=0.01)
+
+
+def test_threads_asked_for_win_over_the_archives_torch_threads(tmp_path: Path) -> None:
+    """One process with a thread per core: the archived handler sets its own torch_threads
+    (minilm's spec: one, for two workers) when it loads; --threads must still hold."""
+    if not MAR.exists():
+        pytest.skip("model_store/minilm.mar missing: run make archive")
+    threads = (os.cpu_count() or 1) + 1  # not what any spec sets
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "servekit.cli",
+            "limit",
+            "--mar",
+            str(MAR),
+            "--batch-size",
+            "1",
+            "--duration",
+            "0.2",
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["threads"] == threads

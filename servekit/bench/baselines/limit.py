@@ -183,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     with LocalModel.from_mar(mar) as model:
+        if args.threads:  # again: the handler sets its torch_threads option when it loads
+            torch.set_num_threads(args.threads)
         result = measure(model, args.batch_size, args.duration, payload=payload)
     print(json.dumps(result.to_dict()))
     return OK
