@@ -48,7 +48,7 @@ class ImagenetHandler(OnnxBackendHandler[np.ndarray]):
         "top_k": "list of {label, class_id, probability}, best first",
     }
 
-    def load_model(self) -> torch.nn.Module:
+    def load_eager_model(self) -> torch.nn.Module:
         from efficientnet_lite_pytorch import EfficientNet  # the architecture; weights: archive
 
         return self.load_state_dict(EfficientNet.from_name(ARCHITECTURE), "efficientnet-lite0.pth")

@@ -100,6 +100,7 @@ class OnnxModel:
 class OnnxBackendHandler(ToolkitHandler[ItemT]):
     """A handler whose model ``servekit archive`` can export to ONNX behind an accuracy gate.
 
+    It builds its torch model in ``load_eager_model`` (``load_model`` picks eager or ONNX).
     The kind declares the gate (``CLASSIFIER``: top-1 agreement and top-5 overlap of the
     logits on real photos; ``EMBEDDING``: cosine and nearest neighbours of the vectors on
     sentences), how int8 is made (``DYNAMIC`` or ``STATIC``, calibrated) and, when the
@@ -119,9 +120,10 @@ class OnnxBackendHandler(ToolkitHandler[ItemT]):
     """The dimensions of every input that vary: 0, the batch (1, a sequence's length)."""
 
     def load_model(self) -> Any:
+        """The eager model (``load_eager_model``) or the archive's ONNX one, as ``backend`` says."""
         backend = self.options.backend
         if backend == EAGER:
-            return super().load_model()
+            return self.load_eager_model()
         self.prepare_backend()
         if self.device != CPU:  # the backends run ONNX Runtime's CPU provider
             self.device, self.device_reason = CPU, f"cpu (backend {backend} runs on the CPU)"
@@ -133,6 +135,11 @@ class OnnxBackendHandler(ToolkitHandler[ItemT]):
                 "the model)"
             )
         return OnnxModel(path, torch.get_num_threads())
+
+    def load_eager_model(self) -> Any:
+        """Build the torch model (what ``load_model`` does in other handlers: a handler that
+        offers backends overrides this one instead)."""
+        return super().load_model()
 
     def prepare_backend(self) -> None:
         """Load what the kind needs besides the model (a tokenizer) when a backend runs it."""

@@ -61,6 +61,17 @@ def running(handler: OnnxBackendHandler[Any], path: Path) -> Iterator[None]:
         handler.model = eager
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread while measuring: the same figures on any machine size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Gate:
     """A held-out set and how a backend's rows are compared with eager's."""
 
@@ -71,7 +82,8 @@ class Gate:
     def __init__(self, handler: OnnxBackendHandler[Any]) -> None:
         self.handler = handler
         self.items = self.heldout_items()
-        self.expected = outputs(handler, self.items, self.batch)
+        with one_thread():
+            self.expected = outputs(handler, self.items, self.batch)
 
     def heldout_items(self) -> list[Any]:
         raise NotImplementedError
@@ -79,13 +91,14 @@ class Gate:
     def compare(self, backend: str, got: torch.Tensor, kept: tuple[str, ...]) -> Figures:
         raise NotImplementedError
 
-    def calibration(self) -> list[np.ndarray]:
+    @classmethod
+    def calibration(cls, handler: OnnxBackendHandler[Any]) -> list[np.ndarray]:
         """Batches of model input for static int8 (other data than the held-out set)."""
-        raise ArchiveError(f"the {self.kind} gate has no calibration set: use dynamic int8")
+        raise ArchiveError(f"the {cls.kind} gate has no calibration set: use dynamic int8")
 
     def measure(self, backend: str, path: Path, kept: tuple[str, ...] = ()) -> Figures:
         """The figures of the backend in ``path`` (``kept``: its layers left in fp32)."""
-        with running(self.handler, path):
+        with running(self.handler, path), one_thread():
             return self.compare(backend, outputs(self.handler, self.items, self.batch), kept)
 
 
@@ -142,17 +155,20 @@ class ClassifierGate(Gate):
         return [self.parse(image) for image in images]
 
     def parse(self, jpeg: bytes) -> Any:
-        return self.handler.parse_request(Payload(jpeg, "body", "image/jpeg"))
+        return parse_image(self.handler, jpeg)
 
-    def calibration(self) -> list[np.ndarray]:
+    @classmethod
+    def calibration(cls, handler: OnnxBackendHandler[Any]) -> list[np.ndarray]:
         data = read_heldout(CLASSIFIER)
         recipe = data["variants"]
         images = []
         for photo in data["calibration"]:
             whole = Image.open(HELDOUT_DIR / photo["file"])
             images += variants(whole, int(photo["variants"]), recipe)
-        items = [self.parse(image) for image in images]
-        batches = [self.handler.preprocess(items[i : i + 8]) for i in range(0, len(items), 8)]
+        items = [parse_image(handler, image) for image in images]
+        batches = [
+            handler.preprocess(items[i : i + cls.batch]) for i in range(0, len(items), cls.batch)
+        ]
         return [np.ascontiguousarray(batch.numpy()) for batch in batches]
 
     def compare(self, backend: str, got: torch.Tensor, kept: tuple[str, ...]) -> Figures:
@@ -171,6 +187,10 @@ class ClassifierGate(Gate):
             photos=self.photos,
             kept_fp32=kept,
         )
+
+
+def parse_image(handler: OnnxBackendHandler[Any], jpeg: bytes) -> Any:
+    return handler.parse_request(Payload(jpeg, "body", "image/jpeg"))
 
 
 GATES: dict[str, type[Gate]] = {EMBEDDING: EmbeddingGate, CLASSIFIER: ClassifierGate}

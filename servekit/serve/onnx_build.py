@@ -29,7 +29,7 @@ from servekit.runtime.backend_names import (
 )
 from servekit.runtime.backends import OnnxBackendHandler
 from servekit.serve.backends import Figures
-from servekit.serve.gates import GATES, Gate
+from servekit.serve.gates import GATES, Gate, one_thread
 
 OPSET = 18
 WEIGHTED = ("MatMul", "Gemm", "Conv")
@@ -83,7 +83,7 @@ def _strip_metadata(model: Any) -> dict[str, str]:
 
 
 def quantize_int8(
-    handler: OnnxBackendHandler[Any], gate: Gate, fp32: Path, out: Path, modules: Mapping[str, str]
+    handler: OnnxBackendHandler[Any], fp32: Path, out: Path, modules: Mapping[str, str]
 ) -> tuple[str, ...]:
     """int8 with per-channel weight scales, as the handler declares (dynamic, or static QDQ
     calibrated on the gate's calibration photos), the layers ``int8_keep_fp32`` names left in
@@ -99,7 +99,7 @@ def quantize_int8(
             quantization.quantize_static(
                 str(fp32),
                 str(out),
-                _Calibration(handler.onnx_inputs[0], gate.calibration()),
+                _Calibration(handler.onnx_inputs[0], GATES[handler.gate].calibration(handler)),
                 quant_format=quantization.QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=quantization.QuantType.QUInt8,
@@ -129,12 +129,16 @@ class _Calibration:
 
 
 def build_all(
-    backends: Sequence[str], handler: OnnxBackendHandler[Any], out_dir: Path
+    backends: Sequence[str],
+    handler: OnnxBackendHandler[Any],
+    out_dir: Path,
+    gate: Gate | None = None,
 ) -> list[Figures]:
     """Each of ``backends`` (one export shared) built in ``out_dir`` from the eager ``handler``,
-    with its figures; one backend also gets ``backend-gate.json`` (whether it passed or not)."""
-    with _one_thread():
-        gate = GATES[handler.gate](handler)
+    with its figures (by ``gate``, default the handler's, measured anew); one backend also gets
+    ``backend-gate.json`` (whether it passed or not)."""
+    with one_thread():
+        gate = gate or GATES[handler.gate](handler)
         fp32 = out_dir / ONNX_FILES[ONNXRUNTIME]
         modules = export(handler, fp32)
         results = []
@@ -142,7 +146,7 @@ def build_all(
             path, kept = fp32, tuple[str, ...]()
             if backend == ONNXRUNTIME_INT8:
                 path = out_dir / ONNX_FILES[ONNXRUNTIME_INT8]
-                kept = quantize_int8(handler, gate, fp32, path, modules)
+                kept = quantize_int8(handler, fp32, path, modules)
             results.append(gate.measure(backend, path, kept))
     if ONNXRUNTIME not in backends:
         fp32.unlink()
@@ -163,17 +167,6 @@ def _need(module: str) -> Any:
 
 def _natural(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch on one thread while measuring: the same figures on any machine size."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
