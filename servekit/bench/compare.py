@@ -411,7 +411,7 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     for t in document["targets"]:
         rows.append(
-            f"| {t['target']} | {t['ratio']:.2f}x | >= {t['wanted']:g}x | "
+            f"| {t['target']} | {t['ratio']:.3f}x | >= {t['wanted']:g}x | "
             f"{'yes' if t['p95_equal_or_lower'] else 'no'} | {'yes' if t['met'] else 'no'} |"
         )
     return "\n".join(rows) + "\n"

@@ -141,7 +141,7 @@ def test_the_table_has_the_backend_rows() -> None:
     assert "| limit-processes (batch 8, 2 process(es) x 1 thread(s)) | 200.0 |" in table
     assert "| onnxruntime-int8 | 260.0 | 300 | 1.30x | 1.53x | yes |" in table
     assert "| onnxruntime | 160.0 | 420 | 0.80x | 0.94x | no |" in table
-    assert "| best gated backend served / eager in-process limit | 1.30x | >= 1.25x |" in table
+    assert "| best gated backend served / eager in-process limit | 1.300x | >= 1.25x |" in table
     assert "| limit (" not in table and f"| {compare.BEST_BACKEND} |" not in table
 
 
