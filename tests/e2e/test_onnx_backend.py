@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-import yaml
 
 from servekit.config.specs import load_spec, read_yaml
 from servekit.runtime.backend_names import GATE_FILE
 from servekit.serve import backends
-from servekit.serve.archive import build
 from servekit.serve.harness import LocalModel, Request
 from servekit.serve.marinfo import check_against_spec, read_mar
 from servekit.serve.server import TorchServe, running
+from tests.backend_support import archived, spec_asking
 from tests.e2e.conftest import ROOT, customized, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -30,22 +29,14 @@ SENTENCES = ["A man is eating food.", "Hi", "The cat sits outside.", "Le chat es
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped MiniLM spec asking for onnxruntime-int8, under another name."""
-    specs = tmp_path_factory.mktemp("specs")
-    spec = yaml.safe_load((ROOT / "config" / "minilm.yml").read_text())
-    spec["name"] = NAME
-    spec["handler_options"]["backend"] = "onnxruntime-int8"
-    (specs / f"{NAME}.yml").write_text(yaml.safe_dump(spec))
-    return specs
+    """The shipped minilm spec asking for onnxruntime-int8, under another name."""
+    return spec_asking("minilm", NAME, "onnxruntime-int8", tmp_path_factory.mktemp("specs"))
 
 
 @pytest.fixture(scope="module")
 def store(specs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """That spec archived into a store of its own."""
-    out = tmp_path_factory.mktemp("store")
-    defaults = read_yaml(ROOT / "model-config.yml")
-    build(load_spec(specs / f"{NAME}.yml", ROOT), defaults, ROOT, out)
-    return out
+    return archived(specs, NAME, tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,16 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from servekit.config.specs import load_spec, read_yaml
 from servekit.runtime.backend_names import GATE_FILE
 from servekit.serve import backends
-from servekit.serve.archive import build
 from servekit.serve.harness import LocalModel, Request
 from servekit.serve.marinfo import check_against_spec, read_mar
 from servekit.serve.server import TorchServe, running
+from tests.backend_support import archived, spec_asking
 from tests.e2e.conftest import ROOT, customized, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -37,22 +36,14 @@ def jpeg(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped EfficientNet spec asking for onnxruntime, under another name."""
-    specs = tmp_path_factory.mktemp("specs")
-    spec = yaml.safe_load((ROOT / "config" / "efficientnet.yml").read_text())
-    spec["name"] = NAME
-    spec["handler_options"]["backend"] = "onnxruntime"
-    (specs / f"{NAME}.yml").write_text(yaml.safe_dump(spec))
-    return specs
+    """The shipped efficientnet spec asking for onnxruntime, under another name."""
+    return spec_asking("efficientnet", NAME, "onnxruntime", tmp_path_factory.mktemp("specs"))
 
 
 @pytest.fixture(scope="module")
 def store(specs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """That spec archived into a store of its own."""
-    out = tmp_path_factory.mktemp("store")
-    defaults = read_yaml(ROOT / "model-config.yml")
-    build(load_spec(specs / f"{NAME}.yml", ROOT), defaults, ROOT, out)
-    return out
+    return archived(specs, NAME, tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")

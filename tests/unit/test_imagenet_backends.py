@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import shutil
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,11 +22,13 @@ from sklearn.datasets import load_sample_image
 
 from handlers.imagenet import ImagenetHandler
 from handlers.imagenet_options import ImagenetOptions
-from servekit.config.specs import effective_config, load_spec, read_yaml
-from servekit.runtime.backend_names import GATE_FILE, ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
+from servekit.config.specs import effective_config, load_spec
+from servekit.errors import ArchiveError
+from servekit.runtime.backend_names import ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
 from servekit.runtime.errors import ModelLoadError
 from servekit.serve import archive, backends, gates, onnx_build
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
+from tests.backend_support import eager_handler, unpacked
 from tests.conftest import ROOT
 
 Built = tuple[Path, list[backends.Figures]]
@@ -49,10 +49,7 @@ PHOTOS = [jpeg("china.jpg"), jpeg("flower.jpg"), jpeg("china.jpg", flip=True)]
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImagenetHandler]:
     """The eager handler on the staged archive files, as servekit archive loads it."""
-    spec = load_spec(ROOT / "config" / "efficientnet.yml", ROOT)
-    config = effective_config(spec, read_yaml(ROOT / "model-config.yml"))
-    staged = archive.stage_files(spec, ROOT, tmp_path_factory.mktemp("effnet") / "stage")
-    with backends.eager_handler(spec, config, staged) as loaded:
+    with eager_handler("efficientnet", tmp_path_factory.mktemp("effnet")) as loaded:
         yield loaded
 
 
@@ -132,7 +129,7 @@ def test_the_heldout_set_names_each_photo_its_source_and_licence() -> None:
 def test_a_photo_that_is_not_the_recorded_one_is_refused() -> None:
     photo = {**gates.read_heldout("classifier")["photos"][0], "sha256": "0" * 64}
     refused = r"china\.jpg is missing from scikit-learn or .*sha256 differs"
-    with pytest.raises(backends.ArchiveError, match=refused):
+    with pytest.raises(ArchiveError, match=refused):
         gates.open_photo(photo)
 
 
@@ -164,21 +161,8 @@ def test_the_digest_changes_with_the_backend() -> None:
 
 
 # ----- the handler on each backend -------------------------------------------------------------
-def unpacked(model_store: Path, into: Path, backend: str, built: Built) -> Path:
-    """The eager efficientnet.mar unpacked with ``backend`` added, as servekit archive does."""
-    with zipfile.ZipFile(model_store / "efficientnet.mar") as mar:
-        mar.extractall(into)
-    if backend != "eager":
-        shutil.copy(built[0] / ONNX_FILES[backend], into / ONNX_FILES[backend])
-        (into / GATE_FILE).write_text(json.dumps(figures(built, backend).as_dict()))
-    config = yaml.safe_load((into / "model-config.yml").read_text())
-    config["handler"]["backend"] = backend
-    (into / "model-config.yml").write_text(yaml.safe_dump(config))
-    return into
-
-
 @pytest.fixture(scope="module")
-def eager(model_store: Path) -> Iterator[list[dict[str, object]]]:
+def eager(model_store: Path) -> Iterator[list[dict[str, Any]]]:
     with LocalModel.from_mar(model_store / "efficientnet.mar") as model:
         yield [reply.json() for reply in model.predict(PHOTOS)]
 
@@ -186,12 +170,13 @@ def eager(model_store: Path) -> Iterator[list[dict[str, object]]]:
 @pytest.mark.parametrize("backend", [ONNXRUNTIME, ONNXRUNTIME_INT8])
 def test_the_handler_answers_on_each_backend(
     backend: str,
-    eager: list[dict[str, object]],
+    eager: list[dict[str, Any]],
     built: Built,
     model_store: Path,
     tmp_path: Path,
 ) -> None:
-    model_dir = unpacked(model_store, tmp_path / "model", backend, built)
+    mar, recorded = model_store / "efficientnet.mar", figures(built, backend).as_dict()
+    model_dir = unpacked(mar, tmp_path / "model", backend, built[0], recorded)
     with LocalModel(model_dir, batch_size=8) as model:
         replies = model.predict([*PHOTOS, Request.raw(b"not an image", "image/jpeg")])
         described = model.describe()
@@ -202,8 +187,7 @@ def test_the_handler_answers_on_each_backend(
         assert [a["label"] for a in got] == [e["label"] for e in eager]
         for a, e in zip(got, eager, strict=True):
             assert a["top_k"][0]["probability"] == pytest.approx(
-                e["top_k"][0]["probability"],
-                abs=1e-4,  # type: ignore[index]
+                e["top_k"][0]["probability"], abs=1e-4
             )
     shown = described["backend"]
     assert shown["name"] == backend and shown["file"] == ONNX_FILES[backend]
@@ -220,7 +204,7 @@ def test_the_eager_handler_describes_its_backend(model_store: Path) -> None:
 def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
     model_store: Path, tmp_path: Path, built: Built
 ) -> None:
-    model_dir = unpacked(model_store, tmp_path / "model", "eager", built)
+    model_dir = unpacked(model_store / "efficientnet.mar", tmp_path / "model", "eager", built[0])
     config = yaml.safe_load((model_dir / "model-config.yml").read_text())
     config["handler"]["backend"] = ONNXRUNTIME
     (model_dir / "model-config.yml").write_text(yaml.safe_dump(config))
