@@ -5,9 +5,6 @@ handler on each backend through TorchServe's worker code, against eager fp32."""
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +15,15 @@ import torch
 import yaml
 from onnx import numpy_helper
 
-from servekit.config.specs import effective_config, load_spec, read_yaml
+from servekit.config.specs import effective_config, load_spec
 from servekit.errors import ConfigError
-from servekit.runtime.backend_names import GATE_FILE, ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
+from servekit.runtime.backend_names import ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
 from servekit.runtime.errors import ModelLoadError
 from servekit.runtime.text import EmbeddingOptions, TextEmbeddingHandler
-from servekit.serve import archive, backends, gate, gates, onnx_build
+from servekit.serve import archive, backends, gates, onnx_build
+from servekit.serve.gate import main as gate_main
 from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
+from tests.backend_support import eager_handler, unpacked
 from tests.conftest import ROOT
 
 Built = tuple[Path, list[backends.Figures]]
@@ -40,18 +39,23 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextEmbeddingHandler]:
     """MiniLM's eager handler on the staged archive files, as servekit archive loads it."""
-    spec = load_spec(ROOT / "config" / "minilm.yml", ROOT)
-    config = effective_config(spec, read_yaml(ROOT / "model-config.yml"))
-    staged = archive.stage_files(spec, ROOT, tmp_path_factory.mktemp("minilm") / "stage")
-    with backends.eager_handler(spec, config, staged) as loaded:
+    with eager_handler("minilm", tmp_path_factory.mktemp("minilm")) as loaded:
         yield loaded
 
 
 @pytest.fixture(scope="module")
-def built(handler: TextEmbeddingHandler, tmp_path_factory: pytest.TempPathFactory) -> Built:
+def gate(handler: TextEmbeddingHandler) -> gates.Gate:
+    """The embedding gate, its eager vectors measured once."""
+    return gates.EmbeddingGate(handler)
+
+
+@pytest.fixture(scope="module")
+def built(
+    handler: TextEmbeddingHandler, gate: gates.Gate, tmp_path_factory: pytest.TempPathFactory
+) -> Built:
     """Both backends built once (one export), with their figures."""
     out = tmp_path_factory.mktemp("backends")
-    return out, onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], handler, out)
+    return out, onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], handler, out, gate)
 
 
 def sha(path: Path) -> str:
@@ -92,7 +96,7 @@ def test_both_backends_pass_the_gate_with_their_figures(built: Built) -> None:
 
 
 def test_a_perturbed_model_fails_the_gate_naming_its_figures(
-    built: Built, handler: TextEmbeddingHandler, tmp_path: Path
+    built: Built, gate: gates.Gate, tmp_path: Path
 ) -> None:
     model = onnx.load(str(built[0] / ONNX_FILES[ONNXRUNTIME]))
     rng = np.random.default_rng(0)
@@ -103,7 +107,7 @@ def test_a_perturbed_model_fails_the_gate_naming_its_figures(
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(model, str(broken))
-    figures = gates.EmbeddingGate(handler).measure(ONNXRUNTIME, broken)
+    figures = gate.measure(ONNXRUNTIME, broken)
     assert isinstance(figures, backends.EmbeddingFigures)
     assert not figures.passed
     assert figures.min_cosine < backends.MIN_COSINE
@@ -140,9 +144,9 @@ def test_a_handler_that_offers_no_backend_is_bad_input(tmp_path: Path) -> None:
 
 # ----- reproducible ----------------------------------------------------------------------------
 def test_the_same_inputs_give_the_same_onnx_bytes(
-    built: Built, handler: TextEmbeddingHandler, tmp_path: Path
+    built: Built, handler: TextEmbeddingHandler, gate: gates.Gate, tmp_path: Path
 ) -> None:
-    again = onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], handler, tmp_path)
+    again = onnx_build.build_all([ONNXRUNTIME, ONNXRUNTIME_INT8], handler, tmp_path, gate)
     for name in ONNX_FILES.values():
         assert sha(tmp_path / name) == sha(built[0] / name), name
     assert again == built[1]
@@ -163,18 +167,6 @@ def test_the_digest_changes_with_the_backend() -> None:
 
 
 # ----- the handler on each backend -------------------------------------------------------------
-def unpacked(model_store: Path, into: Path, backend: str, built: Path) -> Path:
-    """The eager minilm.mar unpacked with ``backend`` added, as servekit archive builds it."""
-    with zipfile.ZipFile(model_store / "minilm.mar") as mar:
-        mar.extractall(into)
-    if backend != "eager":
-        shutil.copy(built / ONNX_FILES[backend], into / ONNX_FILES[backend])
-    config = yaml.safe_load((into / "model-config.yml").read_text())
-    config["handler"]["backend"] = backend
-    (into / "model-config.yml").write_text(yaml.safe_dump(config))
-    return into
-
-
 @pytest.fixture(scope="module")
 def eager(model_store: Path) -> Iterator[list[list[float]]]:
     with LocalModel.from_mar(model_store / "minilm.mar") as model:
@@ -189,9 +181,10 @@ def test_the_handler_answers_like_eager_on_each_backend(
     model_store: Path,
     tmp_path: Path,
 ) -> None:
-    model_dir = unpacked(model_store, tmp_path / "model", backend, built[0])
     figures = next(f for f in built[1] if f.backend == backend)
-    (model_dir / GATE_FILE).write_text(json.dumps(figures.as_dict()))
+    model_dir = unpacked(
+        model_store / "minilm.mar", tmp_path / "model", backend, built[0], figures.as_dict()
+    )
     assert isinstance(figures, backends.EmbeddingFigures)
     with LocalModel(model_dir) as model:
         replies = model.predict(
@@ -220,7 +213,7 @@ def test_the_eager_handler_describes_its_backend(model_store: Path) -> None:
 def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
     model_store: Path, tmp_path: Path, built: Built
 ) -> None:
-    model_dir = unpacked(model_store, tmp_path / "model", "eager", built[0])
+    model_dir = unpacked(model_store / "minilm.mar", tmp_path / "model", "eager", built[0])
     config = yaml.safe_load((model_dir / "model-config.yml").read_text())
     config["handler"]["backend"] = ONNXRUNTIME_INT8
     (model_dir / "model-config.yml").write_text(yaml.safe_dump(config))
@@ -230,11 +223,12 @@ def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
 
 # ----- the held-out set ------------------------------------------------------------------------
 def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours(
-    handler: TextEmbeddingHandler,
+    gate: gates.Gate,
 ) -> None:
     """With eager fp32, each retrieval sentence's nearest neighbour is its paraphrase partner:
     the set asks a backend to keep answers eager gets right, not to break near ties."""
-    heldout = gates.EmbeddingGate(handler)
+    heldout = gate
+    assert isinstance(heldout, gates.EmbeddingGate)
     sentences, retrieval = heldout.sentences, heldout.retrieval
     assert len(sentences) >= 200 and len(set(sentences)) == len(sentences)
     assert len(retrieval) % 2 == 0 and not set(retrieval) & set(sentences)
@@ -246,7 +240,7 @@ def test_the_heldout_set_is_varied_and_its_pairs_are_each_others_neighbours(
 # ----- servekit gate ---------------------------------------------------------------------------
 def test_gate_of_an_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        gate.main(["--project", str(ROOT), "nosuch"])
+        gate_main(["--project", str(ROOT), "nosuch"])
     assert exited.value.code == 2
     assert "no spec 'nosuch'" in capsys.readouterr().err
 
@@ -254,5 +248,5 @@ def test_gate_of_an_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture
 def test_gate_of_a_model_whose_handler_offers_no_backend_is_bad_input(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert gate.main(["--project", str(ROOT), "iris"]) == 2
+    assert gate_main(["--project", str(ROOT), "iris"]) == 2
     assert "IrisHandler does not subclass OnnxBackendHandler" in capsys.readouterr().err
