@@ -1,5 +1,5 @@
-"""MiniLM's ONNX backends (the embedding gate): the option, the export and quantization (same
-inputs, same bytes), the accuracy gate (a broken backend is refused with its figures) and the
+"""MiniLM's ONNX backends (the embedding gate): the export and quantization (same inputs, same
+bytes), the accuracy gate (a broken backend is refused with its figures) and the
 handler on each backend through TorchServe's worker code, against eager fp32."""
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from onnx import numpy_helper
 from servekit.config.specs import effective_config, load_spec
 from servekit.errors import ConfigError
 from servekit.runtime.backend_names import ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
-from servekit.runtime.errors import ModelLoadError
-from servekit.runtime.text import EmbeddingOptions, TextEmbeddingHandler
+from servekit.runtime.text import TextEmbeddingHandler
 from servekit.serve import archive, backends, gates, onnx_build
 from servekit.serve.gate import main as gate_main
-from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
+from servekit.serve.harness import LocalModel, Request
 from tests.backend_support import eager_handler, unpacked
 from tests.conftest import ROOT
 
@@ -60,25 +59,6 @@ def built(
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ----- the option ------------------------------------------------------------------------------
-def test_backend_defaults_to_eager_and_takes_each_backend() -> None:
-    assert EmbeddingOptions().backend == "eager"
-    for name in ("eager", "onnxruntime", "onnxruntime-int8"):
-        assert EmbeddingOptions.from_section({"backend": name}).backend == name
-
-
-@pytest.mark.parametrize("value", ["onnx", "int8", "ONNXRUNTIME", ""])
-def test_an_unknown_backend_is_refused_naming_the_allowed_ones(value: str) -> None:
-    allowed = r"'backend' is .*allowed: eager, onnxruntime, onnxruntime-int8"
-    with pytest.raises(ModelLoadError, match=allowed):
-        EmbeddingOptions.from_section({"backend": value})
-
-
-def test_a_backend_that_is_no_string_is_refused() -> None:
-    with pytest.raises(ModelLoadError, match=r"'backend' .* expected str"):
-        EmbeddingOptions.from_section({"backend": 8})
 
 
 # ----- the gate --------------------------------------------------------------------------------
@@ -158,14 +138,6 @@ def test_the_export_holds_no_machine_path(built: Built) -> None:
         assert str(ROOT).encode() not in data and b"site-packages" not in data, name
 
 
-def test_the_digest_changes_with_the_backend() -> None:
-    spec = load_spec(ROOT / "config" / "minilm.yml", ROOT)
-    eager = effective_config(spec, {})
-    int8 = {**eager, "handler": {**eager["handler"], "backend": "onnxruntime-int8"}}
-    assert backends.digest_inputs(eager) == b""
-    assert archive.inputs_digest(spec, eager, ROOT) != archive.inputs_digest(spec, int8, ROOT)
-
-
 # ----- the handler on each backend -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def eager(model_store: Path) -> Iterator[list[list[float]]]:
@@ -203,22 +175,6 @@ def test_the_handler_answers_like_eager_on_each_backend(
     assert shown["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": 1}
     assert shown["gate"]["passed"] is True
     assert shown["gate"]["min_cosine"] == figures.min_cosine
-
-
-def test_the_eager_handler_describes_its_backend(model_store: Path) -> None:
-    with LocalModel.from_mar(model_store / "minilm.mar") as model:
-        assert model.describe()["backend"] == {"name": "eager"}
-
-
-def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
-    model_store: Path, tmp_path: Path, built: Built
-) -> None:
-    model_dir = unpacked(model_store / "minilm.mar", tmp_path / "model", "eager", built[0])
-    config = yaml.safe_load((model_dir / "model-config.yml").read_text())
-    config["handler"]["backend"] = ONNXRUNTIME_INT8
-    (model_dir / "model-config.yml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ModelLoadFailed, match=r"holds no model-int8\.onnx: rebuild it"):
-        LocalModel(model_dir)
 
 
 # ----- the held-out set ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""EfficientNet-Lite0's ONNX backends (the classifier gate): the option, the export and static
-int8 (same inputs, same bytes), the gate on real photos (fp32 passes; int8 and a perturbed model
-are refused with their figures) and the handler on each backend through TorchServe's worker
-code, against eager fp32."""
+"""EfficientNet-Lite0's ONNX backends (the classifier gate): the export and static int8 (same
+inputs, same bytes), the gate on real photos (fp32 passes; int8 and a perturbed model are
+refused with their figures) and the handler on each backend through TorchServe's worker code,
+against eager fp32."""
 
 from __future__ import annotations
 
@@ -15,19 +15,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 from onnx import numpy_helper
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from handlers.imagenet import ImagenetHandler
-from handlers.imagenet_options import ImagenetOptions
-from servekit.config.specs import effective_config, load_spec
 from servekit.errors import ArchiveError
 from servekit.runtime.backend_names import ONNX_FILES, ONNXRUNTIME, ONNXRUNTIME_INT8
-from servekit.runtime.errors import ModelLoadError
-from servekit.serve import archive, backends, gates, onnx_build
-from servekit.serve.harness import LocalModel, ModelLoadFailed, Request
+from servekit.serve import backends, gates, onnx_build
+from servekit.serve.harness import LocalModel, Request
 from tests.backend_support import eager_handler, unpacked
 from tests.conftest import ROOT
 
@@ -71,19 +67,6 @@ def figures(built: Built, backend: str) -> backends.ClassifierFigures:
     found = next(f for f in built[1] if f.backend == backend)
     assert isinstance(found, backends.ClassifierFigures)
     return found
-
-
-# ----- the option ------------------------------------------------------------------------------
-def test_backend_defaults_to_eager_and_takes_each_backend() -> None:
-    assert ImagenetOptions().backend == "eager"
-    for name in ("eager", "onnxruntime", "onnxruntime-int8"):
-        assert ImagenetOptions.from_section({"backend": name}).backend == name
-
-
-@pytest.mark.parametrize("value", ["onnx", "int8", "tensorrt"])
-def test_an_unknown_backend_is_refused_naming_the_allowed_ones(value: str) -> None:
-    with pytest.raises(ModelLoadError, match=r"'backend' is .*allowed: eager, onnxruntime, onnx"):
-        ImagenetOptions.from_section({"backend": value})
 
 
 # ----- the gate --------------------------------------------------------------------------------
@@ -152,14 +135,6 @@ def test_the_same_inputs_give_the_same_onnx_bytes(
         assert str(ROOT).encode() not in data and b"site-packages" not in data, name
 
 
-def test_the_digest_changes_with_the_backend() -> None:
-    spec = load_spec(ROOT / "config" / "efficientnet.yml", ROOT)
-    eager = effective_config(spec, {})
-    fp32 = {**eager, "handler": {**eager["handler"], "backend": "onnxruntime"}}
-    assert backends.digest_inputs(eager) == b""
-    assert archive.inputs_digest(spec, eager, ROOT) != archive.inputs_digest(spec, fp32, ROOT)
-
-
 # ----- the handler on each backend -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def eager(model_store: Path) -> Iterator[list[dict[str, Any]]]:
@@ -194,19 +169,3 @@ def test_the_handler_answers_on_each_backend(
     assert shown["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": 1}
     assert shown["gate"]["passed"] is (backend == ONNXRUNTIME)
     assert shown["gate"]["top1_agreement"] == figures(built, backend).top1_agreement
-
-
-def test_the_eager_handler_describes_its_backend(model_store: Path) -> None:
-    with LocalModel.from_mar(model_store / "efficientnet.mar") as model:
-        assert model.describe()["backend"] == {"name": "eager"}
-
-
-def test_a_backend_missing_from_the_archive_fails_the_load_naming_it(
-    model_store: Path, tmp_path: Path, built: Built
-) -> None:
-    model_dir = unpacked(model_store / "efficientnet.mar", tmp_path / "model", "eager", built[0])
-    config = yaml.safe_load((model_dir / "model-config.yml").read_text())
-    config["handler"]["backend"] = ONNXRUNTIME
-    (model_dir / "model-config.yml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ModelLoadFailed, match=r"holds no model\.onnx: rebuild it"):
-        LocalModel(model_dir)
