@@ -324,9 +324,13 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> int:
         )
     elif not args.no_write:
         note = tuned_note(document, args.p95)
-        sections = {"model_config": winner.model_config()}
-        if winner.workers > 1:  # the workers must share the cores, as they did here
-            sections["handler_options"] = {"torch_threads": threads_per_worker(winner.workers)}
+        # Several workers share the cores, as they did here; one worker gets torch's own
+        # default back (0), not the share an earlier tuning for several workers wrote.
+        threads = threads_per_worker(winner.workers) if winner.workers > 1 else 0
+        sections = {
+            "model_config": winner.model_config(),
+            "handler_options": {"torch_threads": threads},
+        }
         write_sections(args.spec, sections, note)
         print(f"wrote {sections} into {args.spec}")
     return OK

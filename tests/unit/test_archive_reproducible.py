@@ -82,7 +82,7 @@ def test_inspect_matches_spec_and_catches_a_changed_input(tmp_path: Path) -> Non
     defaults = read_yaml(root / "model-config.yml")
     assert check_against_spec(read_mar(mar), spec, defaults, root) == []
     (root / "models" / "iris_labels.json").write_text('["a", "b", "c"]')
-    changed = dict(defaults, maxWorkers=2)
+    changed = dict(defaults, responseTimeout=defaults["responseTimeout"] + 1)  # not in the spec
     problems = check_against_spec(read_mar(mar), spec, changed, root)
     assert "iris_labels.json differs from models/iris_labels.json" in problems
     assert any(p.startswith("model config differs") for p in problems)
