@@ -84,6 +84,7 @@ class EmbeddingFigures:
     neighbours: int
     sentences: int
     kept_fp32: tuple[str, ...] = ()
+    batching: str = "each sentence alone"
 
     @property
     def passed(self) -> bool:
@@ -97,7 +98,8 @@ class EmbeddingFigures:
         return (
             f"mean cosine {self.mean_cosine:.4f} (>= {MEAN_COSINE}), lowest {self.min_cosine:.4f} "
             f"(>= {MIN_COSINE}), nearest neighbour kept for {self.neighbours_kept} of "
-            f"{self.neighbours} retrieval sentences (all); {self.sentences} held-out sentences"
+            f"{self.neighbours} retrieval sentences (all); {self.sentences} held-out sentences, "
+            f"{self.batching}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,6 +109,7 @@ class EmbeddingFigures:
             min_cosine=self.min_cosine,
             nearest_neighbour={"kept": self.neighbours_kept, "of": self.neighbours},
             sentences=self.sentences,
+            batching=self.batching,
             thresholds={"mean_cosine": MEAN_COSINE, "min_cosine": MIN_COSINE},
         )
 

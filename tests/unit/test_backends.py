@@ -75,6 +75,34 @@ def test_both_backends_pass_the_gate_with_their_figures(built: Built) -> None:
     assert fp32.kept_fp32 == ()
 
 
+def test_int8_is_gated_alone_and_in_the_handlers_length_groups(
+    built: Built, gate: gates.Gate
+) -> None:
+    """Dynamic int8's activation scales are per tensor: a vector depends on its batch-mates.
+    The recorded figures are the worst of each sentence alone and all of them in one call (the
+    handler's length groups of 8, as a full served batch), so neither way hides the other."""
+    out, (_, int8) = built
+    assert isinstance(int8, backends.EmbeddingFigures)
+    assert int8.batching == "the worst of each sentence alone and in groups of 8"
+    alone, grouped = (
+        gate.compare(ONNXRUNTIME_INT8, outputs, ())
+        for outputs in (
+            _int8_rows(gate, out / ONNX_FILES[ONNXRUNTIME_INT8], batch)
+            for batch in gates.EmbeddingGate.batchings
+        )
+    )
+    assert isinstance(alone, backends.EmbeddingFigures)
+    assert isinstance(grouped, backends.EmbeddingFigures)
+    assert alone.min_cosine != grouped.min_cosine  # the batching does change int8's vectors
+    assert int8.min_cosine == min(alone.min_cosine, grouped.min_cosine)
+
+
+def _int8_rows(gate: gates.Gate, path: Path, batch: int) -> torch.Tensor:
+    gate.expected = gate.expected_in[batch]
+    with gates.running(gate.handler, path), gates.one_thread():
+        return gates.outputs(gate.handler, gate.items, batch)
+
+
 def test_a_perturbed_model_fails_the_gate_naming_its_figures(
     built: Built, gate: gates.Gate, tmp_path: Path
 ) -> None:
