@@ -56,8 +56,10 @@ def served_name(model: str, backend: str) -> str:
 
 
 def spec_backend(project: Project, model: str) -> str:
-    """The backend the project's spec of ``model`` asks for (eager when it names none)."""
-    return backend_of(project.spec(model))
+    """The backend the project's spec of ``model`` asks for (eager when it names none, or when
+    the project has no spec of it: a user's archive alone is served as it is)."""
+    spec = project.spec(model)
+    return backend_of(spec) if spec.is_file() else EAGER
 
 
 def backend_of(spec: Path) -> str:

@@ -46,7 +46,7 @@ def test_tune_sends_the_payload_file(
     body.write_text('{"x": 1}')
     seen: dict[str, Any] = {}
 
-    def fake_trials(*args: Any) -> None:
+    def fake_trials(*args: Any, **kwargs: Any) -> None:
         seen["bodies"], seen["content_type"] = args[3], args[4]
         raise Stop("measured nothing")
 
