@@ -67,7 +67,7 @@ from servekit.health.recycle import (
     model_lock,
 )
 from servekit.ops.frontend import find_frontend
-from servekit.ops.scale import READY_STATUS, handler_status, undrainable
+from servekit.ops.scale import READY_STATUS, handler_status, ready_pids, undrainable
 from servekit.runtime.decoding import brief
 from servekit.runtime.recycle import PARK_SECONDS
 from servekit.runtime.request_ids import MODEL_VERSION, VERSION_HEADER
@@ -404,9 +404,7 @@ class Rollout:
             self.say(f"{self.model} {old}: kept (--keep-old), no longer the default")
             return
         entry = self.api.entry(self.model, old)
-        # READY ones only: a worker not started has no process yet (its pid reads -1, and
-        # kill(-1) would signal every process of this user)
-        pids = [int(w["pid"]) for w in Management.ready_workers(entry) if int(w["pid"]) > 0]
+        pids = ready_pids(entry.get("workers") or [])
         deadline = time.monotonic() + self.timeout
         with self._describing(old, len(pids)):
             while pids:
@@ -611,8 +609,7 @@ def _roll_out(
     old = str(default.get("modelVersion"))
     workers = args.workers or max(1, len(default.get("workers") or []))
     if not args.keep_old:  # the old version's workers are drained by signals: can they be?
-        pids = [int(w["pid"]) for w in Management.ready_workers(default) if int(w["pid"]) > 0]
-        problem = undrainable(f"{args.model} {old}", pids)
+        problem = undrainable(f"{args.model} {old}", ready_pids(default.get("workers") or []))
         if problem is not None:
             return _fail(f"{problem} (--keep-old leaves the old version registered)", 1)
     frontend = find_frontend(args.management_url)

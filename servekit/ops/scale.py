@@ -168,9 +168,7 @@ class Scaler:
 
     def down(self, entry: Mapping[str, Any], workers: int) -> None:
         """One worker at a time, the newest, parked before TorchServe stops it."""
-        stopped = entry["workers"][workers:]  # the ones TorchServe will stop
-        # a worker not started yet has no process (its pid reads -1): nothing to drain
-        self.check_drainable([w["pid"] for w in stopped if w["status"] == READY and w["pid"] > 0])
+        self.check_drainable(ready_pids(entry["workers"][workers:]))  # the ones TorchServe stops
         for count in range(len(entry["workers"]), workers, -1):
             self.remove_newest(count)
 
@@ -219,6 +217,13 @@ class Scaler:
 BESIDE = "the drain signals worker processes: run it beside the server (same machine, " + (
     "process namespace and user)"
 )
+
+
+def ready_pids(workers: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The pids of the READY ones of ``workers`` (a describe entry's): the ones a drain
+    signals. A worker not started yet has no process (its pid reads -1, and kill(-1) would
+    signal every process of this user)."""
+    return [int(w["pid"]) for w in workers if w.get("status") == READY and int(w["pid"]) > 0]
 
 
 def drain_obstacle(pid: int) -> str | None:

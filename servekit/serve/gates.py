@@ -83,24 +83,29 @@ class Gate:
     """A held-out set and how a backend's rows are compared with eager's."""
 
     kind = ""
-    batch = 8
-    """Items per call of the handler while measuring."""
-    batchings: tuple[int, ...] = ()
-    """Where answers depend on batch-mates: each batching measured, the worst figures count."""
+    batchings: tuple[int, ...] = (8,)
+    """Items per call of the handler while measuring (``ALL``: every item in one call). Where
+    answers depend on batch-mates there are several: each is measured, the worst figures count."""
 
     def __init__(self, handler: OnnxBackendHandler[Any]) -> None:
         self.handler = handler
         self.items = self.heldout_items()
         with one_thread():
-            self.expected = outputs(handler, self.items, self.batch)
             self.expected_in = {
                 batch: outputs(handler, self.items, batch) for batch in self.batchings
             }
 
+    @property
+    def expected(self) -> torch.Tensor:
+        """Eager fp32's rows, batched the first way."""
+        return self.expected_in[self.batchings[0]]
+
     def heldout_items(self) -> list[Any]:
         raise NotImplementedError
 
-    def compare(self, backend: str, got: torch.Tensor, kept: tuple[str, ...]) -> Figures:
+    def compare(
+        self, backend: str, got: torch.Tensor, expected: torch.Tensor, kept: tuple[str, ...]
+    ) -> Figures:
         raise NotImplementedError
 
     @classmethod
@@ -112,15 +117,11 @@ class Gate:
         """The figures of the backend in ``path`` (``kept``: its layers left in fp32); with
         ``batchings``, the worst of each batching's."""
         with running(self.handler, path), one_thread():
-            if not self.batchings:
-                return self.compare(backend, outputs(self.handler, self.items, self.batch), kept)
-            measured = []
-            for batch in self.batchings:
-                self.expected = self.expected_in[batch]
-                measured.append(
-                    self.compare(backend, outputs(self.handler, self.items, batch), kept)
-                )
-            return self.worst(measured)
+            measured = [
+                self.compare(backend, outputs(self.handler, self.items, batch), expected, kept)
+                for batch, expected in self.expected_in.items()
+            ]
+        return measured[0] if len(measured) == 1 else self.worst(measured)
 
     def worst(self, measured: list[Figures]) -> Figures:
         raise NotImplementedError
@@ -128,7 +129,6 @@ class Gate:
 
 class EmbeddingGate(Gate):
     kind = EMBEDDING
-    batch = 1
     batchings = (1, ALL)
     """Each sentence alone, and all of them in one call, where the handler sorts them by length
     and runs them in groups of ``group_size`` (8 for MiniLM), as a full served batch: with
@@ -156,8 +156,10 @@ class EmbeddingGate(Gate):
     def parse(self, text: str) -> Any:
         return self.handler.parse_request(Payload(text, "body", "text/plain"))
 
-    def compare(self, backend: str, got: torch.Tensor, kept: tuple[str, ...]) -> Figures:
-        expected = torch.nn.functional.normalize(self.expected, p=2.0, dim=1)
+    def compare(
+        self, backend: str, got: torch.Tensor, expected: torch.Tensor, kept: tuple[str, ...]
+    ) -> Figures:
+        expected = torch.nn.functional.normalize(expected, p=2.0, dim=1)
         got = torch.nn.functional.normalize(got, p=2.0, dim=1)
         cosines = (expected * got).sum(dim=1)
         split = len(self.sentences)
@@ -182,7 +184,7 @@ def nearest(embeddings: torch.Tensor) -> torch.Tensor:
 
 class ClassifierGate(Gate):
     kind = CLASSIFIER
-    batch = 8  # static int8 and fp32 answer an image the same in any batch
+    batchings = (8,)  # static int8 and fp32 answer an image the same in any batch
 
     def heldout_items(self) -> list[Any]:
         data = read_heldout(CLASSIFIER)
@@ -205,13 +207,14 @@ class ClassifierGate(Gate):
             whole = Image.open(HELDOUT_DIR / photo["file"])
             images += variants(whole, int(photo["variants"]), recipe)
         items = [parse_image(handler, image) for image in images]
-        batches = [
-            handler.preprocess(items[i : i + cls.batch]) for i in range(0, len(items), cls.batch)
-        ]
+        batch = cls.batchings[0]
+        batches = [handler.preprocess(items[i : i + batch]) for i in range(0, len(items), batch)]
         return [np.ascontiguousarray(batch.numpy()) for batch in batches]
 
-    def compare(self, backend: str, got: torch.Tensor, kept: tuple[str, ...]) -> Figures:
-        expected5 = self.expected.topk(5, dim=1).indices
+    def compare(
+        self, backend: str, got: torch.Tensor, expected: torch.Tensor, kept: tuple[str, ...]
+    ) -> Figures:
+        expected5 = expected.topk(5, dim=1).indices
         got5 = got.topk(5, dim=1).indices
         agree = int((expected5[:, 0] == got5[:, 0]).sum())
         shared = [
