@@ -246,12 +246,17 @@ class Recycler:
         stop = threading.Event()
         sender = threading.Thread(target=self._describe_until, args=(stop,), daemon=True)
         sender.start()
+        left_by_error = True
         try:
             self.until(lambda: is_parked(pid), f"worker {pid} to hold a describe", timeout)
             yield
+            left_by_error = False
         finally:
             stop.set()
-            sender.join(min(self.timeout, PARK_SECONDS + 5))
+            # Left by an error or a signal, the describe the worker may hold is answered only
+            # when its park ends: not waited for, so the clean-up can still remove the worker
+            # while it is parked (the sender sends nothing more once that describe returns).
+            sender.join(0 if left_by_error else min(self.timeout, PARK_SECONDS + 5))
 
     def _describe_until(self, stop: threading.Event) -> None:
         """Customized describes, one at a time, until ``stop`` (its own HTTP session)."""

@@ -48,6 +48,7 @@ from servekit.health.recycle import (
     interruptible,
     is_parked,
     model_lock,
+    process_alive,
     ready_count,
     worker_pids,
 )
@@ -181,29 +182,55 @@ class Scaler:
         )
         newest = int(worker_pids(entry)[-1])
         self.check_drainable([newest])
+        target = count - 1
+        settled = False
         try:
-            self.recycler.retire_newest(count - 1)
+            with self.recycler.parked(newest, self.recycler.timeout):
+                try:
+                    self.take_out(target, newest)
+                except BaseException:
+                    # still parked: finish now. Leaving the block first would wait out the
+                    # park (the describe it holds is answered only then), and a worker that
+                    # serves again must not be stopped.
+                    settled = True
+                    with deferred_signals():
+                        self.settle(target, newest)
+                    raise
+            entry = self.recycler.wait(
+                lambda e: len(e["workers"]) == target and ready_count(e) == target,
+                f"back to {target} READY workers",
+            )
+            self.recycler.until(lambda: not process_alive(newest), f"worker {newest} to stop")
         except BaseException:
-            with deferred_signals():
-                self.settle(count - 1, newest)
+            if not settled:
+                with deferred_signals():
+                    self.settle(target, newest)
             raise
-        self.report(Change("removed", self.model, newest, count - 1, _since(started)))
+        self.report(Change("removed", self.model, newest, target, _since(started)))
+
+    def take_out(self, target: int, newest: int) -> None:
+        """Scale to ``target`` (TorchServe stops the newest workers) and wait until ``newest``
+        is off the list; call it only while ``newest`` is parked (or gone)."""
+        self.recycler.scale(target, target)  # TorchServe removes workers down to max only
+        entry = self.recycler.wait(
+            lambda e: newest not in worker_pids(e) or len(e["workers"]) <= target,
+            f"worker {newest} to be removed",
+        )
+        if newest in worker_pids(entry):
+            raise ServerError(f"{self.model}: the scale-down kept worker {newest}, not the newest")
 
     def settle(self, target: int, newest: int) -> None:
-        """After a removal stopped half-way: finish it when ``newest`` is (or gets, within a
-        few seconds) parked, else leave it serving; either way minWorkers/maxWorkers end equal
-        to the workers there are, so TorchServe changes nothing more."""
+        """After a removal stopped half-way: finish it while ``newest`` is parked (or parked
+        again within a few seconds), else leave it serving; either way minWorkers/maxWorkers
+        end equal to the workers there are, so TorchServe changes nothing more."""
         entry = self.recycler.describe()
         if len(entry["workers"]) > target and newest in worker_pids(entry):
             with contextlib.suppress(ServerError):  # not parked in time: it serves on
-                if not is_parked(newest):  # the signal is sent again: it may not have been
+                if is_parked(newest) or not process_alive(newest):
+                    self.take_out(target, newest)
+                else:  # signalled again: its park may have ended, or never begun
                     with self.recycler.parked(newest, ROLLBACK_PARK_SECONDS):
-                        pass
-                self.recycler.scale(target, target)
-                self.recycler.until(
-                    lambda: newest not in worker_pids(self.recycler.describe()),
-                    f"worker {newest} to be removed",
-                )
+                        self.take_out(target, newest)
             entry = self.recycler.describe()
         count = len(entry["workers"])
         self.recycler.scale(count, count)

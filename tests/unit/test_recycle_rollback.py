@@ -35,6 +35,7 @@ class FakeTorchServe:
         self.refuse: dict[tuple[int, int], list[ManagementError]] = {}
         self.signals: list[tuple[int, int]] = []
         self.on_signal: dict[int, Any] = {}
+        self.cut: list[int] = []  # workers stopped while serving (not parked)
 
     def _start(self) -> dict[str, Any]:
         self.next_pid += 1
@@ -54,6 +55,7 @@ class FakeTorchServe:
         self.min, self.max = low, high
         while len(self.workers) < low:
             self.workers.append(self._start())
+        self.cut += [w["pid"] for w in self.workers[high:] if w["pid"] not in self.parked]
         del self.workers[high:]
 
     def wait_ready(self, model: str, **kwargs: Any) -> dict[str, Any]:

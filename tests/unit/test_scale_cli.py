@@ -93,13 +93,18 @@ class FakeServer(FakeTorchServe):
 def patched(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeServer]]:
     """Processes as the fake server has them (set ``["server"]``)."""
     holder: dict[str, FakeServer] = {}
-    monkeypatch.setattr(recycle, "process_alive", lambda pid: holder["server"].alive(pid))
+    alive = lambda pid: holder["server"].alive(pid)  # noqa: E731
+    monkeypatch.setattr(recycle, "process_alive", alive)
+    monkeypatch.setattr(scale, "process_alive", alive)
     parked = lambda pid: pid in holder["server"].parked  # noqa: E731
     monkeypatch.setattr(recycle, "is_parked", parked)
     monkeypatch.setattr(scale, "is_parked", parked)
 
     def no_describes(self: recycle.Recycler, stop: threading.Event) -> None:
         stop.wait()
+        # the describe a parked worker holds is answered when its park ends, so leaving
+        # Recycler.parked means the park is over: a worker still there serves again
+        holder["server"].parked.clear()
 
     monkeypatch.setattr(recycle.Recycler, "_describe_until", no_describes)
     yield holder
@@ -131,7 +136,7 @@ def test_scaling_down_removes_the_newest_one_at_a_time_each_parked_first(
     ]
     assert server.signals == [(1003, signal.SIGUSR2), (1002, signal.SIGUSR2)]
     assert server.scales == [(2, 2), (1, 1), (1, 2)]  # one worker per scale call
-    assert server.state == (1, 1, 2)
+    assert server.state == (1, 1, 2) and server.cut == []
     assert (summary.before, summary.after, summary.min_workers, summary.max_workers) == (
         3,
         1,
@@ -235,7 +240,29 @@ def test_sigterm_before_the_worker_parked_finishes_that_removal_only(
     with pytest.raises(recycle.Interrupted), recycle.interruptible():
         scaler_.run(1, 1)
     assert server.state == (2, 2, 2)  # 1003 parked (signalled again) and removed; no more
-    assert not server.alive(1003) and changes == []
+    assert not server.alive(1003) and changes == [] and server.cut == []
+
+
+def test_sigterm_while_the_worker_is_parked_finishes_that_removal_in_the_park(
+    patched: dict[str, FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI failure of test_scale_down.py's SIGTERM test: stopped after the worker parked,
+    the clean-up left the park first (it waited it out), parked the worker again and left
+    that park too, then scaled down: TorchServe stopped a worker serving again, a 500."""
+    server, scaler_, changes = scaler(patched, 3)
+    real = server.scale
+
+    def interrupted_once(model: str, low: int, high: int, timeout: float) -> None:
+        server.scale = real  # type: ignore[method-assign]
+        assert server.parked == {1003}
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    server.scale = interrupted_once  # type: ignore[method-assign]
+    with pytest.raises(recycle.Interrupted), recycle.interruptible():
+        scaler_.run(1, 1)
+    assert server.state == (2, 2, 2) and changes == []
+    assert server.cut == []  # removed while parked, not after its park ended
+    assert server.signals == [(1003, signal.SIGUSR2)]  # the first park was enough
 
 
 def test_a_worker_that_does_not_park_after_sigterm_is_left_serving(
@@ -248,7 +275,7 @@ def test_a_worker_that_does_not_park_after_sigterm_is_left_serving(
     monkeypatch.setattr(recycle, "is_parked", lambda pid: False)
     with pytest.raises(recycle.Interrupted), recycle.interruptible():
         scaler_.run(1, 1)
-    assert server.state == (3, 3, 3)  # not stopped with a request in its hands
+    assert server.state == (3, 3, 3) and server.cut == []  # not stopped while serving
 
 
 def test_a_scale_down_refused_every_time_leaves_a_consistent_model(
