@@ -69,6 +69,11 @@ SCALE_ATTEMPTS = 6  # a scale call TorchServe refuses while busy, retried after 
 RETRY_STATUSES = (500, 206)  # ConcurrentModificationException; "Workers scaling in progress"
 LOCK_NAME = "recycle.lock"
 ROLLBACK_PARK_SECONDS = 5.0  # how long a roll-back tries to park the extra worker
+# A worker not parked yet is sent SIGUSR2 again this often, so the park it starts has at least
+# PARK_SECONDS - RESIGNAL_SECONDS left; a parked worker is scaled down only while its park has
+# more than SCALE_MARGIN_SECONDS left (the scale call and TorchServe's stopping it come first).
+RESIGNAL_SECONDS = 5.0
+SCALE_MARGIN_SECONDS = 5.0
 
 
 class Interrupted(BaseException):  # like KeyboardInterrupt
@@ -142,6 +147,7 @@ class Recycler:
         self.timeout = timeout
         self.kill: Callable[[int, int], None] = os.kill
         self.sleep: Callable[[float], None] = time.sleep
+        self.park_ends: dict[int, float] = {}  # pid: monotonic time its park ends, at the latest
 
     def describe(self) -> dict[str, Any]:
         return self.api.entry(self.model)
@@ -199,15 +205,24 @@ class Recycler:
         if len(entry["workers"]) <= count:
             return
         newest = entry["workers"][-1]
-        if newest["status"] == READY and not is_parked(int(newest["pid"])):
+        if newest["status"] == READY:
             # its handler catches SIGUSR2 only once it is READY; if it does not park in time,
             # it is removed anyway (and serves again after PARK_SECONDS if it was not)
-            with (
-                contextlib.suppress(ServerError),
-                self.parked(int(newest["pid"]), ROLLBACK_PARK_SECONDS),
-            ):
-                self.scale(count, count)
+            with contextlib.suppress(ServerError):
+                self.remove_parked(count, int(newest["pid"]), ROLLBACK_PARK_SECONDS)
         self.scale(count, count)  # TorchServe removes workers down to max_worker only
+
+    def remove_parked(self, count: int, pid: int, timeout: float) -> None:
+        """Scale to ``count`` (TorchServe stops the newest, ``pid``) while ``pid`` is parked:
+        at once when it is, with time left; when its park is about to end, once it has ended
+        and the worker is parked again (within ``timeout``); else once it is parked."""
+        if is_parked(pid) and self.park_left(pid) <= SCALE_MARGIN_SECONDS:
+            self.until(lambda: not is_parked(pid), f"worker {pid}'s park to end", PARK_SECONDS + 5)
+        if is_parked(pid):
+            self.scale(count, count, parked=pid)
+            return
+        with self.parked(pid, timeout):
+            self.scale(count, count, parked=pid)
 
     def _drain(self, pid: int) -> None:
         """Mark ``pid`` draining, then send customized describes until it took one and left."""
@@ -227,7 +242,7 @@ class Recycler:
         caller sets minWorkers/maxWorkers back.)"""
         newest = int(self.describe()["workers"][-1]["pid"])
         with self.parked(newest, self.timeout):
-            self.scale(count, count)  # TorchServe removes workers down to max_worker only
+            self.scale(count, count, parked=newest)  # TorchServe removes down to max_worker
             entry = self.wait(
                 lambda e: len(e["workers"]) == count and ready_count(e) == count,
                 f"back to {count} READY workers",
@@ -240,15 +255,23 @@ class Recycler:
     @contextlib.contextmanager
     def parked(self, pid: int, timeout: float) -> Iterator[None]:
         """``pid`` holding a customized describe (``SIGUSR2``, then describes until it does).
-        It holds it at most PARK_SECONDS after the signal (servekit/runtime/recycle.py)."""
-        with contextlib.suppress(ProcessLookupError):
-            self.kill(pid, signal.SIGUSR2)
+        It holds it at most PARK_SECONDS after the last signal (servekit/runtime/recycle.py):
+        until it parks, it is signalled again every RESIGNAL_SECONDS."""
+        self.signal_park(pid)
         stop = threading.Event()
         sender = threading.Thread(target=self._describe_until, args=(stop,), daemon=True)
         sender.start()
         left_by_error = True
+
+        def parked_now() -> bool:
+            if is_parked(pid):
+                return True
+            if self.park_left(pid) < PARK_SECONDS - RESIGNAL_SECONDS:
+                self.signal_park(pid)
+            return False
+
         try:
-            self.until(lambda: is_parked(pid), f"worker {pid} to hold a describe", timeout)
+            self.until(parked_now, f"worker {pid} to hold a describe", timeout)
             yield
             left_by_error = False
         finally:
@@ -257,6 +280,17 @@ class Recycler:
             # when its park ends: not waited for, so the clean-up can still remove the worker
             # while it is parked (the sender sends nothing more once that describe returns).
             sender.join(0 if left_by_error else min(self.timeout, PARK_SECONDS + 5))
+
+    def signal_park(self, pid: int) -> None:
+        """``SIGUSR2``: park at the next describe (or, parked, stay PARK_SECONDS more)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.kill(pid, signal.SIGUSR2)
+        # sent now, so received later: the worker's park ends no sooner than this
+        self.park_ends[pid] = time.monotonic() + PARK_SECONDS
+
+    def park_left(self, pid: int) -> float:
+        """Seconds left, at least, of ``pid``'s park (minus infinity: not signalled here)."""
+        return self.park_ends.get(pid, -math.inf) - time.monotonic()
 
     def _describe_until(self, stop: threading.Event) -> None:
         """Customized describes, one at a time, until ``stop`` (its own HTTP session)."""
@@ -273,9 +307,16 @@ class Recycler:
                 raise ServerError(f"{self.model}: waited {timeout:g} s for {what}")
             self.sleep(POLL_SECONDS)
 
-    def scale(self, workers: int, max_workers: int) -> None:
-        """Scale, again while TorchServe refuses because it is busy (the call is idempotent)."""
+    def scale(self, workers: int, max_workers: int, parked: int | None = None) -> None:
+        """Scale, again while TorchServe refuses because it is busy (the call is idempotent).
+        ``parked``: the worker this scale-down stops, parked; no attempt is made once its
+        park has SCALE_MARGIN_SECONDS or less left (it would be stopped serving again)."""
         for attempt in range(1, SCALE_ATTEMPTS + 1):
+            if parked is not None and self.park_left(parked) <= SCALE_MARGIN_SECONDS:
+                raise ServerError(
+                    f"{self.model}: worker {parked}'s park ends in under "
+                    f"{SCALE_MARGIN_SECONDS:g} s; not scaled down (it would be stopped serving)"
+                )
             try:
                 self.api.scale(self.model, workers, max_workers, timeout=self.timeout)
                 return

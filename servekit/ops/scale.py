@@ -46,7 +46,6 @@ from servekit.health.recycle import (
     Recycler,
     deferred_signals,
     interruptible,
-    is_parked,
     model_lock,
     process_alive,
     ready_count,
@@ -187,13 +186,14 @@ class Scaler:
         try:
             with self.recycler.parked(newest, self.recycler.timeout):
                 try:
-                    self.take_out(target, newest)
+                    self.recycler.scale(target, target, parked=newest)
+                    self.wait_removed(target, newest)
                 except BaseException:
                     # still parked: finish now. Leaving the block first would wait out the
                     # park (the describe it holds is answered only then), and a worker that
                     # serves again must not be stopped.
-                    settled = True
                     with deferred_signals():
+                        settled = True
                         self.settle(target, newest)
                     raise
             entry = self.recycler.wait(
@@ -202,16 +202,15 @@ class Scaler:
             )
             self.recycler.until(lambda: not process_alive(newest), f"worker {newest} to stop")
         except BaseException:
-            if not settled:
-                with deferred_signals():
+            with deferred_signals():
+                if not settled:
                     self.settle(target, newest)
             raise
         self.report(Change("removed", self.model, newest, target, _since(started)))
 
-    def take_out(self, target: int, newest: int) -> None:
-        """Scale to ``target`` (TorchServe stops the newest workers) and wait until ``newest``
-        is off the list; call it only while ``newest`` is parked (or gone)."""
-        self.recycler.scale(target, target)  # TorchServe removes workers down to max only
+    def wait_removed(self, target: int, newest: int) -> None:
+        """Until ``newest`` is off the model's list (TorchServe stops the newest workers down
+        to ``target``)."""
         entry = self.recycler.wait(
             lambda e: newest not in worker_pids(e) or len(e["workers"]) <= target,
             f"worker {newest} to be removed",
@@ -226,11 +225,11 @@ class Scaler:
         entry = self.recycler.describe()
         if len(entry["workers"]) > target and newest in worker_pids(entry):
             with contextlib.suppress(ServerError):  # not parked in time: it serves on
-                if is_parked(newest) or not process_alive(newest):
-                    self.take_out(target, newest)
-                else:  # signalled again: its park may have ended, or never begun
-                    with self.recycler.parked(newest, ROLLBACK_PARK_SECONDS):
-                        self.take_out(target, newest)
+                if process_alive(newest):
+                    self.recycler.remove_parked(target, newest, ROLLBACK_PARK_SECONDS)
+                else:  # being stopped already
+                    self.recycler.scale(target, target)
+                self.wait_removed(target, newest)
             entry = self.recycler.describe()
         count = len(entry["workers"])
         self.recycler.scale(count, count)

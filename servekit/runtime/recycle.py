@@ -16,7 +16,8 @@ worker that died, and a scale-down during that back-off does not cancel it, so t
 process would run on, serving requests, outside every worker list. The wait is bounded:
 ``PARK_SECONDS`` after the signal the worker is a normal worker again (it answers the describe
 it holds, takes back its name, and a later describe is not held), so a recycler that stopped
-half-way leaves no worker that holds describes for TorchServe's 300 s.
+half-way leaves no worker that holds describes for TorchServe's 300 s. Another ``SIGUSR2``
+during the park extends it to ``PARK_SECONDS`` after that one.
 """
 
 from __future__ import annotations
@@ -89,15 +90,22 @@ def exit_for_recycling(model_name: str) -> None:
     os._exit(0)
 
 
+def _park_left() -> float:
+    """Seconds until ``PARK_SECONDS`` after the last ``SIGUSR2``."""
+    now = time.monotonic()
+    return (_retired_at[0] if _retired_at else now) + PARK_SECONDS - now
+
+
 def _park(model_name: str) -> None:
     """Hold this describe until TorchServe kills the worker or ``PARK_SECONDS`` after the
-    signal; then clear the signal's marks: a normal worker again."""
-    left = (_retired_at[0] if _retired_at else time.monotonic()) + PARK_SECONDS - time.monotonic()
-    if left > 0:
+    last signal (one during the park extends it); then clear the signal's marks: a normal
+    worker again."""
+    if _park_left() > 0:
         name = process_name()
         logger.info("%s worker %d retiring: waiting to be scaled down", model_name, os.getpid())
         if set_process_name(RETIRED_NAME):
-            time.sleep(left)
+            while (left := _park_left()) > 0:
+                time.sleep(min(left, 0.1))
             if name:
                 set_process_name(name)
     logger.warning(

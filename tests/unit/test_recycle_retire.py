@@ -59,12 +59,14 @@ def test_the_retired_name_fits_a_linux_process_name() -> None:
 
 
 BOUNDED = """
-import os, signal, sys, time
+import os, signal, sys, threading, time
 from servekit.runtime import recycle
 recycle.PARK_SECONDS = float(sys.argv[1])
 assert recycle.install("m")
 name = recycle.process_name()
 os.kill(os.getpid(), signal.SIGUSR2)
+if len(sys.argv) > 3:  # SIGUSR2 again, this long after the first
+    threading.Timer(float(sys.argv[3]), os.kill, (os.getpid(), signal.SIGUSR2)).start()
 time.sleep(float(sys.argv[2]))  # the describe comes this late
 started = time.monotonic()
 recycle.exit_for_recycling("m")  # returns: the describe is answered as usual
@@ -75,20 +77,20 @@ print(round(time.monotonic() - started, 1), flush=True)
 
 
 @pytest.mark.parametrize(
-    ("park", "late", "held"),
+    ("park", "late", "again", "held"),
     [
-        ("1.5", "0", (1.0, 2.5)),  # a recycler that never scaled it down: held 1.5 s, then serves
-        ("1.0", "1.5", (0.0, 0.4)),  # a describe after the bound is not held at all
+        ("1.5", "0", None, (1.0, 2.5)),  # never scaled down: held 1.5 s, then serves
+        ("1.0", "1.5", None, (0.0, 0.4)),  # a describe after the bound is not held at all
+        ("1.5", "0", "1.0", (2.2, 3.5)),  # signalled again 1 s in: held until 1.5 s after that
     ],
 )
 def test_a_retired_worker_not_scaled_down_serves_again_after_park_seconds(
-    tmp_path: Path, park: str, late: str, held: tuple[float, float]
+    tmp_path: Path, park: str, late: str, again: str | None, held: tuple[float, float]
 ) -> None:
     script = tmp_path / "model_service_worker.py"
     script.write_text(BOUNDED)
-    done = subprocess.run(
-        [sys.executable, str(script), park, late], capture_output=True, text=True, timeout=60
-    )
+    argv = [sys.executable, str(script), park, late, *([again] if again else [])]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert held[0] <= float(done.stdout) <= held[1]
 

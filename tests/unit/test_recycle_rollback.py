@@ -10,6 +10,7 @@ import copy
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,58 @@ def test_a_second_recycler_on_the_model_is_kept_out(
     err = capsys.readouterr().err
     assert "another servekit recycle" in err and f"pid {os.getpid()}" in err and "m" in err
     assert cli.main(argv) == 3  # the lock is released: it goes on (nothing listens there)
+
+
+# --- the park's time left ----------------------------------------------------------------
+
+
+def test_no_scale_down_of_a_worker_whose_park_is_about_to_end(
+    fake: FakeTorchServe, tmp_path: Path
+) -> None:
+    made = recycler(fake, tmp_path)
+    fake.parked.add(1002)
+    made.park_ends[1002] = time.monotonic() + recycle.SCALE_MARGIN_SECONDS - 1
+    with pytest.raises(ServerError, match="park ends in under 5 s; not scaled down"):
+        made.scale(1, 1, parked=1002)
+    assert fake.scales == [] and fake.state == (2, 2, 3)
+    with pytest.raises(ServerError, match="park ends in under"):
+        made.scale(1, 1, parked=1001)  # never signalled here: its park's end is unknown
+    made.park_ends[1002] = time.monotonic() + 15
+    made.scale(1, 1, parked=1002)
+    assert fake.state == (1, 1, 1) and fake.cut == []
+
+
+def test_a_worker_slow_to_park_is_signalled_again(
+    fake: FakeTorchServe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = recycler(fake, tmp_path)
+    polls: list[int] = []
+
+    def parks_on_the_fourth_look(pid: int) -> bool:
+        polls.append(pid)
+        return len(polls) >= 4
+
+    monkeypatch.setattr(recycle, "is_parked", parks_on_the_fourth_look)
+    made.sleep = lambda seconds: made.park_ends.update(
+        {1002: made.park_ends[1002] - recycle.RESIGNAL_SECONDS}  # each poll: a resignal's wait
+    )
+    with made.parked(1002, 60):
+        pass
+    assert fake.signals == [(1002, signal.SIGUSR2)] * 3  # the first, then every 5 s unparked
+    assert made.park_left(1002) > recycle.PARK_SECONDS - recycle.RESIGNAL_SECONDS - 1  # the last
+
+
+def test_a_park_about_to_end_is_waited_out_and_the_worker_parked_again(
+    fake: FakeTorchServe, tmp_path: Path
+) -> None:
+    """After an interrupted removal the worker may be parked with a second left: scaling it
+    down then would stop it serving again. remove_parked waits until it serves, parks it
+    again, and removes it in that new park."""
+    made = recycler(fake, tmp_path)
+    fake.scale("m", 3, 3, 1)  # 1003 joins
+    fake.parked.add(1003)
+    made.park_ends[1003] = time.monotonic() + 1
+    made.sleep = lambda seconds: fake.parked.discard(1003)
+    made.remove_parked(2, 1003, 5)
+    assert fake.signals == [(1003, signal.SIGUSR2)]  # parked again only once it had served
+    assert fake.state == (2, 2, 2) and fake.cut == []

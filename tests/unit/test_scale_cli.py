@@ -98,7 +98,6 @@ def patched(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeServer]]:
     monkeypatch.setattr(scale, "process_alive", alive)
     parked = lambda pid: pid in holder["server"].parked  # noqa: E731
     monkeypatch.setattr(recycle, "is_parked", parked)
-    monkeypatch.setattr(scale, "is_parked", parked)
 
     def no_describes(self: recycle.Recycler, stop: threading.Event) -> None:
         stop.wait()
@@ -271,8 +270,7 @@ def test_a_worker_that_does_not_park_after_sigterm_is_left_serving(
     server, scaler_, _ = scaler(patched, 3)
     monkeypatch.setattr(scale, "ROLLBACK_PARK_SECONDS", 0.05)
     server.on_signal[signal.SIGUSR2] = lambda: os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(scale, "is_parked", lambda pid: False)  # it never takes a describe
-    monkeypatch.setattr(recycle, "is_parked", lambda pid: False)
+    monkeypatch.setattr(recycle, "is_parked", lambda pid: False)  # it never takes a describe
     with pytest.raises(recycle.Interrupted), recycle.interruptible():
         scaler_.run(1, 1)
     assert server.state == (3, 3, 3) and server.cut == []  # not stopped while serving
