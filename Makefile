@@ -146,11 +146,12 @@ bench-bridge: install archive brokers ## bridge vs direct HTTP to iris: throughp
 bench-observe: install archive prometheus ## what metrics cost: minilm with metrics_mode=log vs prometheus + exporter + Prometheus, in turns -> docs/bench/observe-cost.json
 	$(BIN)/servekit bench-observe $(BENCH_ARGS)
 
-bench: install archive ## minilm: TorchServe at concurrency 1-64, then each backend vs the in-process limit, batchSize 1, Starlette, LitServe -> docs/bench/
+bench: install archive ## minilm: TorchServe at concurrency 1-64, then each backend vs the in-process limit, batchSize 1, Starlette, LitServe; efficientnet: each backend vs its limit -> docs/bench/
 	$(BIN)/servekit bench --model minilm --concurrency 1 --concurrency 8 \
 	  --concurrency 32 --concurrency 64 --duration 10 --warmup 2 \
 	  --out docs/bench/minilm-torchserve.json --plot docs/bench/minilm-torchserve.png $(BENCH_ARGS)
 	$(BIN)/servekit compare $(COMPARE_ARGS)
+	$(BIN)/servekit compare --model efficientnet $(EFFICIENTNET_COMPARE_ARGS)
 
 tune: install archive ## best batchSize x maxBatchDelay x workers for NAME (minilm) under p95 <= P95 ms (100); writes config/NAME.yml
 	$(BIN)/servekit tune --model $(or $(NAME),minilm) --p95 $(or $(P95),100) $(TUNE_ARGS)

@@ -1,12 +1,13 @@
-"""MiniLM on TorchServe against the in-process limit and the peers, in turn, with the same client.
+"""A model on TorchServe against the in-process limit and the peers, in turn, with the same client.
 
     servekit compare                      # what `make bench` runs: the spec's batch settings
     servekit compare --concurrency 64 --batch-size 16 --duration 20
     servekit compare --only limit-threads --only limit-processes --only torchserve-onnxruntime-int8
+    servekit compare --model efficientnet  # its limits and backends (the peers serve MiniLM)
 
-Systems, each alone on the machine in turn, each serving the project's model_store/minilm.mar
-with the same handler code and torch threads (one per core, shared out between workers); B, D
-and W default to what the spec archives (config/minilm.yml):
+Systems, each alone on the machine in turn, each serving the project's model_store/MODEL.mar
+(minilm unless ``--model``) with the same handler code and torch threads (one per core, shared
+out between workers); B, D and W default to what the spec archives (config/MODEL.yml):
 
   limit-threads      the handler's batched forward in process, no server (bench.baselines.limit),
                      eager, batch B: one process with a thread per core
@@ -16,15 +17,18 @@ and W default to what the spec archives (config/minilm.yml):
   torchserve-BACKEND the same on another backend of the model (onnxruntime, onnxruntime-int8):
                      its archive built as servekit archive builds it, accuracy gate included
                      (servekit.bench.backend_archives); the best of them is
-                     ``torchserve-best-backend``
+                     ``torchserve-best-backend``. A backend the gate refuses is a row
+                     saying so, with the gate's figures, not a failed run
   torchserve-bs1-wN  TorchServe, batchSize 1, N workers (1 and 2; the best is the baseline)
   starlette          the seed-001 design: one asyncio queue, one deadline, max batch B (one
-                     process by design: all cores' threads in it)
-  litserve           LitServe with its own batching, max batch B, timeout D, W workers
+                     process by design: all cores' threads in it); MiniLM only
+  litserve           LitServe with its own batching, max batch B, timeout D, W workers; MiniLM
+                     only
 
-The same closed-loop client (servekit.bench.loadgen) drives each at concurrency C. Writes the
-figures as JSON, a Markdown table and a PNG (default: the project's docs/bench/compare-minilm.*),
-with the ratios the performance targets are stated in. Figures, not a test: nothing is asserted.
+The same closed-loop client (servekit.bench.loadgen) drives each at concurrency C with the
+model's built-in payload (servekit.bench.payloads). Writes the figures as JSON, a Markdown table
+and a PNG (default: the project's docs/bench/compare-MODEL.*), with the ratios the performance
+targets are stated in. Figures, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from servekit.bench.backend_archives import archive_for, private_copy
 from servekit.bench.baselines.runner import running_baseline
 from servekit.bench.machine import machine
 from servekit.cli import OK
-from servekit.errors import ToolkitError
+from servekit.errors import ConfigError, ToolkitError
+from servekit.health.cli import model_name
 from servekit.runtime.backend_names import BACKENDS, EAGER
 from servekit.serve.processes import exit_on_sigterm
 from servekit.serve.settings import (
@@ -59,26 +64,33 @@ from servekit.serve.settings import (
     threads_per_worker,
 )
 
-MODEL = "minilm"
+MODEL = "minilm"  # the default; the peers serve only this one
+PEERS = ("starlette", "litserve")
+TITLES = {"minilm": "MiniLM (all-MiniLM-L6-v2)", "efficientnet": "EfficientNet-Lite0"}
 OTHER_BACKENDS = tuple(b for b in BACKENDS if b != EAGER)
 BEST_BACKEND = "torchserve-best-backend"
+BACKEND_TARGETS = {"minilm": 1.25, "efficientnet": 1.5}  # best gated backend / eager limit
 TARGETS = (  # (name, numerator, denominator, at least, p95 no worse than) as the issues state them
     ("served / in-process limit", "torchserve", "limit", 0.85, None),
     ("served / TorchServe batchSize 1", "torchserve", "torchserve-bs1", 3.0, "torchserve-bs1"),
     ("served / seed-001 Starlette server", "torchserve", "starlette", 1.2, "starlette"),
     ("served / LitServe", "torchserve", "litserve", 1.0, "litserve"),
-    (
-        "best gated backend served / eager in-process limit",
-        BEST_BACKEND,
-        "limit",
-        1.25,
-        "torchserve",
-    ),
+)
+BACKEND_TARGET = "best gated backend served / eager in-process limit"
+NOT_SERVED = (
+    "not served"  # the kind of a backend's row when the gate refused it or it is not offered
 )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command.parser("compare", __doc__)
+    parser.add_argument(
+        "--model",
+        type=model_name,
+        default=MODEL,
+        help="the project's model_store/MODEL.mar (default: minilm)",
+    )
+    command.add_payload_arguments(parser)
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument(
         "--batch-size", type=int, help="B for every batching system (default: the spec's)"
@@ -98,7 +110,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        help="results JSON (default: the project's docs/bench/compare-minilm.json)",
+        help="results JSON (default: the project's docs/bench/compare-MODEL.json)",
     )
     args = parser.parse_args(argv)
     if args.duration <= args.warmup or args.warmup < 0:
@@ -109,8 +121,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.only or ()) - set(known))
     if unknown:
         parser.error(f"unknown system(s) {unknown}; known: {', '.join(known)}")
+    peers = sorted(set(args.only or ()) & set(PEERS))
+    if args.model != MODEL and peers:
+        parser.error(f"{', '.join(peers)} serve(s) only {MODEL}, not {args.model}")
+    try:
+        args.bodies = bench_payloads.choose(args.model, args.payload, args.content_type)
+    except ToolkitError as err:
+        parser.error(str(err))
     args.project = command.project_of(args)
-    command.archive_of(args.project, MODEL)  # before its spec is read for the batch settings
+    command.archive_of(args.project, args.model)  # before its spec is read for batch settings
     try:
         args.setting = batch_setting(args)
     except ToolkitError as err:
@@ -121,7 +140,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.setting.workers,
     )
     args.config = args.config or args.project.properties
-    args.out = args.out or args.project.root / "docs" / "bench" / "compare-minilm.json"
+    args.out = args.out or args.project.root / "docs" / "bench" / f"compare-{args.model}.json"
     args.command = command.line("compare", argv)
     return args
 
@@ -132,7 +151,7 @@ def batch_setting(args: argparse.Namespace) -> Setting:
     given = (args.batch_size, args.delay, args.workers)
     if None not in given:
         return Setting(*given)
-    archived = archived_setting(args.project.root, MODEL)
+    archived = archived_setting(args.project.root, args.model)
     return Setting(
         archived.batch_size if args.batch_size is None else args.batch_size,
         archived.max_batch_delay if args.delay is None else args.delay,
@@ -147,7 +166,7 @@ def load(args: argparse.Namespace) -> loadgen.Load:
 
 
 def drive(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    payload = bench_payloads.minilm()
+    payload = args.bodies
     target = loadgen.Target.post(url, payload.bodies, payload.content_type)
     result = loadgen.run(target, load(args))
     return {"kind": "served", **result.to_dict()}
@@ -161,6 +180,8 @@ def limit(processes: int) -> Callable[[argparse.Namespace, Path], dict[str, Any]
         count = processes or cpus()
         limit_argv = [sys.executable, "-m", "servekit.cli", "limit", "--mar", str(mar(args))]
         limit_argv += ["--batch-size", str(args.batch_size), "--duration", str(args.duration)]
+        limit_argv += ["--payload", str(args.payload)] if args.payload else []
+        limit_argv += ["--content-type", args.content_type] if args.content_type else []
         if count > 1:
             limit_argv += ["--processes", str(count)]
         else:
@@ -184,7 +205,20 @@ def torchserve(
     setting: Setting, backend: str = EAGER
 ) -> Callable[[argparse.Namespace, Path], dict[str, Any]]:
     def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-        served = private_copy(archive_for(args.project, MODEL, backend), workdir / "store")
+        from servekit.serve.backends import GateRefused  # torch: only when a system runs
+
+        try:
+            archive = archive_for(args.project, args.model, backend)
+        except (GateRefused, ConfigError) as err:  # a row that says why, not a failed run
+            if backend == EAGER:
+                raise
+            why = (
+                f"refused by the accuracy gate: {err}"
+                if isinstance(err, GateRefused)
+                else f"not offered: {err}"
+            )
+            return {"kind": "not served", "backend": backend, "reason": why}
+        served = private_copy(archive, workdir / "store")
         with (
             batch_server(args.config, workdir, setting.workers, served.store) as ts,
             registered(ts, served.name, setting) as url,
@@ -247,7 +281,14 @@ def systems(args: argparse.Namespace) -> dict[str, Callable[[argparse.Namespace,
 
 
 def mar(args: argparse.Namespace) -> Path:
-    return command.archive_of(args.project, MODEL)
+    return command.archive_of(args.project, args.model)
+
+
+def chosen_names(args: argparse.Namespace) -> list[str]:
+    """The systems this run measures: ``--only``'s, else all (the peers only for MiniLM)."""
+    if args.only:
+        return [n for n in system_names() if n in args.only]
+    return [n for n in system_names() if args.model == MODEL or n not in PEERS]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,8 +296,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mar(args)  # before any system runs
     info = machine()
     results: dict[str, Any] = {}
+    wanted = chosen_names(args)
     for name, measure in chosen.items():
-        if args.only and name not in args.only:
+        if name not in wanted:
             continue
         print(f"{name}: running ...", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"compare-{name}-") as workdir:
@@ -268,8 +310,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": args.command,
         "date": datetime.date.today().isoformat(),
-        "model": MODEL,
-        "payload": bench_payloads.minilm().description,
+        "model": args.model,
+        "payload": args.bodies.description,
         "client": "servekit.bench.loadgen (one asyncio loop, aiohttp, keep-alive), closed loop",
         "concurrency": args.concurrency,
         "batch_size": args.batch_size,
@@ -280,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": info,
         "systems": results,
         "backends": backend_rows(results),
-        "targets": targets(results),
+        "targets": targets(results, args.model),
     }
 
 
@@ -289,8 +331,9 @@ DERIVED = ("limit", "torchserve-bs1", BEST_BACKEND)
 
 
 def best_of(results: dict[str, Any], name: str, among: Sequence[str]) -> None:
-    """Add ``name``: the one of ``among`` measured here with the most goodput (none: nothing)."""
-    measured = [k for k in among if k in results]
+    """Add ``name``: the one of ``among`` measured here with the most goodput (none: nothing;
+    a backend not served, refused by the gate or not offered, is not measured)."""
+    measured = [k for k in among if k in results and "goodput_rps" in results[k]]
     if measured:
         best = max(measured, key=lambda k: results[k]["goodput_rps"])
         results[name] = {**results[best], "best_of": measured, "chosen": best}
@@ -305,6 +348,15 @@ def backend_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for backend in BACKENDS:
         served = results.get(backend_system(backend))
         if served is None:
+            continue
+        if served["kind"] == NOT_SERVED:
+            rows.append(
+                {
+                    "backend": backend,
+                    "system": backend_system(backend),
+                    "not_served": served["reason"],
+                }
+            )
             continue
         rps, p95 = served["goodput_rps"], served["latency_ms"]["p95"]
         rows.append(
@@ -326,6 +378,8 @@ def backend_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def line(figures: dict[str, Any]) -> str:
+    if figures["kind"] == NOT_SERVED:
+        return str(figures["reason"])
     if figures["kind"] == "in-process":
         return (
             f"{figures['goodput_rps']:.1f} items/s (batch {figures['batch_size']}, "
@@ -339,9 +393,12 @@ def line(figures: dict[str, Any]) -> str:
     )
 
 
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(results: dict[str, Any], model: str = MODEL) -> list[dict[str, Any]]:
+    stated = list(TARGETS)
+    if model in BACKEND_TARGETS:
+        stated.append((BACKEND_TARGET, BEST_BACKEND, "limit", BACKEND_TARGETS[model], "torchserve"))
     found = []
-    for name, top, bottom, wanted, p95_of in TARGETS:
+    for name, top, bottom, wanted, p95_of in stated:
         if top not in results or bottom not in results:
             continue
         a, b = results[top], results[bottom]
@@ -363,12 +420,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(document: dict[str, Any]) -> str:
+    title = TITLES.get(document["model"], document["model"])
+    served_by = "TorchServe, LitServe" if document["model"] == MODEL else "TorchServe"
     rows = [
-        f"MiniLM (all-MiniLM-L6-v2), {document['payload']}; closed loop at concurrency "
+        f"{title}, {document['payload']}; closed loop at concurrency "
         f"{document['concurrency']}, {document['seconds_per_system']:g} s per system "
         f"({document['warmup_s']:g} s warmup left out), batch size {document['batch_size']}, "
-        f"deadline {document['delay_ms']} ms, {document['workers']} worker(s) for TorchServe, "
-        f"LitServe and the limit; {document['machine']['cpus']} cores; "
+        f"deadline {document['delay_ms']} ms, {document['workers']} worker(s) for {served_by} "
+        f"and the limit; {document['machine']['cpus']} cores; "
         f"{document['date']}.",
         "",
         f"Command: `{document['command']}`",
@@ -378,6 +437,9 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     for name, f in document["systems"].items():
         if name in DERIVED:
+            continue
+        if f["kind"] == NOT_SERVED:
+            rows.append(f"| {name} (not served: see below) | | | | | | |")
             continue
         if f["kind"] == "in-process":
             label = (
@@ -399,6 +461,9 @@ def markdown(document: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---|",
         ]
         for r in document["backends"]:
+            if "not_served" in r:
+                rows.append(f"| {r['backend']} | {r['not_served']} | | | | |")
+                continue
             rows.append(
                 f"| {r['backend']} | {r['goodput_rps']:.1f} | {r['p95_ms']:.0f} | "
                 f"{_ratio(r['ratio_to_eager_limit'])} | {_ratio(r['ratio_to_eager_served'])} | "
@@ -427,7 +492,7 @@ def _yes(value: bool | None) -> str:
 
 def plot(document: dict[str, Any], path: Path) -> None:
     names = [
-        n for n, f in document["systems"].items() if n not in DERIVED and f["kind"] != "in-process"
+        n for n, f in document["systems"].items() if n not in DERIVED and f["kind"] == "served"
     ]
     figures = [document["systems"][n] for n in names]
     fig = Figure(figsize=(10, 4.5))
@@ -446,7 +511,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
         axis.tick_params(axis="x", labelrotation=30, labelsize=8)
         axis.grid(alpha=0.3)
     fig.suptitle(
-        f"minilm at concurrency {document['concurrency']}, batch {document['batch_size']}, "
+        f"{document['model']} at concurrency {document['concurrency']}, "
+        f"batch {document['batch_size']}, "
         f"{document['machine']['cpus']} cores",
         fontsize=10,
     )

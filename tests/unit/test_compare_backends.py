@@ -11,9 +11,10 @@ import pytest
 
 from servekit import cli
 from servekit.bench import backend_archives, compare, tune
-from servekit.errors import ConfigError
+from servekit.errors import ArchiveError, ConfigError
 from servekit.project import Project
 from servekit.runtime.backend_names import BACKENDS
+from servekit.serve.backends import GateRefused
 from servekit.serve.settings import Setting, archived_setting
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -123,6 +124,7 @@ def test_the_table_has_the_backend_rows() -> None:
             figures["latency_ms"] |= {"p50": 1.0, "p99": 2.0}
             figures |= {"errors": 0, "client_cpu_pct": 3.0}
     document = {
+        "model": "minilm",
         "payload": "sentences",
         "concurrency": 64,
         "seconds_per_system": 20,
@@ -143,6 +145,67 @@ def test_the_table_has_the_backend_rows() -> None:
     assert "| onnxruntime | 160.0 | 420 | 0.80x | 0.94x | no |" in table
     assert "| best gated backend served / eager in-process limit | 1.300x | >= 1.25x |" in table
     assert "| limit (" not in table and f"| {compare.BEST_BACKEND} |" not in table
+
+
+def test_compare_takes_another_model_with_its_payload_spec_and_target(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = compare.parse_args(["--project", str(ROOT), "--model", "efficientnet"])
+    shipped = archived_setting(ROOT, "efficientnet")
+    assert args.setting == shipped and args.bodies.content_type == "image/jpeg"
+    assert args.out == ROOT / "docs" / "bench" / "compare-efficientnet.json"
+    assert "starlette" not in compare.chosen_names(args)  # the peers serve MiniLM only
+    assert compare.BEST_BACKEND not in compare.chosen_names(args)
+    assert "starlette" in compare.chosen_names(compare.parse_args(["--project", str(ROOT)]))
+    found = {t["target"]: t for t in compare.targets(figures_of_a_run(), "efficientnet")}
+    assert found[compare.BACKEND_TARGET]["wanted"] == 1.5
+    assert found[compare.BACKEND_TARGET]["met"] is False  # 1.3x: short of 1.5
+    assert compare.BACKEND_TARGET not in {t["target"] for t in compare.targets({}, "iris")}
+    for argv, needle in [
+        (["--model", "efficientnet", "--only", "litserve"], "litserve serve(s) only minilm"),
+        (["--model", "../x"], "not a model name"),
+        (["--model", "nosuch"], "nosuch"),
+    ]:
+        code = cli.main(["compare", "--project", str(ROOT), *argv])
+        err = capsys.readouterr().err
+        assert code == cli.USAGE and needle in err and "Traceback" not in err, err
+
+
+def test_a_backend_the_gate_refuses_is_a_row_saying_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reason = "onnxruntime-int8 failed the classifier gate: top-1 agreement 87.33 % < 99 %"
+    raised: list[Exception] = [GateRefused(reason)]
+
+    def build(project: Project, model: str, backend: str) -> None:
+        raise raised[0]
+
+    monkeypatch.setattr(compare, "archive_for", build)
+    args = compare.parse_args(["--project", str(ROOT), "--model", "efficientnet"])
+    setting = Setting(8, 20, 1)
+    row = compare.torchserve(setting, "onnxruntime-int8")(args, tmp_path)
+    why = f"refused by the accuracy gate: {reason}"
+    assert row == {"kind": "not served", "backend": "onnxruntime-int8", "reason": why}
+    raised[0] = ConfigError("handler option 'backend' needs a handler that offers backends")
+    offered = compare.torchserve(setting, "onnxruntime")(args, tmp_path)  # iris, say
+    assert offered["kind"] == "not served" and offered["reason"].startswith("not offered: ")
+    raised[0] = ArchiveError("the onnx extra is not installed")  # not a refusal: a failed run
+    with pytest.raises(ArchiveError, match="onnx extra"):
+        compare.torchserve(setting, "onnxruntime-int8")(args, tmp_path)
+    results = figures_of_a_run()
+    del results[compare.BEST_BACKEND]
+    results["torchserve-onnxruntime-int8"] = row
+    compare.best_of(
+        results, compare.BEST_BACKEND, ["torchserve-onnxruntime", "torchserve-onnxruntime-int8"]
+    )
+    assert results[compare.BEST_BACKEND]["chosen"] == "torchserve-onnxruntime"
+    rows = compare.backend_rows(results)
+    assert rows[2] == {
+        "backend": "onnxruntime-int8",
+        "system": "torchserve-onnxruntime-int8",
+        "not_served": why,
+    }
+    assert compare.line(row) == why
 
 
 def test_tune_takes_a_backend_and_defaults_to_the_specs(
