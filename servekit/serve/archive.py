@@ -166,7 +166,7 @@ def _archive(
         str(store),
         "--force",
     ]
-    if spec.serialized_file is not None:
+    if spec.serialized_file is not None and backends.carries_weights(config):
         command += ["--serialized-file", str(spec.serialized_file)]
     # The archiver stages files in $TMPDIR/<model name>: give it a private TMPDIR.
     scratch = tmp / "archiver-tmp"

@@ -242,17 +242,17 @@ def check_against_spec(
 ) -> list[str]:
     """Every difference between the archive and what its spec says it should hold."""
     model = info.manifest.get("model", {})
+    config = effective_config(spec, defaults)
     problems = [
         f"manifest {field} is {show(model.get(field))}; the spec says {show(want)}"
         for field, want in (
             ("modelName", spec.name),
             ("modelVersion", spec.version),
             ("handler", spec.handler.name),
-            ("serializedFile", spec.serialized_file.name if spec.serialized_file else None),
+            ("serializedFile", _weights(spec, config)),
         )
         if model.get(field) != want
     ]
-    config = effective_config(spec, defaults)
     if info.model_config != config:
         problems.append(
             f"model config differs from model-config.yml + {spec.source.name}: "
@@ -260,7 +260,7 @@ def check_against_spec(
         )
     expected = handler_sources(root)
     expected |= {p.name: p for p in [spec.handler, *spec.extra_files]}
-    if spec.serialized_file is not None:
+    if spec.serialized_file is not None and _weights(spec, config) is not None:
         expected[spec.serialized_file.name] = spec.serialized_file
     for name, source in sorted(expected.items()):
         if name not in info.files:
@@ -277,6 +277,13 @@ def check_against_spec(
     if recorded is not None and recorded != info.sha256():
         problems.append(f"sha256 is {info.sha256()}; {info.path.name}.sha256 records {recorded}")
     return problems
+
+
+def _weights(spec: ModelSpec, config: Mapping[str, Any]) -> str | None:
+    """The serialized file the archive should carry (none on an ONNX backend)."""
+    if spec.serialized_file is None or not backends.carries_weights(config):
+        return None
+    return spec.serialized_file.name
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def test_the_archive_holds_the_onnx_model_and_its_figures(store: Path, specs: Pa
     with zipfile.ZipFile(store / f"{NAME}.mar") as mar:
         names = set(mar.namelist())
     assert {"model.onnx", GATE_FILE} <= names and "model-int8.onnx" not in names
+    assert "efficientnet-lite0.pth" not in names  # the eager weights: read for the gate only
     info = read_mar(store / f"{NAME}.mar")
     spec = load_spec(specs / f"{NAME}.yml", ROOT)
     assert check_against_spec(info, spec, read_yaml(ROOT / "model-config.yml"), ROOT) == []
