@@ -174,7 +174,7 @@ def built_files(config: Mapping[str, Any]) -> tuple[str, ...]:
 def carries_weights(config: Mapping[str, Any]) -> bool:
     """Whether the archive carries the spec's ``serialized_file``: on eager only. An ONNX
     backend's file holds the weights; the eager ones are read at archive time, for the gate,
-    and would only make the archive bigger (MiniLM's 87 MB beside a 23 MB int8 model)."""
+    and would only make the archive bigger (MiniLM's int8 .mar: 35 MB without, 118 MB with)."""
     return requested(config) == EAGER
 
 
