@@ -525,9 +525,13 @@ def test_a_worker_death_mid_burst_loses_nothing(
     names: tuple[str, str],
     store: redis.Redis,
 ) -> None:
-    """An iris worker is killed while the bridge keeps it busy: the batch in flight gets 500
-    "Worker died." (retried), the rest waits for the restarted worker (or goes to the others,
-    as many as iris's spec says); nothing is lost."""
+    """An iris worker is killed with a batch in its hands: that batch gets 500 "Worker died."
+    (retried), the rest waits for the restarted worker (or goes to the others, as many as
+    iris's spec says); nothing is lost.
+
+    The worker is stopped (SIGSTOP) first, so it holds the next batch TorchServe hands it: an
+    iris batch takes under a millisecond, and with two workers a plain SIGKILL could land
+    between batches (a clean-clone CI run saw no retry)."""
     cfg = config(
         broker_pair,
         torchserve,
@@ -539,6 +543,8 @@ def test_a_worker_death_mid_burst_loses_nothing(
     with bridge_thread(cfg, "bridge-d") as bridge, client_for(broker_pair, names) as client:
         ids = [client.submit("iris", {"features": GOOD_IRIS[i % 3]}) for i in range(400)]
         wait_until(lambda: len(result_keys(store, names[1])) >= 40, "bridge working")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)  # its frontend thread hands it a batch within milliseconds of traffic
         os.kill(pid, signal.SIGKILL)
         answers = [client.result(rid, WAIT) for rid in ids]
     assert [a.status for a in answers] == [200] * len(ids)
