@@ -77,9 +77,8 @@ TARGETS = (  # (name, numerator, denominator, at least, p95 no worse than) as th
     ("served / LitServe", "torchserve", "litserve", 1.0, "litserve"),
 )
 BACKEND_TARGET = "best gated backend served / eager in-process limit"
-NOT_SERVED = (
-    "not served"  # the kind of a backend's row when the gate refused it or it is not offered
-)
+# the kind of a backend's row when the gate refused it or its handler offers none
+NOT_SERVED = "not served"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -217,7 +216,7 @@ def torchserve(
                 if isinstance(err, GateRefused)
                 else f"not offered: {err}"
             )
-            return {"kind": "not served", "backend": backend, "reason": why}
+            return {"kind": NOT_SERVED, "backend": backend, "reason": why}
         served = private_copy(archive, workdir / "store")
         with (
             batch_server(args.config, workdir, setting.workers, served.store) as ts,

@@ -181,32 +181,15 @@ class Scaler:
         )
         newest = int(worker_pids(entry)[-1])
         self.check_drainable([newest])
-        target = count - 1
-        settled = False
         try:
-            with self.recycler.parked(newest, self.recycler.timeout):
-                try:
-                    self.recycler.scale(target, target, parked=newest)
-                    self.wait_removed(target, newest)
-                except BaseException:
-                    # still parked: finish now. Leaving the block first would wait out the
-                    # park (the describe it holds is answered only then), and a worker that
-                    # serves again must not be stopped.
-                    with deferred_signals():
-                        settled = True
-                        self.settle(target, newest)
-                    raise
-            entry = self.recycler.wait(
-                lambda e: len(e["workers"]) == target and ready_count(e) == target,
-                f"back to {target} READY workers",
-            )
-            self.recycler.until(lambda: not process_alive(newest), f"worker {newest} to stop")
+            self.recycler.retire_newest(count - 1)
         except BaseException:
+            # Recycler.parked does not wait out a park it leaves by an error: settle finds
+            # the worker still parked and finishes the removal in that park
             with deferred_signals():
-                if not settled:
-                    self.settle(target, newest)
+                self.settle(count - 1, newest)
             raise
-        self.report(Change("removed", self.model, newest, target, _since(started)))
+        self.report(Change("removed", self.model, newest, count - 1, _since(started)))
 
     def wait_removed(self, target: int, newest: int) -> None:
         """Until ``newest`` is off the model's list (TorchServe stops the newest workers down

@@ -101,9 +101,6 @@ def patched(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeServer]]:
 
     def no_describes(self: recycle.Recycler, stop: threading.Event) -> None:
         stop.wait()
-        # the describe a parked worker holds is answered when its park ends, so leaving
-        # Recycler.parked means the park is over: a worker still there serves again
-        holder["server"].parked.clear()
 
     monkeypatch.setattr(recycle.Recycler, "_describe_until", no_describes)
     yield holder
